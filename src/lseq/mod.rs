@@ -1,0 +1,19 @@
+//! LSEQ (Nédelec et al., DocEng 2013): the pure sequence CRDT at docfold's core.
+//! No async, no I/O: identifiers, allocation, document state, and an editor replica.
+
+mod alloc;
+mod ident;
+mod json;
+mod op;
+mod replica;
+mod seen;
+mod seq;
+
+pub use alloc::{
+    Allocation, BOUNDARY, DepthExhausted, Rng, Strategy, allocate, doc_seed, splitmix64, strategy,
+};
+pub use ident::{Ident, IdentError, Level, MAX_DEPTH, SiteId, base};
+pub use json::site_hex;
+pub use op::{InsertRun, MAX_COUNTER, MAX_RUN_CHARS, Op, OpError, OpId};
+pub use replica::{ANCHOR_SLACK, EditError, Replica};
+pub use seq::{ApplyError, ApplyOutcome, MAX_PENDING_TOMBSTONES, Neighbours, Sequence};

@@ -1,0 +1,75 @@
+//! Which character counters of each site a document has seen: the dedupe set that makes
+//! inserts idempotent, kept as sorted ranges (editing sessions count up, so one site's
+//! counters collapse into a few ranges).
+
+use std::collections::HashMap;
+
+use super::ident::SiteId;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeenCounters {
+    sites: HashMap<SiteId, Ranges>,
+}
+
+/// Sorted, disjoint, non-adjacent half-open ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Ranges(Vec<(u64, u64)>);
+
+impl SeenCounters {
+    pub fn contains(&self, site: SiteId, counter: u64) -> bool {
+        self.sites.get(&site).is_some_and(|r| r.contains(counter))
+    }
+
+    /// Records `counter`; returns false when it was already there.
+    pub fn insert(&mut self, site: SiteId, counter: u64) -> bool {
+        self.sites.entry(site).or_default().insert(counter)
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.sites.capacity() * (size_of::<SiteId>() + size_of::<Ranges>() + 8)
+            + self
+                .sites
+                .values()
+                .map(|r| r.0.capacity() * 16)
+                .sum::<usize>()
+    }
+}
+
+impl Ranges {
+    /// Index of the first range whose end is > counter.
+    fn find(&self, counter: u64) -> usize {
+        // Fast path: counters usually grow, so check the last range first.
+        match self.0.last() {
+            Some(&(_, end)) if counter >= end => self.0.len(),
+            _ => self.0.partition_point(|&(_, end)| end <= counter),
+        }
+    }
+
+    fn contains(&self, counter: u64) -> bool {
+        self.0
+            .get(self.find(counter))
+            .is_some_and(|&(start, _)| start <= counter)
+    }
+
+    fn insert(&mut self, counter: u64) -> bool {
+        let i = self.find(counter);
+        if self.0.get(i).is_some_and(|&(start, _)| start <= counter) {
+            return false;
+        }
+        let joins_left = i > 0 && self.0[i - 1].1 == counter;
+        let joins_right = self
+            .0
+            .get(i)
+            .is_some_and(|&(start, _)| start == counter + 1);
+        match (joins_left, joins_right) {
+            (true, true) => {
+                self.0[i - 1].1 = self.0[i].1;
+                self.0.remove(i);
+            }
+            (true, false) => self.0[i - 1].1 = counter + 1,
+            (false, true) => self.0[i].0 = counter,
+            (false, false) => self.0.insert(i, (counter, counter + 1)),
+        }
+        true
+    }
+}
