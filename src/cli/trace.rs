@@ -44,9 +44,10 @@ impl TraceCommand {
         println!("ops:              {}", r.ops);
         println!("messages:         {}", r.messages);
         println!(
-            "encoded bytes:    {} ({:.1} per message)",
+            "encoded bytes:    {} ({:.1} per message, max {})",
             r.encoded_bytes,
-            r.encoded_bytes as f64 / r.messages.max(1) as f64
+            r.encoded_bytes as f64 / r.messages.max(1) as f64,
+            r.max_message_bytes
         );
         println!(
             "identifier bytes: mean {:.2}, max {}",

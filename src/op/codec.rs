@@ -73,9 +73,9 @@ fn to_wire(envelope: &Envelope) -> wire::OpEnvelope {
 
 fn from_wire(message: wire::OpEnvelope) -> Result<Envelope, DecodeError> {
     let ident = |bytes: &[u8], field: &dyn Fn() -> String| {
-        Ident::decode(bytes).map_err(|source| DecodeError::BadIdent {
+        Ident::decode(bytes).map_err(|error| DecodeError::BadIdent {
             field: field(),
-            source,
+            error,
         })
     };
     let mut inserts = Vec::with_capacity(message.inserts.len());

@@ -62,8 +62,8 @@ pub enum DecodeError {
     UnknownSchemaVersion { found: u32, supported: u32 },
     #[error("doc_id is empty")]
     EmptyDocId,
-    #[error("{field}: {source}")]
-    BadIdent { field: String, source: IdentError },
+    #[error("{field}: {error}")]
+    BadIdent { field: String, error: IdentError },
     #[error(transparent)]
     Invalid(#[from] OpError),
 }

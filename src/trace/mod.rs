@@ -40,15 +40,12 @@ pub struct Patch(pub usize, pub usize, pub String);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("cannot read trace {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("trace {path} is not a valid editing trace: {source}")]
+    #[error("cannot read trace {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("trace {path} is not a valid editing trace: {error}")]
     Json {
         path: String,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -64,9 +61,9 @@ impl Trace {
     /// Reads a `.json` or `.json.gz` trace file.
     pub fn read(path: &Path) -> Result<Trace, TraceError> {
         let shown = path.display().to_string();
-        let io = |source| TraceError::Io {
+        let io = |error| TraceError::Io {
             path: shown.clone(),
-            source,
+            error,
         };
         let raw = std::fs::read(path).map_err(io)?;
         let json = if raw.starts_with(&[0x1f, 0x8b]) {
@@ -78,9 +75,6 @@ impl Trace {
         } else {
             raw
         };
-        serde_json::from_slice(&json).map_err(|source| TraceError::Json {
-            path: shown,
-            source,
-        })
+        serde_json::from_slice(&json).map_err(|error| TraceError::Json { path: shown, error })
     }
 }

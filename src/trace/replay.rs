@@ -2,7 +2,7 @@
 //! for a sequential trace; for a concurrent one, one replica per agent, brought up to
 //! each txn's `parents` before its patches are applied.
 
-use crate::lseq::{EditError, Op, Replica, SiteId, splitmix64};
+use crate::lseq::{EditError, MAX_EDIT_CHARS, MAX_EDIT_DELETES, Op, Replica, SiteId, splitmix64};
 
 use super::Trace;
 
@@ -18,11 +18,11 @@ pub struct TraceOps {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("txn {txn}, patch {patch}: {source}")]
+    #[error("txn {txn}, patch {patch}: {error}")]
     Edit {
         txn: usize,
         patch: usize,
-        source: EditError,
+        error: EditError,
     },
     #[error("txn {txn} names parent {parent}, which is not an earlier txn")]
     BadParent { txn: usize, parent: usize },
@@ -50,10 +50,37 @@ fn edit_all(
     ops: &mut Vec<Op>,
 ) -> Result<(), ReplayError> {
     for (patch, p) in trace.txns[txn].patches.iter().enumerate() {
-        let op = replica
-            .local_edit(p.0, p.1, &p.2)
-            .map_err(|source| ReplayError::Edit { txn, patch, source })?;
-        ops.push(op);
+        let fail = |error| ReplayError::Edit { txn, patch, error };
+        split_edit(replica, p.0, p.1, &p.2, ops).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Makes one patch as ops within the per-op limits: deletes first, then text in chunks.
+fn split_edit(
+    replica: &mut Replica,
+    pos: usize,
+    delete: usize,
+    text: &str,
+    ops: &mut Vec<Op>,
+) -> Result<(), EditError> {
+    if delete <= MAX_EDIT_DELETES && text.chars().count() <= MAX_EDIT_CHARS {
+        ops.push(replica.local_edit(pos, delete, text)?);
+        return Ok(());
+    }
+    let mut left = delete;
+    while left > 0 {
+        let now = left.min(MAX_EDIT_DELETES);
+        ops.push(replica.local_edit(pos, now, "")?);
+        left -= now;
+    }
+    let chars: Vec<char> = text.chars().collect();
+    for (i, chunk) in chars.chunks(MAX_EDIT_CHARS).enumerate() {
+        ops.push(replica.local_edit(
+            pos + i * MAX_EDIT_CHARS,
+            0,
+            &chunk.iter().collect::<String>(),
+        )?);
     }
     Ok(())
 }
@@ -62,14 +89,13 @@ fn replay_sequential(trace: &Trace, doc_seed: u64) -> Result<TraceOps, ReplayErr
     let mut replica = Replica::new(doc_seed, site_of(0, 0));
     let mut ops = Vec::with_capacity(trace.patch_count() + 1);
     if !trace.start_content.is_empty() {
-        let op = replica
-            .local_edit(0, 0, &trace.start_content)
-            .map_err(|source| ReplayError::Edit {
+        split_edit(&mut replica, 0, 0, &trace.start_content, &mut ops).map_err(|error| {
+            ReplayError::Edit {
                 txn: 0,
                 patch: 0,
-                source,
-            })?;
-        ops.push(op);
+                error,
+            }
+        })?;
     }
     for txn in 0..trace.txns.len() {
         edit_all(&mut replica, trace, txn, &mut ops)?;

@@ -15,6 +15,7 @@ pub struct ReplayReport {
     pub ops: usize,
     pub messages: usize,
     pub encoded_bytes: usize,
+    pub max_message_bytes: usize,
     pub idents: usize,
     pub ident_bytes: usize,
     pub max_ident_bytes: usize,
@@ -86,8 +87,8 @@ pub struct Divergence {
 pub enum ReportError {
     #[error(transparent)]
     Replay(#[from] ReplayError),
-    #[error("message {index} does not decode: {source}")]
-    Decode { index: usize, source: DecodeError },
+    #[error("message {index} does not decode: {error}")]
+    Decode { index: usize, error: DecodeError },
     #[error("message {index} does not apply: {reason}")]
     Apply { index: usize, reason: String },
 }
@@ -102,6 +103,7 @@ pub fn replay_through_codec(trace: &Trace, doc_id: &str) -> Result<ReplayReport,
         ops: ops.ops.len(),
         messages: 0,
         encoded_bytes: 0,
+        max_message_bytes: 0,
         idents: 0,
         ident_bytes: 0,
         max_ident_bytes: 0,
@@ -123,10 +125,11 @@ pub fn replay_through_codec(trace: &Trace, doc_id: &str) -> Result<ReplayReport,
     }
     report.messages = messages.len();
     report.encoded_bytes = messages.iter().map(Vec::len).sum();
+    report.max_message_bytes = messages.iter().map(Vec::len).max().unwrap_or(0);
     let started = Instant::now();
     let mut state = Sequence::new();
     for (index, bytes) in messages.iter().enumerate() {
-        let envelope = op::decode(bytes).map_err(|source| ReportError::Decode { index, source })?;
+        let envelope = op::decode(bytes).map_err(|error| ReportError::Decode { index, error })?;
         state.apply(&envelope.op).map_err(|e| ReportError::Apply {
             index,
             reason: e.to_string(),

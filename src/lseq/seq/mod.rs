@@ -462,7 +462,7 @@ impl Sequence {
                     "children of {node} unsorted"
                 );
             }
-            let own = u32::from(n.ch != NONE);
+            let own = u32::from(node != ROOT && self.is_char(node));
             let sum: u32 = list.iter().map(|&c| self.nodes[c as usize].live).sum();
             assert_eq!(n.live, own + sum, "live count of node {node}");
             if node != ROOT {

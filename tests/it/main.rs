@@ -1,0 +1,5 @@
+//! docfold's integration tests: one binary, one module per area.
+
+mod codec;
+mod lseq_props;
+mod traces;
