@@ -53,7 +53,7 @@ impl Replica {
     /// A replica of the document whose allocation seed is `doc_seed`, for editing session `site`.
     pub fn new(doc_seed: u64, site: SiteId) -> Replica {
         Replica {
-            seq: Sequence::with_tombstones(),
+            seq: Sequence::for_editor(),
             site,
             doc_seed,
             next_counter: 1,

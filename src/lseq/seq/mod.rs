@@ -4,7 +4,7 @@
 //! tombstones for deletes that arrive before their insert.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::ident::{Ident, Level, SiteId};
 use super::op::{Op, OpError};
@@ -27,7 +27,7 @@ pub(super) const ROOT: u32 = 0;
 pub(super) struct Node {
     pub(super) digit: u64,
     pub(super) counter: u64,
-    pub(super) site: u32,
+    pub(super) site: SiteId,
     pub(super) parent: u32,
     /// The character; `TOMBSTONE` for a deleted one kept as an anchor; `NONE` for a
     /// prefix that is not (or no longer) a character.
@@ -72,15 +72,15 @@ pub struct Sequence {
     free_nodes: Vec<u32>,
     children: Vec<Vec<u32>>,
     free_children: Vec<u32>,
-    sites: Vec<SiteId>,
-    site_index: HashMap<SiteId, u32>,
     seen: SeenCounters,
-    pending: HashMap<(SiteId, u64), Ident>,
+    pending: FxHashMap<(SiteId, u64), Ident>,
     /// Node path of the identifier touched last: neighbours share prefixes.
     finger: Vec<u32>,
-    /// Keep deleted characters as tombstones (an editor's replica), so that an insert next
-    /// to a deleted character lands on the side where the author saw it.
-    keep_tombstones: bool,
+    /// An editor's replica: keeps deleted characters as tombstones (allocation anchors, see
+    /// `Replica`) and live counts on every node (positions). A fold state keeps neither.
+    editor: bool,
+    /// Reused by `apply` for the nodes its deletes target.
+    scratch: Vec<Option<u32>>,
 }
 
 impl Default for Sequence {
@@ -105,19 +105,18 @@ impl Sequence {
             free_nodes: Vec::new(),
             children: Vec::new(),
             free_children: Vec::new(),
-            sites: Vec::new(),
-            site_index: HashMap::new(),
             seen: SeenCounters::default(),
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             finger: Vec::new(),
-            keep_tombstones: false,
+            editor: false,
+            scratch: Vec::new(),
         }
     }
 
-    /// A state that keeps deleted characters as allocation anchors (for editors).
-    pub fn with_tombstones() -> Sequence {
+    /// A state for an editor's replica: positions and tombstones.
+    pub fn for_editor() -> Sequence {
         Sequence {
-            keep_tombstones: true,
+            editor: true,
             ..Sequence::new()
         }
     }
@@ -140,26 +139,29 @@ impl Sequence {
     /// of the set of ops applied. An invalid op or one over the tombstone limit changes nothing.
     pub fn apply(&mut self, op: &Op) -> Result<ApplyOutcome, ApplyError> {
         op.validate()?;
-        let new_tombstones = op
-            .deletes
-            .iter()
-            .filter(|id| {
-                let last = id.last();
-                self.find(id.levels()).is_none_or(|n| !self.is_char(n))
-                    && !self.seen.contains(last.site, last.counter)
-                    && !self.pending.contains_key(&(last.site, last.counter))
-            })
-            .count();
+        let mut targets = std::mem::take(&mut self.scratch);
+        targets.clear();
+        let mut new_tombstones = 0;
+        for id in &op.deletes {
+            let node = self.find(id.levels()).filter(|&n| self.is_char(n));
+            let last = id.last();
+            if node.is_none()
+                && !self.seen.contains(last.site, last.counter)
+                && !self.pending.contains_key(&(last.site, last.counter))
+            {
+                new_tombstones += 1;
+            }
+            targets.push(node);
+        }
         if new_tombstones > 0 && self.pending.len() + new_tombstones > MAX_PENDING_TOMBSTONES {
-            return Err(ApplyError::TombstoneLimit {
-                needed: new_tombstones,
-                held: self.pending.len(),
-            });
+            self.scratch = targets;
+            return Err(ApplyError::TombstoneLimit { needed: new_tombstones, held: self.pending.len() });
         }
         let mut outcome = ApplyOutcome::default();
-        for id in &op.deletes {
-            self.delete(id, &mut outcome);
+        for (id, node) in op.deletes.iter().zip(&targets) {
+            self.delete(id, *node, &mut outcome);
         }
+        self.scratch = targets;
         for run in &op.inserts {
             self.insert_run(&run.start, &run.text, &mut outcome);
         }
@@ -179,8 +181,8 @@ impl Sequence {
             };
             if !self.seen.insert(level.site, level.counter) {
                 outcome.duplicates += 1;
-            } else if self.pending.remove(&(level.site, level.counter)).is_some() {
-                if self.keep_tombstones {
+            } else if !self.pending.is_empty() && self.pending.remove(&(level.site, level.counter)).is_some() {
+                if self.editor {
                     let node = self.child_or_create(parent, &level);
                     self.nodes[node as usize].ch = TOMBSTONE;
                 }
@@ -195,11 +197,13 @@ impl Sequence {
         self.prune(parent);
     }
 
-    fn delete(&mut self, id: &Ident, outcome: &mut ApplyOutcome) {
+    /// Deletes `id`, whose node `apply` looked up (a repeated delete in one op finds its
+    /// node no longer a character).
+    fn delete(&mut self, id: &Ident, node: Option<u32>, outcome: &mut ApplyOutcome) {
         let last = id.last();
-        match self.find(id.levels()) {
+        match node {
             Some(node) if self.is_char(node) => {
-                self.nodes[node as usize].ch = if self.keep_tombstones {
+                self.nodes[node as usize].ch = if self.editor {
                     TOMBSTONE
                 } else {
                     NONE
@@ -249,7 +253,7 @@ impl Sequence {
             if *next < list.len() {
                 let child = list[*next];
                 *next += 1;
-                if self.nodes[child as usize].live > 0 {
+                if !self.editor || self.nodes[child as usize].live > 0 {
                     if let Some(ch) = char::from_u32(self.nodes[child as usize].ch) {
                         // NONE and TOMBSTONE are not chars.
                         f(child, ch);
@@ -277,7 +281,7 @@ impl Sequence {
         let n = &self.nodes[node as usize];
         Level {
             digit: n.digit,
-            site: self.sites[n.site as usize],
+            site: n.site,
             counter: n.counter,
         }
     }
@@ -293,7 +297,7 @@ impl Sequence {
         let n = &self.nodes[node as usize];
         n.digit
             .cmp(&level.digit)
-            .then_with(|| self.sites[n.site as usize].cmp(&level.site))
+            .then_with(|| n.site.cmp(&level.site))
             .then_with(|| n.counter.cmp(&level.counter))
     }
 
@@ -344,7 +348,7 @@ impl Sequence {
             Ok(at) => return self.children_of(parent)[at],
             Err(at) => at,
         };
-        let site = self.intern_site(level.site);
+        let site = level.site;
         let node = Node {
             digit: level.digit,
             counter: level.counter,
@@ -379,16 +383,12 @@ impl Sequence {
         id
     }
 
-    fn intern_site(&mut self, site: SiteId) -> u32 {
-        let next = self.sites.len() as u32;
-        let index = *self.site_index.entry(site).or_insert(next);
-        if index == next {
-            self.sites.push(site);
-        }
-        index
-    }
-
+    /// Keeps live counts: on every node for an editor's replica (positions), on the root only
+    /// for a fold state, which never asks for positions.
     fn add_live(&mut self, mut node: u32, delta: i32) {
+        if !self.editor {
+            node = ROOT;
+        }
         while node != NONE {
             let n = &mut self.nodes[node as usize];
             n.live = n.live.wrapping_add_signed(delta);
@@ -431,8 +431,6 @@ impl Sequence {
                 .map(|c| c.capacity() * 4)
                 .sum::<usize>()
             + (self.free_nodes.capacity() + self.free_children.capacity()) * 4
-            + self.sites.capacity() * 8
-            + self.site_index.capacity() * 16
             + self.seen.heap_bytes()
             + self.pending.capacity() * (16 + size_of::<Ident>())
             + self
@@ -446,6 +444,7 @@ impl Sequence {
     /// Meant for tests and debug builds.
     pub fn check_invariants(&self) {
         let mut reachable = 0usize;
+        let mut live_chars = 0usize;
         let mut stack = vec![(ROOT, 0usize)];
         while let Some((node, depth)) = stack.pop() {
             reachable += 1;
@@ -462,16 +461,20 @@ impl Sequence {
                     "children of {node} unsorted"
                 );
             }
-            let own = u32::from(node != ROOT && self.is_char(node));
-            let sum: u32 = list.iter().map(|&c| self.nodes[c as usize].live).sum();
-            assert_eq!(n.live, own + sum, "live count of node {node}");
+            if self.editor {
+                let own = u32::from(node != ROOT && self.is_char(node));
+                let sum: u32 = list.iter().map(|&c| self.nodes[c as usize].live).sum();
+                assert_eq!(n.live, own + sum, "live count of node {node}");
+            } else if node != ROOT {
+                live_chars += usize::from(self.is_char(node));
+            }
             if node != ROOT {
                 assert!(
                     n.ch != NONE || !list.is_empty(),
                     "node {node} is an empty leaf"
                 );
                 assert!(
-                    self.keep_tombstones || n.ch != TOMBSTONE,
+                    self.editor || n.ch != TOMBSTONE,
                     "tombstone kept in a fold state"
                 );
                 assert!(
@@ -480,7 +483,7 @@ impl Sequence {
                 );
                 if n.ch != NONE {
                     assert!(
-                        self.seen.contains(self.sites[n.site as usize], n.counter),
+                        self.seen.contains(n.site, n.counter),
                         "char {node} not marked seen"
                     );
                 }
@@ -495,6 +498,7 @@ impl Sequence {
             self.nodes.len(),
             "lost or doubly freed nodes"
         );
+        assert!(self.editor || live_chars == self.len(), "character count of a fold state");
         for (site, counter) in self.pending.keys() {
             assert!(
                 !self.seen.contains(*site, *counter),
