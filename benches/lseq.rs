@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use docfold::lseq::{Replica, Sequence, doc_seed};
-use docfold::op::{self, Envelope};
+use docfold::op::{self, Decoder, Envelope};
 use docfold::trace::{Trace, replay};
 
 const DOC: &str = "automerge-paper";
@@ -33,8 +33,9 @@ fn benches(c: &mut Criterion) {
     group.bench_function("remote_stream", |b| {
         b.iter(|| {
             let mut state = Sequence::new();
+            let mut decoder = Decoder::new();
             for bytes in &messages {
-                let envelope = op::decode(bytes).expect("valid message");
+                let envelope = decoder.decode(bytes).expect("valid message");
                 state.apply(&envelope.op).expect("applies");
             }
             black_box(state.len())

@@ -122,10 +122,17 @@ impl Ident {
 
     /// Decodes exactly one identifier from `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<Ident, IdentError> {
+        let mut ident = Ident(Vec::new());
+        ident.decode_from(bytes)?;
+        Ok(ident)
+    }
+
+    /// Decodes `bytes` into `self`, reusing its memory (the hot path of a decoder).
+    pub fn decode_from(&mut self, bytes: &[u8]) -> Result<(), IdentError> {
         let mut reader = Reader { bytes, pos: 0 };
-        let ident = reader.ident()?;
+        reader.levels(&mut self.0)?;
         match bytes.len() - reader.pos {
-            0 => Ok(ident),
+            0 => Ok(()),
             n => Err(IdentError::TrailingBytes(n)),
         }
     }
@@ -183,6 +190,12 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn varint(&mut self) -> Result<u64, IdentError> {
+        if let Some(&byte) = self.bytes.get(self.pos)
+            && byte < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(byte));
+        }
         let mut value = 0u64;
         for shift in (0..70).step_by(7) {
             let byte = *self.bytes.get(self.pos).ok_or(IdentError::Truncated)?;
@@ -198,14 +211,8 @@ impl Reader<'_> {
         Err(IdentError::VarintOverflow)
     }
 
-    fn fixed64(&mut self) -> Result<u64, IdentError> {
-        let end = self.pos + 8;
-        let chunk = self.bytes.get(self.pos..end).ok_or(IdentError::Truncated)?;
-        self.pos = end;
-        Ok(u64::from_le_bytes(chunk.try_into().expect("8 bytes")))
-    }
-
-    fn ident(&mut self) -> Result<Ident, IdentError> {
+    fn levels(&mut self, levels: &mut Vec<Level>) -> Result<(), IdentError> {
+        levels.clear();
         let depth = self.varint()?;
         if depth == 0 {
             return Err(IdentError::Empty);
@@ -221,21 +228,22 @@ impl Reader<'_> {
                 depth,
             });
         }
-        let mut sites = [0u64; MAX_DEPTH];
-        for slot in sites.iter_mut().take(site_count as usize) {
-            *slot = self.fixed64()?;
-        }
-        let mut levels = Vec::with_capacity(depth);
+        let table_end = self.pos + 8 * site_count as usize;
+        let sites = self.bytes.get(self.pos..table_end).ok_or(IdentError::Truncated)?;
+        self.pos = table_end;
+        let site_at = |i: usize| u64::from_le_bytes(sites[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        levels.reserve(depth);
         let mut counter = 0u64;
         for d in 0..depth {
             let digit = unfold_digit(self.varint()?, d)?;
             let site = if site_count > 1 {
                 let index = self.varint()?;
-                *sites[..site_count as usize]
-                    .get(index as usize)
-                    .ok_or(IdentError::BadSiteIndex { index })?
+                if index >= site_count {
+                    return Err(IdentError::BadSiteIndex { index });
+                }
+                site_at(index as usize)
             } else {
-                sites[0]
+                site_at(0)
             };
             counter = counter.wrapping_add(self.varint()?);
             levels.push(Level {
@@ -244,6 +252,6 @@ impl Reader<'_> {
                 counter,
             });
         }
-        Ok(Ident(levels))
+        Ok(())
     }
 }

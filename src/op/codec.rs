@@ -34,7 +34,7 @@ pub fn decode_json(text: &str) -> Result<Envelope, DecodeError> {
     Ok(envelope)
 }
 
-fn check(envelope: &Envelope) -> Result<(), DecodeError> {
+pub(super) fn check(envelope: &Envelope) -> Result<(), DecodeError> {
     if envelope.schema_version != SCHEMA_VERSION {
         return Err(DecodeError::UnknownSchemaVersion {
             found: envelope.schema_version,

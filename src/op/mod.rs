@@ -3,6 +3,7 @@
 //! to `lseq::Op`, enforces the limits at decode, and gives a JSON mapping.
 
 mod codec;
+mod decoder;
 mod limits;
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::lseq::Op;
 
 pub use codec::{decode, decode_json, encode, encode_json};
+pub use decoder::Decoder;
 pub use limits::{DecodeError, Limit};
 
 /// The schema version this build writes and reads.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::lseq::{Ident, Sequence, doc_seed};
-use crate::op::{self, DecodeError, Envelope};
+use crate::op::{self, DecodeError, Decoder, Envelope};
 
 use super::{ReplayError, Trace, replay};
 
@@ -128,8 +128,9 @@ pub fn replay_through_codec(trace: &Trace, doc_id: &str) -> Result<ReplayReport,
     report.max_message_bytes = messages.iter().map(Vec::len).max().unwrap_or(0);
     let started = Instant::now();
     let mut state = Sequence::new();
+    let mut decoder = Decoder::new();
     for (index, bytes) in messages.iter().enumerate() {
-        let envelope = op::decode(bytes).map_err(|error| ReportError::Decode { index, error })?;
+        let envelope = decoder.decode(bytes).map_err(|error| ReportError::Decode { index, error })?;
         state.apply(&envelope.op).map_err(|e| ReportError::Apply {
             index,
             reason: e.to_string(),

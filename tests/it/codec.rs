@@ -4,7 +4,7 @@
 use docfold::lseq::{
     Ident, IdentError, InsertRun, Level, MAX_DEPTH, Op, OpError, OpId, Replica, base,
 };
-use docfold::op::{self, DecodeError, Envelope, Limit};
+use docfold::op::{self, DecodeError, Decoder, Envelope, Limit};
 use proptest::prelude::*;
 
 fn ident() -> impl Strategy<Value = Ident> {
@@ -74,9 +74,33 @@ proptest! {
         prop_assert_eq!(op::decode_json(&op::encode_json(&envelope)), Ok(envelope));
     }
 
+    /// The fold's reusing decoder agrees with the reference decoder on valid messages,
+    /// corrupted ones, and messages that follow each other through the same decoder.
+    #[test]
+    fn the_stream_decoder_matches_the_reference(
+        envelopes in prop::collection::vec(envelope(), 1..4),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+    ) {
+        let mut decoder = Decoder::new();
+        for envelope in &envelopes {
+            let mut bytes = op::encode(envelope);
+            for (at, byte) in &flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= byte;
+            }
+            let reference = op::decode(&bytes);
+            let streamed = decoder.decode(&bytes).cloned();
+            prop_assert_eq!(reference.is_ok(), streamed.is_ok(), "{:?} vs {:?}", reference, streamed);
+            if let (Ok(a), Ok(b)) = (reference, streamed) {
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = op::decode(&bytes);
+        let _ = Decoder::new().decode(&bytes);
         let _ = Ident::decode(&bytes);
     }
 

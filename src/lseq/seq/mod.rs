@@ -341,12 +341,14 @@ impl Sequence {
     }
 
     fn child_or_create(&mut self, parent: u32, level: &Level) -> u32 {
-        let at = match self
-            .children_of(parent)
-            .binary_search_by(|&c| self.compare(c, level))
-        {
-            Ok(at) => return self.children_of(parent)[at],
-            Err(at) => at,
+        let list = self.children_of(parent);
+        // Typing forward appends: try after the last child before searching.
+        let at = match list.last() {
+            Some(&last) if self.compare(last, level) == Ordering::Less => list.len(),
+            _ => match list.binary_search_by(|&c| self.compare(c, level)) {
+                Ok(at) => return list[at],
+                Err(at) => at,
+            },
         };
         let site = level.site;
         let node = Node {
