@@ -229,21 +229,26 @@ impl Reader<'_> {
             });
         }
         let table_end = self.pos + 8 * site_count as usize;
-        let sites = self.bytes.get(self.pos..table_end).ok_or(IdentError::Truncated)?;
+        let sites = self
+            .bytes
+            .get(self.pos..table_end)
+            .ok_or(IdentError::Truncated)?;
         self.pos = table_end;
-        let site_at = |i: usize| u64::from_le_bytes(sites[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        let site_at =
+            |i: usize| u64::from_le_bytes(sites[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        let only_site = site_at(0);
         levels.reserve(depth);
         let mut counter = 0u64;
         for d in 0..depth {
             let digit = unfold_digit(self.varint()?, d)?;
-            let site = if site_count > 1 {
+            let site = if site_count == 1 {
+                only_site
+            } else {
                 let index = self.varint()?;
                 if index >= site_count {
                     return Err(IdentError::BadSiteIndex { index });
                 }
                 site_at(index as usize)
-            } else {
-                site_at(0)
             };
             counter = counter.wrapping_add(self.varint()?);
             levels.push(Level {

@@ -130,7 +130,9 @@ pub fn replay_through_codec(trace: &Trace, doc_id: &str) -> Result<ReplayReport,
     let mut state = Sequence::new();
     let mut decoder = Decoder::new();
     for (index, bytes) in messages.iter().enumerate() {
-        let envelope = decoder.decode(bytes).map_err(|error| ReportError::Decode { index, error })?;
+        let envelope = decoder
+            .decode(bytes)
+            .map_err(|error| ReportError::Decode { index, error })?;
         state.apply(&envelope.op).map_err(|e| ReportError::Apply {
             index,
             reason: e.to_string(),

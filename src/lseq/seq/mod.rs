@@ -3,8 +3,8 @@
 //! prefixes), with the seen counters that make inserts idempotent and a bounded set of
 //! tombstones for deletes that arrive before their insert.
 
-use std::cmp::Ordering;
 use rustc_hash::FxHashMap;
+use std::cmp::Ordering;
 
 use super::ident::{Ident, Level, SiteId};
 use super::op::{Op, OpError};
@@ -155,7 +155,10 @@ impl Sequence {
         }
         if new_tombstones > 0 && self.pending.len() + new_tombstones > MAX_PENDING_TOMBSTONES {
             self.scratch = targets;
-            return Err(ApplyError::TombstoneLimit { needed: new_tombstones, held: self.pending.len() });
+            return Err(ApplyError::TombstoneLimit {
+                needed: new_tombstones,
+                held: self.pending.len(),
+            });
         }
         let mut outcome = ApplyOutcome::default();
         for (id, node) in op.deletes.iter().zip(&targets) {
@@ -181,7 +184,9 @@ impl Sequence {
             };
             if !self.seen.insert(level.site, level.counter) {
                 outcome.duplicates += 1;
-            } else if !self.pending.is_empty() && self.pending.remove(&(level.site, level.counter)).is_some() {
+            } else if !self.pending.is_empty()
+                && self.pending.remove(&(level.site, level.counter)).is_some()
+            {
                 if self.editor {
                     let node = self.child_or_create(parent, &level);
                     self.nodes[node as usize].ch = TOMBSTONE;
@@ -203,11 +208,7 @@ impl Sequence {
         let last = id.last();
         match node {
             Some(node) if self.is_char(node) => {
-                self.nodes[node as usize].ch = if self.editor {
-                    TOMBSTONE
-                } else {
-                    NONE
-                };
+                self.nodes[node as usize].ch = if self.editor { TOMBSTONE } else { NONE };
                 self.add_live(node, -1);
                 self.prune(node);
                 outcome.deleted += 1;
@@ -406,9 +407,9 @@ impl Sequence {
         {
             let parent = self.nodes[node as usize].parent;
             let list = self.nodes[parent as usize].children as usize;
+            let level = self.level_of(node);
             let at = self.children[list]
-                .iter()
-                .position(|&c| c == node)
+                .binary_search_by(|&c| self.compare(c, &level))
                 .expect("child is listed in its parent");
             self.children[list].remove(at);
             if self.children[list].is_empty() {
@@ -500,7 +501,10 @@ impl Sequence {
             self.nodes.len(),
             "lost or doubly freed nodes"
         );
-        assert!(self.editor || live_chars == self.len(), "character count of a fold state");
+        assert!(
+            self.editor || live_chars == self.len(),
+            "character count of a fold state"
+        );
         for (site, counter) in self.pending.keys() {
             assert!(
                 !self.seen.contains(*site, *counter),
