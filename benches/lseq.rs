@@ -1,6 +1,7 @@
 //! LSEQ core on the automerge-paper trace (259,778 patches, one message each):
 //! - remote_stream: decode every message and fold it into a fresh state (what a partition
 //!   worker does);
+//! - decode: decode only;
 //! - batch_apply: fold already-decoded ops;
 //! - local_edit: generate the ops with an editor replica.
 //!
@@ -45,6 +46,14 @@ fn benches(c: &mut Criterion) {
                 state.apply(&envelope.op).expect("applies");
             }
             black_box(state.len())
+        })
+    });
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            let mut decoder = Decoder::new();
+            for bytes in &messages {
+                black_box(decoder.decode(bytes).expect("valid message"));
+            }
         })
     });
     group.bench_function("batch_apply", |b| {

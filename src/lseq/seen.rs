@@ -2,13 +2,13 @@
 //! inserts idempotent, kept as sorted ranges (editing sessions count up, so one site's
 //! counters collapse into a few ranges).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::ident::SiteId;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SeenCounters {
-    sites: HashMap<SiteId, Ranges>,
+    sites: FxHashMap<SiteId, Ranges>,
 }
 
 /// Sorted, disjoint, non-adjacent half-open ranges.
