@@ -81,6 +81,8 @@ pub struct Sequence {
     editor: bool,
     /// Reused by `apply` for the nodes its deletes target.
     scratch: Vec<Option<u32>>,
+    /// Nodes that may have become empty, waiting for `prune_doomed`.
+    doomed: Vec<u32>,
 }
 
 impl Default for Sequence {
@@ -110,6 +112,7 @@ impl Sequence {
             finger: Vec::new(),
             editor: false,
             scratch: Vec::new(),
+            doomed: Vec::new(),
         }
     }
 
@@ -164,6 +167,7 @@ impl Sequence {
         for (id, node) in op.deletes.iter().zip(&targets) {
             self.delete(id, *node, &mut outcome);
         }
+        self.prune_doomed();
         self.scratch = targets;
         for run in &op.inserts {
             self.insert_run(&run.start, &run.text, &mut outcome);
@@ -210,7 +214,7 @@ impl Sequence {
             Some(node) if self.is_char(node) => {
                 self.nodes[node as usize].ch = if self.editor { TOMBSTONE } else { NONE };
                 self.add_live(node, -1);
-                self.prune(node);
+                self.doomed.push(node);
                 outcome.deleted += 1;
             }
             _ if self.seen.contains(last.site, last.counter) => outcome.duplicates += 1,
@@ -400,28 +404,48 @@ impl Sequence {
     }
 
     /// Removes `node` and its ancestors while they hold neither a character nor children.
-    fn prune(&mut self, mut node: u32) {
-        while node != ROOT
-            && self.nodes[node as usize].ch == NONE
-            && self.nodes[node as usize].children == NONE
-        {
-            let parent = self.nodes[node as usize].parent;
-            let list = self.nodes[parent as usize].children as usize;
-            let level = self.level_of(node);
-            let at = self.children[list]
-                .binary_search_by(|&c| self.compare(c, &level))
-                .expect("child is listed in its parent");
-            self.children[list].remove(at);
-            if self.children[list].is_empty() {
-                self.nodes[parent as usize].children = NONE;
-                self.free_children.push(list as u32);
+    fn prune(&mut self, node: u32) {
+        self.doomed.push(node);
+        self.prune_doomed();
+    }
+
+    fn prunable(&self, node: u32) -> bool {
+        let n = &self.nodes[node as usize];
+        node != ROOT && n.ch == NONE && n.children == NONE
+    }
+
+    /// Prunes the nodes queued in `doomed` (and then their ancestors) with one pass over
+    /// each child list involved, so deleting a pasted block costs linear, not quadratic, time.
+    fn prune_doomed(&mut self) {
+        let mut doomed = std::mem::take(&mut self.doomed);
+        let mut parents = Vec::new();
+        while !doomed.is_empty() {
+            doomed.retain(|&n| self.prunable(n));
+            doomed.sort_unstable_by_key(|&n| (self.nodes[n as usize].parent, n));
+            doomed.dedup();
+            let mut start = 0;
+            while start < doomed.len() {
+                let parent = self.nodes[doomed[start] as usize].parent;
+                let len = doomed[start..].iter().take_while(|&&n| self.nodes[n as usize].parent == parent).count();
+                let group = &doomed[start..start + len];
+                start += len;
+                let list = self.nodes[parent as usize].children as usize;
+                self.children[list].retain(|c| group.binary_search(c).is_err());
+                if self.children[list].is_empty() {
+                    self.children[list] = Vec::new();
+                    self.nodes[parent as usize].children = NONE;
+                    self.free_children.push(list as u32);
+                }
+                if let Some(depth) = self.finger.iter().position(|f| group.binary_search(f).is_ok()) {
+                    self.finger.truncate(depth);
+                }
+                self.free_nodes.extend_from_slice(group);
+                parents.push(parent);
             }
-            if let Some(depth) = self.finger.iter().position(|&f| f == node) {
-                self.finger.truncate(depth);
-            }
-            self.free_nodes.push(node);
-            node = parent;
+            doomed.clear();
+            std::mem::swap(&mut doomed, &mut parents);
         }
+        self.doomed = doomed;
     }
 
     /// Bytes retained by this state (capacity of its tables, not the allocator's overhead).
