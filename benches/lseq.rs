@@ -19,23 +19,18 @@ use docfold::trace::{Trace, replay};
 const DOC: &str = "automerge-paper";
 
 fn trace() -> Trace {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/traces/automerge-paper.json.gz");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/traces/automerge-paper.json.gz");
     Trace::read(&path).expect("trace")
 }
 
 fn benches(c: &mut Criterion) {
     let trace = trace();
     let ops = replay(&trace, doc_seed(DOC)).expect("replay").ops;
-    let messages: Vec<Vec<u8>> = ops
-        .iter()
-        .map(|op| op::encode(&Envelope::new(DOC, "local", 0, op.clone())))
-        .collect();
+    let messages: Vec<Vec<u8>> =
+        ops.iter().map(|op| op::encode(&Envelope::new(DOC, "local", 0, op.clone()))).collect();
 
     let mut group = c.benchmark_group("automerge-paper");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(15));
+    group.sample_size(10).measurement_time(Duration::from_secs(15));
     group.throughput(Throughput::Elements(messages.len() as u64));
     group.bench_function("remote_stream", |b| {
         b.iter(|| {
@@ -70,11 +65,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut replica = Replica::new(doc_seed(DOC), 1);
             for patch in trace.txns.iter().flat_map(|t| &t.patches) {
-                black_box(
-                    replica
-                        .local_edit(patch.0, patch.1, &patch.2)
-                        .expect("edit"),
-                );
+                black_box(replica.local_edit(patch.0, patch.1, &patch.2).expect("edit"));
             }
             black_box(replica.len())
         })

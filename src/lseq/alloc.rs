@@ -89,25 +89,14 @@ pub fn allocate(
                 Strategy::BoundaryPlus => low + offset,
                 Strategy::BoundaryMinus => high - offset - (len - 1),
             };
-            levels.push(Level {
-                digit,
-                site,
-                counter,
-            });
-            return Ok(Allocation {
-                start: Ident(levels),
-                len,
-            });
+            levels.push(Level { digit, site, counter });
+            return Ok(Allocation { start: Ident(levels), len });
         }
         let level = if on_p {
             p[depth]
         } else if q[depth].digit > 0 {
             // A padding level of our own just below q's: from here on nothing bounds us.
-            Level {
-                digit: q[depth].digit - 1,
-                site,
-                counter,
-            }
+            Level { digit: q[depth].digit - 1, site, counter }
         } else {
             q[depth]
         };
@@ -121,8 +110,8 @@ pub fn allocate(
 /// The allocation seed of a document: a stable hash of its id (FNV-1a, then mixed), so
 /// every replica of the document picks the same strategy per depth.
 pub fn doc_seed(doc_id: &str) -> u64 {
-    let fnv = doc_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let fnv = doc_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     splitmix64(fnv)
 }

@@ -68,9 +68,7 @@ impl Ident {
             return Err(IdentError::Empty);
         }
         if self.0.len() > MAX_DEPTH {
-            return Err(IdentError::TooDeep {
-                depth: self.0.len() as u64,
-            });
+            return Err(IdentError::TooDeep { depth: self.0.len() as u64 });
         }
         match self.0.iter().enumerate().find(|(d, l)| l.digit >= base(*d)) {
             Some((depth, _)) => Err(IdentError::DigitOutOfBase { depth }),
@@ -81,9 +79,7 @@ impl Ident {
     /// The identifier of the `i`-th character of a run that starts at `self`.
     pub fn run_member(&self, i: u64) -> Ident {
         let mut levels = self.0.clone();
-        let last = levels
-            .last_mut()
-            .expect("identifiers have at least one level");
+        let last = levels.last_mut().expect("identifiers have at least one level");
         last.digit += i;
         last.counter += i;
         Ident(levels)
@@ -155,11 +151,7 @@ impl fmt::Debug for Ident {
 /// `boundary` of a neighbour and exhausted levels sit at the top, so both ends are common.
 fn fold_digit(digit: u64, depth: usize) -> u64 {
     let top = base(depth) - 1;
-    if digit <= top / 2 {
-        digit << 1
-    } else {
-        ((top - digit) << 1) | 1
-    }
+    if digit <= top / 2 { digit << 1 } else { ((top - digit) << 1) | 1 }
 }
 
 fn unfold_digit(folded: u64, depth: usize) -> Result<u64, IdentError> {
@@ -168,11 +160,7 @@ fn unfold_digit(folded: u64, depth: usize) -> Result<u64, IdentError> {
     if distance > top / 2 {
         return Err(IdentError::DigitOutOfBase { depth });
     }
-    Ok(if folded & 1 == 0 {
-        distance
-    } else {
-        top - distance
-    })
+    Ok(if folded & 1 == 0 { distance } else { top - distance })
 }
 
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -223,19 +211,12 @@ impl Reader<'_> {
         let depth = depth as usize;
         let site_count = self.varint()?;
         if site_count == 0 || site_count > depth as u64 {
-            return Err(IdentError::BadSiteTable {
-                sites: site_count,
-                depth,
-            });
+            return Err(IdentError::BadSiteTable { sites: site_count, depth });
         }
         let table_end = self.pos + 8 * site_count as usize;
-        let sites = self
-            .bytes
-            .get(self.pos..table_end)
-            .ok_or(IdentError::Truncated)?;
+        let sites = self.bytes.get(self.pos..table_end).ok_or(IdentError::Truncated)?;
         self.pos = table_end;
-        let site_at =
-            |i: usize| u64::from_le_bytes(sites[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        let site_at = |i: usize| u64::from_le_bytes(sites[8 * i..8 * i + 8].try_into().expect("8 bytes"));
         let only_site = site_at(0);
         levels.reserve(depth);
         let mut counter = 0u64;
@@ -251,11 +232,7 @@ impl Reader<'_> {
                 site_at(index as usize)
             };
             counter = counter.wrapping_add(self.varint()?);
-            levels.push(Level {
-                digit,
-                site,
-                counter,
-            });
+            levels.push(Level { digit, site, counter });
         }
         Ok(())
     }

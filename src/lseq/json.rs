@@ -35,11 +35,7 @@ impl<'de> Deserialize<'de> for Ident {
         Ok(Ident(
             levels
                 .into_iter()
-                .map(|LevelJson(digit, site, counter)| Level {
-                    digit,
-                    site,
-                    counter,
-                })
+                .map(|LevelJson(digit, site, counter)| Level { digit, site, counter })
                 .collect(),
         ))
     }

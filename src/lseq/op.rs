@@ -81,16 +81,11 @@ impl Op {
             return Err(OpError::CounterTooLarge);
         }
         if self.deletes.len() > MAX_EDIT_DELETES {
-            return Err(OpError::TooManyDeletes {
-                count: self.deletes.len(),
-            });
+            return Err(OpError::TooManyDeletes { count: self.deletes.len() });
         }
         let mut inserted = 0;
         for (run, insert) in self.inserts.iter().enumerate() {
-            insert
-                .start
-                .validate()
-                .map_err(|error| OpError::InsertIdent { run, error })?;
+            insert.start.validate().map_err(|error| OpError::InsertIdent { run, error })?;
             let chars = insert.text.chars().count();
             if chars == 0 {
                 return Err(OpError::EmptyRun { run });
@@ -114,8 +109,7 @@ impl Op {
             }
         }
         for (index, id) in self.deletes.iter().enumerate() {
-            id.validate()
-                .map_err(|error| OpError::DeleteIdent { index, error })?;
+            id.validate().map_err(|error| OpError::DeleteIdent { index, error })?;
         }
         Ok(())
     }

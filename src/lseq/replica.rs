@@ -21,11 +21,7 @@ pub const ANCHOR_SLACK: usize = 3;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
     #[error("edit at {pos} deleting {delete_count} is outside the document of length {len}")]
-    OutOfRange {
-        pos: usize,
-        delete_count: usize,
-        len: usize,
-    },
+    OutOfRange { pos: usize, delete_count: usize, len: usize },
     #[error("edit inserts and deletes nothing")]
     Empty,
     #[error(
@@ -88,19 +84,10 @@ impl Replica {
 
     /// Deletes `delete_count` characters at `pos` and inserts `text` there; returns the op
     /// to publish (already applied here).
-    pub fn local_edit(
-        &mut self,
-        pos: usize,
-        delete_count: usize,
-        text: &str,
-    ) -> Result<Op, EditError> {
+    pub fn local_edit(&mut self, pos: usize, delete_count: usize, text: &str) -> Result<Op, EditError> {
         let len = self.seq.len();
         if pos.checked_add(delete_count).is_none_or(|end| end > len) {
-            return Err(EditError::OutOfRange {
-                pos,
-                delete_count,
-                len,
-            });
+            return Err(EditError::OutOfRange { pos, delete_count, len });
         }
         if delete_count == 0 && text.is_empty() {
             return Err(EditError::Empty);
@@ -111,11 +98,7 @@ impl Replica {
             return Err(EditError::TooLarge);
         }
         let deletes = self.seq.idents_from(pos, delete_count);
-        let Neighbours {
-            mut left,
-            right,
-            mut anchor,
-        } = self.seq.insert_neighbours(pos);
+        let Neighbours { mut left, right, mut anchor } = self.seq.insert_neighbours(pos);
         let first_counter = self.next_counter;
         let mut counter = first_counter;
         let mut inserts = Vec::new();
@@ -124,24 +107,11 @@ impl Replica {
             let want = rest.chars().take(MAX_RUN_CHARS).count() as u64;
             let own = (self.site, counter);
             let p = left.as_ref().map_or(&[][..], Ident::levels);
-            let mut run = allocate(
-                p,
-                right.as_ref().map(Ident::levels),
-                want,
-                own,
-                self.doc_seed,
-                &mut self.rng,
-            )?;
+            let mut run =
+                allocate(p, right.as_ref().map(Ident::levels), want, own, self.doc_seed, &mut self.rng)?;
             // Prefer the side of a deleted neighbour that the author saw (see ANCHOR_SLACK).
             if let Some(bound) = anchor.as_ref() {
-                let before = allocate(
-                    p,
-                    Some(bound.levels()),
-                    want,
-                    own,
-                    self.doc_seed,
-                    &mut self.rng,
-                );
+                let before = allocate(p, Some(bound.levels()), want, own, self.doc_seed, &mut self.rng);
                 if let Ok(before) = before
                     && self.anchor_worth(bound, &before.start, &run.start, left.as_ref())
                 {
@@ -159,46 +129,24 @@ impl Replica {
                 "allocated {last:?} not before {right:?}"
             );
             anchor = anchor.filter(|a| last < *a);
-            let split = rest
-                .char_indices()
-                .nth(run.len as usize)
-                .map_or(rest.len(), |(i, _)| i);
-            inserts.push(InsertRun {
-                start: run.start,
-                text: rest[..split].to_owned(),
-            });
+            let split = rest.char_indices().nth(run.len as usize).map_or(rest.len(), |(i, _)| i);
+            inserts.push(InsertRun { start: run.start, text: rest[..split].to_owned() });
             left = Some(last);
             counter += run.len;
             rest = &rest[split..];
         }
         self.next_counter = counter.max(first_counter + 1);
-        let op = Op {
-            id: OpId {
-                site: self.site,
-                counter: first_counter,
-            },
-            inserts,
-            deletes,
-        };
-        self.seq
-            .apply(&op)
-            .expect("a local op is valid and deletes only present characters");
+        let op = Op { id: OpId { site: self.site, counter: first_counter }, inserts, deletes };
+        self.seq.apply(&op).expect("a local op is valid and deletes only present characters");
         Ok(op)
     }
 
     /// Whether to allocate `anchored` (before the tombstone `bound`) rather than `free`
     /// (anywhere between the live neighbours).
-    fn anchor_worth(
-        &self,
-        bound: &Ident,
-        anchored: &Ident,
-        free: &Ident,
-        left: Option<&Ident>,
-    ) -> bool {
+    fn anchor_worth(&self, bound: &Ident, anchored: &Ident, free: &Ident, left: Option<&Ident>) -> bool {
         let shared = bound.last().counter < self.merged_at;
         let below_left = left.map_or(1, |l| l.depth() + 1);
-        anchored.depth() <= free.depth() + ANCHOR_SLACK
-            || (shared && anchored.depth() <= below_left)
+        anchored.depth() <= free.depth() + ANCHOR_SLACK || (shared && anchored.depth() <= below_left)
     }
 
     /// Applies a remote (or replayed) op.
@@ -207,9 +155,10 @@ impl Replica {
         if op.id.site != self.site && outcome.changed() {
             self.merged_at = self.next_counter;
         }
-        let last = op.inserts.last().map_or(op.id.counter, |r| {
-            r.start.last().counter + r.text.chars().count() as u64
-        });
+        let last = op
+            .inserts
+            .last()
+            .map_or(op.id.counter, |r| r.start.last().counter + r.text.chars().count() as u64);
         self.next_counter = self.next_counter.max(last + 1);
         Ok(outcome)
     }

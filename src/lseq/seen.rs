@@ -27,11 +27,7 @@ impl SeenCounters {
 
     pub fn heap_bytes(&self) -> usize {
         self.sites.capacity() * (size_of::<SiteId>() + size_of::<Ranges>() + 8)
-            + self
-                .sites
-                .values()
-                .map(|r| r.0.capacity() * 16)
-                .sum::<usize>()
+            + self.sites.values().map(|r| r.0.capacity() * 16).sum::<usize>()
     }
 }
 
@@ -46,9 +42,7 @@ impl Ranges {
     }
 
     fn contains(&self, counter: u64) -> bool {
-        self.0
-            .get(self.find(counter))
-            .is_some_and(|&(start, _)| start <= counter)
+        self.0.get(self.find(counter)).is_some_and(|&(start, _)| start <= counter)
     }
 
     fn insert(&mut self, counter: u64) -> bool {
@@ -57,10 +51,7 @@ impl Ranges {
             return false;
         }
         let joins_left = i > 0 && self.0[i - 1].1 == counter;
-        let joins_right = self
-            .0
-            .get(i)
-            .is_some_and(|&(start, _)| start == counter + 1);
+        let joins_right = self.0.get(i).is_some_and(|&(start, _)| start == counter + 1);
         match (joins_left, joins_right) {
             (true, true) => {
                 self.0[i - 1].1 = self.0[i].1;

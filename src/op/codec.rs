@@ -18,8 +18,7 @@ pub fn encode_json(envelope: &Envelope) -> String {
 /// Decodes and validates one binary message.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     Limit::MessageBytes.check(bytes.len())?;
-    let message =
-        wire::OpEnvelope::decode(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let message = wire::OpEnvelope::decode(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     let envelope = from_wire(message)?;
     check(&envelope)?;
     Ok(envelope)
@@ -62,10 +61,7 @@ fn to_wire(envelope: &Envelope) -> wire::OpEnvelope {
         inserts: op
             .inserts
             .iter()
-            .map(|r| wire::InsertRun {
-                ident: r.start.encode(),
-                text: r.text.clone(),
-            })
+            .map(|r| wire::InsertRun { ident: r.start.encode(), text: r.text.clone() })
             .collect(),
         deletes: op.deletes.iter().map(Ident::encode).collect(),
     }
@@ -73,18 +69,12 @@ fn to_wire(envelope: &Envelope) -> wire::OpEnvelope {
 
 fn from_wire(message: wire::OpEnvelope) -> Result<Envelope, DecodeError> {
     let ident = |bytes: &[u8], field: &dyn Fn() -> String| {
-        Ident::decode(bytes).map_err(|error| DecodeError::BadIdent {
-            field: field(),
-            error,
-        })
+        Ident::decode(bytes).map_err(|error| DecodeError::BadIdent { field: field(), error })
     };
     let mut inserts = Vec::with_capacity(message.inserts.len());
     for (i, run) in message.inserts.into_iter().enumerate() {
         let start = ident(&run.ident, &|| format!("inserts[{i}].ident"))?;
-        inserts.push(InsertRun {
-            start,
-            text: run.text,
-        });
+        inserts.push(InsertRun { start, text: run.text });
     }
     let mut deletes = Vec::with_capacity(message.deletes.len());
     for (i, bytes) in message.deletes.iter().enumerate() {
@@ -95,13 +85,6 @@ fn from_wire(message: wire::OpEnvelope) -> Result<Envelope, DecodeError> {
         doc_id: message.doc_id,
         origin_region: message.origin_region,
         client_time_ms: message.client_time_ms,
-        op: Op {
-            id: OpId {
-                site: message.site,
-                counter: message.counter,
-            },
-            inserts,
-            deletes,
-        },
+        op: Op { id: OpId { site: message.site, counter: message.counter }, inserts, deletes },
     })
 }

@@ -37,33 +37,18 @@ fn field<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
 }
 
 fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
-    std::str::from_utf8(bytes)
-        .map_err(|_| malformed("invalid string value: data is not UTF-8 encoded"))
+    std::str::from_utf8(bytes).map_err(|_| malformed("invalid string value: data is not UTF-8 encoded"))
 }
 
 /// Names the field only when there is an error (formatting is the slow part of a decode).
-fn ident_error(
-    field: impl FnOnce() -> String,
-) -> impl FnOnce(crate::lseq::IdentError) -> DecodeError {
-    move |error| DecodeError::BadIdent {
-        field: field(),
-        error,
-    }
+fn ident_error(field: impl FnOnce() -> String) -> impl FnOnce(crate::lseq::IdentError) -> DecodeError {
+    move |error| DecodeError::BadIdent { field: field(), error }
 }
 
 impl Decoder {
     pub fn new() -> Decoder {
-        let op = Op {
-            id: OpId {
-                site: 0,
-                counter: 0,
-            },
-            inserts: Vec::new(),
-            deletes: Vec::new(),
-        };
-        Decoder {
-            envelope: Envelope::new(String::new(), String::new(), 0, op),
-        }
+        let op = Op { id: OpId { site: 0, counter: 0 }, inserts: Vec::new(), deletes: Vec::new() };
+        Decoder { envelope: Envelope::new(String::new(), String::new(), 0, op) }
     }
 
     /// Decodes and validates one binary message.
@@ -74,10 +59,7 @@ impl Decoder {
         e.doc_id.clear();
         e.origin_region.clear();
         e.client_time_ms = 0;
-        e.op.id = OpId {
-            site: 0,
-            counter: 0,
-        };
+        e.op.id = OpId { site: 0, counter: 0 };
         let (mut runs, mut deletes) = (0, 0);
         let mut buf = bytes;
         while buf.has_remaining() {
@@ -88,21 +70,14 @@ impl Decoder {
                 }
                 (2, WireType::LengthDelimited) => replace(&mut e.doc_id, text(field(&mut buf)?)?),
                 (3, WireType::SixtyFourBit) if buf.len() >= 8 => e.op.id.site = buf.get_u64_le(),
-                (4, WireType::Varint) => {
-                    e.op.id.counter = decode_varint(&mut buf).map_err(malformed)?
-                }
-                (5, WireType::LengthDelimited) => {
-                    replace(&mut e.origin_region, text(field(&mut buf)?)?)
-                }
+                (4, WireType::Varint) => e.op.id.counter = decode_varint(&mut buf).map_err(malformed)?,
+                (5, WireType::LengthDelimited) => replace(&mut e.origin_region, text(field(&mut buf)?)?),
                 (6, WireType::Varint) => {
                     e.client_time_ms = decode_varint(&mut buf).map_err(malformed)? as i64
                 }
                 (7, WireType::LengthDelimited) => {
                     if runs == e.op.inserts.len() {
-                        e.op.inserts.push(InsertRun {
-                            start: Ident(Vec::new()),
-                            text: String::new(),
-                        });
+                        e.op.inserts.push(InsertRun { start: Ident(Vec::new()), text: String::new() });
                     }
                     decode_run(field(&mut buf)?, &mut e.op.inserts[runs], runs)?;
                     runs += 1;
@@ -118,12 +93,9 @@ impl Decoder {
                     deletes += 1;
                 }
                 (1..=8, _) => {
-                    return Err(malformed(format!(
-                        "field {tag} has wire type {wire_type:?}"
-                    )));
+                    return Err(malformed(format!("field {tag} has wire type {wire_type:?}")));
                 }
-                _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())
-                    .map_err(malformed)?,
+                _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(malformed)?,
             }
         }
         e.op.inserts.truncate(runs);
@@ -147,27 +119,19 @@ fn decode_run(mut buf: &[u8], run: &mut InsertRun, index: usize) -> Result<(), D
         match (tag, wire_type) {
             (1, WireType::LengthDelimited) => {
                 let bytes = field(&mut buf)?;
-                run.start
-                    .decode_from(bytes)
-                    .map_err(ident_error(|| format!("inserts[{index}].ident")))?;
+                run.start.decode_from(bytes).map_err(ident_error(|| format!("inserts[{index}].ident")))?;
                 has_ident = true;
             }
             (2, WireType::LengthDelimited) => replace(&mut run.text, text(field(&mut buf)?)?),
             (1..=2, _) => {
-                return Err(malformed(format!(
-                    "field {tag} has wire type {wire_type:?}"
-                )));
+                return Err(malformed(format!("field {tag} has wire type {wire_type:?}")));
             }
-            _ => {
-                skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(malformed)?
-            }
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(malformed)?,
         }
     }
     if !has_ident {
         // Same as the reference decoder: an absent ident is empty bytes.
-        run.start
-            .decode_from(&[])
-            .map_err(ident_error(|| format!("inserts[{index}].ident")))?;
+        run.start.decode_from(&[]).map_err(ident_error(|| format!("inserts[{index}].ident")))?;
     }
     Ok(())
 }

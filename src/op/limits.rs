@@ -31,14 +31,7 @@ impl Limit {
 
     /// `Err` when `actual` exceeds this limit.
     pub fn check(self, actual: usize) -> Result<(), DecodeError> {
-        if actual > self.max() {
-            Err(DecodeError::OverLimit {
-                limit: self,
-                actual,
-            })
-        } else {
-            Ok(())
-        }
+        if actual > self.max() { Err(DecodeError::OverLimit { limit: self, actual }) } else { Ok(()) }
     }
 }
 

@@ -43,10 +43,7 @@ pub enum TraceError {
     #[error("cannot read trace {path}: {error}")]
     Io { path: String, error: std::io::Error },
     #[error("trace {path} is not a valid editing trace: {error}")]
-    Json {
-        path: String,
-        error: serde_json::Error,
-    },
+    Json { path: String, error: serde_json::Error },
 }
 
 impl Trace {
@@ -61,16 +58,11 @@ impl Trace {
     /// Reads a `.json` or `.json.gz` trace file.
     pub fn read(path: &Path) -> Result<Trace, TraceError> {
         let shown = path.display().to_string();
-        let io = |error| TraceError::Io {
-            path: shown.clone(),
-            error,
-        };
+        let io = |error| TraceError::Io { path: shown.clone(), error };
         let raw = std::fs::read(path).map_err(io)?;
         let json = if raw.starts_with(&[0x1f, 0x8b]) {
             let mut out = Vec::with_capacity(raw.len() * 8);
-            flate2::read::GzDecoder::new(&raw[..])
-                .read_to_end(&mut out)
-                .map_err(io)?;
+            flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
             out
         } else {
             raw

@@ -19,11 +19,7 @@ pub struct TraceOps {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("txn {txn}, patch {patch}: {error}")]
-    Edit {
-        txn: usize,
-        patch: usize,
-        error: EditError,
-    },
+    Edit { txn: usize, patch: usize, error: EditError },
     #[error("txn {txn} names parent {parent}, which is not an earlier txn")]
     BadParent { txn: usize, parent: usize },
     #[error("txn {txn}: a replica did not accept an op: {reason}")]
@@ -43,12 +39,7 @@ fn site_of(agent: usize, generation: usize) -> SiteId {
     splitmix64(((agent as u64) << 32) | generation as u64)
 }
 
-fn edit_all(
-    replica: &mut Replica,
-    trace: &Trace,
-    txn: usize,
-    ops: &mut Vec<Op>,
-) -> Result<(), ReplayError> {
+fn edit_all(replica: &mut Replica, trace: &Trace, txn: usize, ops: &mut Vec<Op>) -> Result<(), ReplayError> {
     for (patch, p) in trace.txns[txn].patches.iter().enumerate() {
         let fail = |error| ReplayError::Edit { txn, patch, error };
         split_edit(replica, p.0, p.1, &p.2, ops).map_err(fail)?;
@@ -76,11 +67,7 @@ fn split_edit(
     }
     let chars: Vec<char> = text.chars().collect();
     for (i, chunk) in chars.chunks(MAX_EDIT_CHARS).enumerate() {
-        ops.push(replica.local_edit(
-            pos + i * MAX_EDIT_CHARS,
-            0,
-            &chunk.iter().collect::<String>(),
-        )?);
+        ops.push(replica.local_edit(pos + i * MAX_EDIT_CHARS, 0, &chunk.iter().collect::<String>())?);
     }
     Ok(())
 }
@@ -89,22 +76,13 @@ fn replay_sequential(trace: &Trace, doc_seed: u64) -> Result<TraceOps, ReplayErr
     let mut replica = Replica::new(doc_seed, site_of(0, 0));
     let mut ops = Vec::with_capacity(trace.patch_count() + 1);
     if !trace.start_content.is_empty() {
-        split_edit(&mut replica, 0, 0, &trace.start_content, &mut ops).map_err(|error| {
-            ReplayError::Edit {
-                txn: 0,
-                patch: 0,
-                error,
-            }
-        })?;
+        split_edit(&mut replica, 0, 0, &trace.start_content, &mut ops)
+            .map_err(|error| ReplayError::Edit { txn: 0, patch: 0, error })?;
     }
     for txn in 0..trace.txns.len() {
         edit_all(&mut replica, trace, txn, &mut ops)?;
     }
-    Ok(TraceOps {
-        doc_seed,
-        ops,
-        forks: 0,
-    })
+    Ok(TraceOps { doc_seed, ops, forks: 0 })
 }
 
 /// One agent's replica and which txns it holds.
@@ -151,10 +129,7 @@ fn replay_concurrent(trace: &Trace, doc_seed: u64) -> Result<TraceOps, ReplayErr
         missing.sort_unstable();
         for &m in &missing {
             for op in &ops[ranges[m].0..ranges[m].1] {
-                agent.replica.apply(op).map_err(|e| ReplayError::Apply {
-                    txn: t,
-                    reason: e.to_string(),
-                })?;
+                agent.replica.apply(op).map_err(|e| ReplayError::Apply { txn: t, reason: e.to_string() })?;
             }
             agent.applied[m] = true;
         }
@@ -164,20 +139,12 @@ fn replay_concurrent(trace: &Trace, doc_seed: u64) -> Result<TraceOps, ReplayErr
         agent.applied[t] = true;
         agent.heads = vec![t];
     }
-    Ok(TraceOps {
-        doc_seed,
-        ops,
-        forks,
-    })
+    Ok(TraceOps { doc_seed, ops, forks })
 }
 
 /// Ancestors of `parents` (inclusive) not in `applied`, and the applied txns met at the
 /// border of that search.
-fn missing_ancestors(
-    trace: &Trace,
-    parents: &[usize],
-    applied: &[bool],
-) -> (Vec<usize>, Vec<usize>) {
+fn missing_ancestors(trace: &Trace, parents: &[usize], applied: &[bool]) -> (Vec<usize>, Vec<usize>) {
     let mut seen = std::collections::HashSet::new();
     let (mut missing, mut reached) = (Vec::new(), Vec::new());
     let mut stack: Vec<usize> = parents.to_vec();

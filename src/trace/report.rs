@@ -48,21 +48,12 @@ impl ReplayReport {
     /// `None` when the text equals `expected`; else the first differing code point and
     /// a little context on both sides.
     pub fn divergence(&self, expected: &str) -> Option<Divergence> {
-        let (got, want): (Vec<char>, Vec<char>) =
-            (self.text.chars().collect(), expected.chars().collect());
-        let at = got
-            .iter()
-            .zip(&want)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(want.len()));
+        let (got, want): (Vec<char>, Vec<char>) = (self.text.chars().collect(), expected.chars().collect());
+        let at = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
         if at == got.len() && at == want.len() {
             return None;
         }
-        let around = |s: &[char]| {
-            s[at.saturating_sub(30)..(at + 30).min(s.len())]
-                .iter()
-                .collect()
-        };
+        let around = |s: &[char]| s[at.saturating_sub(30)..(at + 30).min(s.len())].iter().collect();
         Some(Divergence {
             at,
             got: around(&got),
@@ -130,13 +121,8 @@ pub fn replay_through_codec(trace: &Trace, doc_id: &str) -> Result<ReplayReport,
     let mut state = Sequence::new();
     let mut decoder = Decoder::new();
     for (index, bytes) in messages.iter().enumerate() {
-        let envelope = decoder
-            .decode(bytes)
-            .map_err(|error| ReportError::Decode { index, error })?;
-        state.apply(&envelope.op).map_err(|e| ReportError::Apply {
-            index,
-            reason: e.to_string(),
-        })?;
+        let envelope = decoder.decode(bytes).map_err(|error| ReportError::Decode { index, error })?;
+        state.apply(&envelope.op).map_err(|e| ReportError::Apply { index, reason: e.to_string() })?;
     }
     report.fold = started.elapsed();
     report.state_bytes = state.heap_bytes();

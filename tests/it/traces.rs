@@ -6,24 +6,16 @@ use docfold::lseq::{Replica, doc_seed};
 use docfold::trace::{Trace, replay, replay_through_codec};
 
 fn trace(name: &str) -> Trace {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/traces")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/traces").join(name);
     Trace::read(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn replays_exactly(name: &str) {
     let trace = trace(name);
     let report = replay_through_codec(&trace, name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(
-        report.messages >= trace.patch_count(),
-        "at least one message per patch"
-    );
+    assert!(report.messages >= trace.patch_count(), "at least one message per patch");
     if let Some(d) = report.divergence(&trace.end_content) {
-        panic!(
-            "{name} diverges at {}: got {:?}, expected {:?}",
-            d.at, d.got, d.want
-        );
+        panic!("{name} diverges at {}: got {:?}, expected {:?}", d.at, d.got, d.want);
     }
 }
 
@@ -64,14 +56,7 @@ fn friendsforever_converges_in_any_order_and_seed() {
         }
         forward.check_invariants();
         backward.check_invariants();
-        assert_eq!(
-            forward.sequence().entries(),
-            backward.sequence().entries(),
-            "doc {doc}: replicas differ"
-        );
-        assert!(
-            forward.text() == trace.end_content,
-            "doc {doc}: text differs from endContent"
-        );
+        assert_eq!(forward.sequence().entries(), backward.sequence().entries(), "doc {doc}: replicas differ");
+        assert!(forward.text() == trace.end_content, "doc {doc}: text differs from endContent");
     }
 }

@@ -93,15 +93,7 @@ impl Default for Sequence {
 
 impl Sequence {
     pub fn new() -> Sequence {
-        let root = Node {
-            digit: 0,
-            counter: 0,
-            site: 0,
-            parent: NONE,
-            ch: NONE,
-            live: 0,
-            children: NONE,
-        };
+        let root = Node { digit: 0, counter: 0, site: 0, parent: NONE, ch: NONE, live: 0, children: NONE };
         Sequence {
             nodes: vec![root],
             free_nodes: Vec::new(),
@@ -118,10 +110,7 @@ impl Sequence {
 
     /// A state for an editor's replica: positions and tombstones.
     pub fn for_editor() -> Sequence {
-        Sequence {
-            editor: true,
-            ..Sequence::new()
-        }
+        Sequence { editor: true, ..Sequence::new() }
     }
 
     /// Number of live characters.
@@ -158,10 +147,7 @@ impl Sequence {
         }
         if new_tombstones > 0 && self.pending.len() + new_tombstones > MAX_PENDING_TOMBSTONES {
             self.scratch = targets;
-            return Err(ApplyError::TombstoneLimit {
-                needed: new_tombstones,
-                held: self.pending.len(),
-            });
+            return Err(ApplyError::TombstoneLimit { needed: new_tombstones, held: self.pending.len() });
         }
         let mut outcome = ApplyOutcome::default();
         for (id, node) in op.deletes.iter().zip(&targets) {
@@ -181,15 +167,11 @@ impl Sequence {
         let first = first[0];
         let parent = self.find_or_create(prefix);
         for (i, ch) in text.chars().enumerate() {
-            let level = Level {
-                digit: first.digit + i as u64,
-                site: first.site,
-                counter: first.counter + i as u64,
-            };
+            let level =
+                Level { digit: first.digit + i as u64, site: first.site, counter: first.counter + i as u64 };
             if !self.seen.insert(level.site, level.counter) {
                 outcome.duplicates += 1;
-            } else if !self.pending.is_empty()
-                && self.pending.remove(&(level.site, level.counter)).is_some()
+            } else if !self.pending.is_empty() && self.pending.remove(&(level.site, level.counter)).is_some()
             {
                 if self.editor {
                     let node = self.child_or_create(parent, &level);
@@ -219,11 +201,7 @@ impl Sequence {
             }
             _ if self.seen.contains(last.site, last.counter) => outcome.duplicates += 1,
             _ => {
-                if self
-                    .pending
-                    .insert((last.site, last.counter), id.clone())
-                    .is_none()
-                {
+                if self.pending.insert((last.site, last.counter), id.clone()).is_none() {
                     outcome.tombstoned += 1;
                 } else {
                     outcome.duplicates += 1;
@@ -284,11 +262,7 @@ impl Sequence {
 
     pub(super) fn level_of(&self, node: u32) -> Level {
         let n = &self.nodes[node as usize];
-        Level {
-            digit: n.digit,
-            site: n.site,
-            counter: n.counter,
-        }
+        Level { digit: n.digit, site: n.site, counter: n.counter }
     }
 
     pub(super) fn children_of(&self, node: u32) -> &[u32] {
@@ -309,11 +283,7 @@ impl Sequence {
     /// Follows `levels` from the root, reusing the finger's shared prefix.
     fn find(&self, levels: &[Level]) -> Option<u32> {
         let shared = self.shared_with_finger(levels);
-        let mut node = if shared == 0 {
-            ROOT
-        } else {
-            self.finger[shared - 1]
-        };
+        let mut node = if shared == 0 { ROOT } else { self.finger[shared - 1] };
         for level in &levels[shared..] {
             let list = self.children_of(node);
             let at = list.binary_search_by(|&c| self.compare(c, level)).ok()?;
@@ -333,11 +303,7 @@ impl Sequence {
     fn find_or_create(&mut self, levels: &[Level]) -> u32 {
         let shared = self.shared_with_finger(levels);
         self.finger.truncate(shared);
-        let mut node = if shared == 0 {
-            ROOT
-        } else {
-            self.finger[shared - 1]
-        };
+        let mut node = if shared == 0 { ROOT } else { self.finger[shared - 1] };
         for level in &levels[shared..] {
             node = self.child_or_create(node, level);
             self.finger.push(node);
@@ -426,7 +392,8 @@ impl Sequence {
             let mut start = 0;
             while start < doomed.len() {
                 let parent = self.nodes[doomed[start] as usize].parent;
-                let len = doomed[start..].iter().take_while(|&&n| self.nodes[n as usize].parent == parent).count();
+                let len =
+                    doomed[start..].iter().take_while(|&&n| self.nodes[n as usize].parent == parent).count();
                 let group = &doomed[start..start + len];
                 start += len;
                 let list = self.nodes[parent as usize].children as usize;
@@ -452,19 +419,11 @@ impl Sequence {
     pub fn heap_bytes(&self) -> usize {
         self.nodes.capacity() * size_of::<Node>()
             + self.children.capacity() * size_of::<Vec<u32>>()
-            + self
-                .children
-                .iter()
-                .map(|c| c.capacity() * 4)
-                .sum::<usize>()
+            + self.children.iter().map(|c| c.capacity() * 4).sum::<usize>()
             + (self.free_nodes.capacity() + self.free_children.capacity()) * 4
             + self.seen.heap_bytes()
             + self.pending.capacity() * (16 + size_of::<Ident>())
-            + self
-                .pending
-                .values()
-                .map(|id| id.depth() * size_of::<Level>())
-                .sum::<usize>()
+            + self.pending.values().map(|id| id.depth() * size_of::<Level>()).sum::<usize>()
     }
 
     /// Checks the structure's invariants; panics with a description when one fails.
@@ -477,10 +436,7 @@ impl Sequence {
             reachable += 1;
             let n = &self.nodes[node as usize];
             let list = self.children_of(node);
-            assert!(
-                n.children == NONE || !list.is_empty(),
-                "node {node} keeps an empty child list"
-            );
+            assert!(n.children == NONE || !list.is_empty(), "node {node} keeps an empty child list");
             for pair in list.windows(2) {
                 assert_eq!(
                     self.compare(pair[0], &self.level_of(pair[1])),
@@ -496,23 +452,11 @@ impl Sequence {
                 live_chars += usize::from(self.is_char(node));
             }
             if node != ROOT {
-                assert!(
-                    n.ch != NONE || !list.is_empty(),
-                    "node {node} is an empty leaf"
-                );
-                assert!(
-                    self.editor || n.ch != TOMBSTONE,
-                    "tombstone kept in a fold state"
-                );
-                assert!(
-                    n.digit < super::ident::base(depth - 1),
-                    "digit of node {node} outside its base"
-                );
+                assert!(n.ch != NONE || !list.is_empty(), "node {node} is an empty leaf");
+                assert!(self.editor || n.ch != TOMBSTONE, "tombstone kept in a fold state");
+                assert!(n.digit < super::ident::base(depth - 1), "digit of node {node} outside its base");
                 if n.ch != NONE {
-                    assert!(
-                        self.seen.contains(n.site, n.counter),
-                        "char {node} not marked seen"
-                    );
+                    assert!(self.seen.contains(n.site, n.counter), "char {node} not marked seen");
                 }
             }
             for &c in list {
@@ -520,27 +464,14 @@ impl Sequence {
                 stack.push((c, depth + 1));
             }
         }
-        assert_eq!(
-            reachable + self.free_nodes.len(),
-            self.nodes.len(),
-            "lost or doubly freed nodes"
-        );
-        assert!(
-            self.editor || live_chars == self.len(),
-            "character count of a fold state"
-        );
+        assert_eq!(reachable + self.free_nodes.len(), self.nodes.len(), "lost or doubly freed nodes");
+        assert!(self.editor || live_chars == self.len(), "character count of a fold state");
         for (site, counter) in self.pending.keys() {
-            assert!(
-                !self.seen.contains(*site, *counter),
-                "a tombstone waits for an insert already seen"
-            );
+            assert!(!self.seen.contains(*site, *counter), "a tombstone waits for an insert already seen");
         }
         for (i, &f) in self.finger.iter().enumerate() {
             let parent = if i == 0 { ROOT } else { self.finger[i - 1] };
-            assert_eq!(
-                self.nodes[f as usize].parent, parent,
-                "finger is not a path"
-            );
+            assert_eq!(self.nodes[f as usize].parent, parent, "finger is not a path");
         }
     }
 }

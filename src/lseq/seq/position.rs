@@ -32,11 +32,7 @@ impl Sequence {
     /// and the first character after the left one, deleted or not, when that is a
     /// tombstone (an anchor: see `Replica::local_edit`).
     pub fn insert_neighbours(&self, pos: usize) -> Neighbours {
-        let left = if pos == 0 {
-            ROOT
-        } else {
-            self.node_at(pos - 1).unwrap_or(ROOT)
-        };
+        let left = if pos == 0 { ROOT } else { self.node_at(pos - 1).unwrap_or(ROOT) };
         let next = self.next_in_order(left, false);
         let right = match next {
             Some(n) if !self.is_char(n) => self.next_in_order(n, true),
@@ -104,11 +100,7 @@ impl Sequence {
     fn first_in(&self, mut node: u32, live_only: bool) -> u32 {
         loop {
             let n = &self.nodes[node as usize];
-            if if live_only {
-                self.is_char(node)
-            } else {
-                n.ch != NONE
-            } {
+            if if live_only { self.is_char(node) } else { n.ch != NONE } {
                 return node;
             }
             node = *self
