@@ -30,6 +30,8 @@ pub enum EditError {
     TooLarge,
     #[error(transparent)]
     DepthExhausted(#[from] DepthExhausted),
+    #[error("the op for this edit was refused: {0}")]
+    Refused(ApplyError),
 }
 
 #[derive(Clone, Debug)]
@@ -135,9 +137,10 @@ impl Replica {
             counter += run.len;
             rest = &rest[split..];
         }
-        self.next_counter = counter.max(first_counter + 1);
         let op = Op { id: OpId { site: self.site, counter: first_counter }, inserts, deletes };
-        self.seq.apply(&op).expect("a local op is valid and deletes only present characters");
+        // Valid by construction, but for counters pushed near MAX_COUNTER by remote ops.
+        self.seq.apply(&op).map_err(EditError::Refused)?;
+        self.next_counter = counter.max(first_counter + 1);
         Ok(op)
     }
 

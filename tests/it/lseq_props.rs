@@ -2,8 +2,8 @@
 //! in any order with duplicates and deletes before their inserts.
 
 use docfold::lseq::{
-    ApplyError, DepthExhausted, EditError, Ident, InsertRun, Level, MAX_DEPTH, MAX_EDIT_DELETES,
-    MAX_PENDING_TOMBSTONES, Op, OpId, Replica, Rng, Sequence, allocate,
+    ApplyError, DepthExhausted, EditError, Ident, InsertRun, Level, MAX_COUNTER, MAX_DEPTH, MAX_EDIT_DELETES,
+    MAX_PENDING_TOMBSTONES, Op, OpError, OpId, Replica, Rng, Sequence, allocate,
 };
 use proptest::prelude::*;
 
@@ -203,4 +203,20 @@ fn no_identifier_deeper_than_the_cap_is_allocated() {
     assert_eq!(replica.text(), "ab");
     replica.local_edit(2, 0, "c").expect("room after the pair");
     replica.check_invariants();
+}
+
+#[test]
+fn an_editor_pushed_to_the_counter_limit_refuses_edits_instead_of_panicking() {
+    let mut remote = Replica::new(0, 8);
+    let mut op = remote.local_edit(0, 0, "z").expect("insert");
+    op.inserts[0].start.0[0].counter = MAX_COUNTER;
+    op.id.counter = MAX_COUNTER;
+    let mut replica = Replica::new(0, 9);
+    replica.apply(&op).expect("valid: at the limit");
+    let refused = replica.local_edit(1, 0, "a").expect_err("counter past the limit");
+    assert!(
+        matches!(refused, EditError::Refused(ApplyError::Invalid(OpError::CounterTooLarge))),
+        "{refused}"
+    );
+    assert_eq!(replica.text(), "z");
 }
