@@ -1,5 +1,6 @@
 //! docfold's integration tests: one binary, one module per area.
 
+mod cli;
 mod codec;
 mod lseq_props;
 mod traces;

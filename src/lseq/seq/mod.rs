@@ -286,10 +286,19 @@ impl Sequence {
         let mut node = if shared == 0 { ROOT } else { self.finger[shared - 1] };
         for level in &levels[shared..] {
             let list = self.children_of(node);
-            let at = list.binary_search_by(|&c| self.compare(c, level)).ok()?;
-            node = list[at];
+            node = list[self.search_children(list, level).ok()?];
         }
         Some(node)
+    }
+
+    /// Where `level` is (`Ok`) or would go (`Err`) among the sorted children `list`. Tries
+    /// the end first: typing appends, and backspace deletes what was just appended.
+    fn search_children(&self, list: &[u32], level: &Level) -> Result<usize, usize> {
+        match list.last().map(|&last| self.compare(last, level)) {
+            Some(Ordering::Less) => Err(list.len()),
+            Some(Ordering::Equal) => Ok(list.len() - 1),
+            _ => list.binary_search_by(|&c| self.compare(c, level)),
+        }
     }
 
     fn shared_with_finger(&self, levels: &[Level]) -> usize {
@@ -313,13 +322,9 @@ impl Sequence {
 
     fn child_or_create(&mut self, parent: u32, level: &Level) -> u32 {
         let list = self.children_of(parent);
-        // Typing forward appends: try after the last child before searching.
-        let at = match list.last() {
-            Some(&last) if self.compare(last, level) == Ordering::Less => list.len(),
-            _ => match list.binary_search_by(|&c| self.compare(c, level)) {
-                Ok(at) => return list[at],
-                Err(at) => at,
-            },
+        let at = match self.search_children(list, level) {
+            Ok(at) => return list[at],
+            Err(at) => at,
         };
         let site = level.site;
         let node = Node {
