@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ident::{Ident, Level};
 
-pub mod site_hex {
+pub(super) mod site_hex {
     use super::*;
 
     pub fn serialize<S: Serializer>(site: &u64, s: S) -> Result<S::Ok, S::Error> {

@@ -13,7 +13,6 @@ pub use alloc::{
     Allocation, BOUNDARY, DepthExhausted, Rng, Strategy, allocate, doc_seed, splitmix64, strategy,
 };
 pub use ident::{Ident, IdentError, Level, MAX_DEPTH, SiteId, base};
-pub use json::site_hex;
 pub use op::{InsertRun, MAX_COUNTER, MAX_EDIT_CHARS, MAX_EDIT_DELETES, MAX_RUN_CHARS, Op, OpError, OpId};
 pub use replica::{ANCHOR_SLACK, EditError, Replica};
 pub use seq::{ApplyError, ApplyOutcome, MAX_PENDING_TOMBSTONES, Neighbours, Sequence};

@@ -9,7 +9,7 @@ use crate::op::{self, DecodeError, Decoder, Envelope};
 use super::{ReplayError, Trace, replay};
 
 /// What a replay measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplayReport {
     pub patches: usize,
     pub ops: usize,
@@ -92,19 +92,9 @@ pub fn replay_through_codec(trace: &Trace, doc_id: &str) -> Result<ReplayReport,
     let mut report = ReplayReport {
         patches: trace.patch_count(),
         ops: ops.ops.len(),
-        messages: 0,
-        encoded_bytes: 0,
-        max_message_bytes: 0,
-        idents: 0,
-        ident_bytes: 0,
-        max_ident_bytes: 0,
-        ident_levels: 0,
-        max_ident_depth: 0,
         forks: ops.forks,
         generate,
-        fold: Duration::ZERO,
-        state_bytes: 0,
-        text: String::new(),
+        ..Default::default()
     };
     let mut messages = Vec::with_capacity(ops.ops.len());
     for (i, op) in ops.ops.into_iter().enumerate() {
