@@ -26,8 +26,15 @@ fn trace() -> Trace {
 fn benches(c: &mut Criterion) {
     let trace = trace();
     let ops = replay(&trace, doc_seed(DOC)).expect("replay").ops;
-    let messages: Vec<Vec<u8>> =
-        ops.iter().map(|op| op::encode(&Envelope::new(DOC, "local", 0, op.clone()))).collect();
+    // Messages back to back in one buffer, as a consumer receives a fetched batch.
+    let mut buffer = Vec::new();
+    let mut bounds = Vec::with_capacity(ops.len());
+    for op in &ops {
+        let start = buffer.len();
+        buffer.extend_from_slice(&op::encode(&Envelope::new(DOC, "local", 0, op.clone())));
+        bounds.push(start..buffer.len());
+    }
+    let messages: Vec<&[u8]> = bounds.into_iter().map(|r| &buffer[r]).collect();
 
     let mut group = c.benchmark_group("automerge-paper");
     group.sample_size(10).measurement_time(Duration::from_secs(15));

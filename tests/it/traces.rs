@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use docfold::lseq::{Replica, doc_seed};
+use docfold::op::{self, Decoder, Envelope};
 use docfold::trace::{Trace, replay, replay_through_codec};
 
 fn trace(name: &str) -> Trace {
@@ -58,5 +59,19 @@ fn friendsforever_converges_in_any_order_and_seed() {
         backward.check_invariants();
         assert_eq!(forward.sequence().entries(), backward.sequence().entries(), "doc {doc}: replicas differ");
         assert!(forward.text() == trace.end_content, "doc {doc}: text differs from endContent");
+    }
+}
+
+/// Over a real stream, the fold's reusing decoder decodes every message exactly as the
+/// reference decoder does.
+#[test]
+fn the_stream_decoder_matches_the_reference_on_a_real_stream() {
+    let trace = trace("friendsforever.json.gz");
+    let ops = replay(&trace, doc_seed("stream")).expect("replays").ops;
+    let mut decoder = Decoder::new();
+    for (i, op) in ops.into_iter().enumerate() {
+        let bytes = op::encode(&Envelope::new("stream", "eu", i as i64, op));
+        let reference = op::decode(&bytes).expect("valid");
+        assert_eq!(decoder.decode(&bytes).expect("valid"), &reference, "message {i}");
     }
 }
