@@ -81,8 +81,9 @@ pub struct Sequence {
     editor: bool,
     /// Reused by `apply` for the nodes its deletes target.
     scratch: Vec<Option<u32>>,
-    /// Nodes that may have become empty, waiting for `prune_doomed`.
+    /// Nodes that may have become empty, waiting for `prune_doomed`, and its scratch.
     doomed: Vec<u32>,
+    doomed_parents: Vec<u32>,
 }
 
 impl Default for Sequence {
@@ -105,6 +106,7 @@ impl Sequence {
             editor: false,
             scratch: Vec::new(),
             doomed: Vec::new(),
+            doomed_parents: Vec::new(),
         }
     }
 
@@ -389,7 +391,7 @@ impl Sequence {
     /// each child list involved, so deleting a pasted block costs linear, not quadratic, time.
     fn prune_doomed(&mut self) {
         let mut doomed = std::mem::take(&mut self.doomed);
-        let mut parents = Vec::new();
+        let mut parents = std::mem::take(&mut self.doomed_parents);
         while !doomed.is_empty() {
             doomed.retain(|&n| self.prunable(n));
             doomed.sort_unstable_by_key(|&n| (self.nodes[n as usize].parent, n));
@@ -402,7 +404,15 @@ impl Sequence {
                 let group = &doomed[start..start + len];
                 start += len;
                 let list = self.nodes[parent as usize].children as usize;
-                self.children[list].retain(|c| group.binary_search(c).is_err());
+                if let [node] = group {
+                    let level = self.level_of(*node);
+                    let at = self
+                        .search_children(&self.children[list], &level)
+                        .expect("child is listed in its parent");
+                    self.children[list].remove(at);
+                } else {
+                    self.children[list].retain(|c| group.binary_search(c).is_err());
+                }
                 if self.children[list].is_empty() {
                     self.children[list] = Vec::new();
                     self.nodes[parent as usize].children = NONE;
@@ -418,6 +428,7 @@ impl Sequence {
             std::mem::swap(&mut doomed, &mut parents);
         }
         self.doomed = doomed;
+        self.doomed_parents = parents;
     }
 
     /// Bytes retained by this state (capacity of its tables, not the allocator's overhead).
