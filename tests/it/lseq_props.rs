@@ -83,6 +83,8 @@ proptest! {
             prop_assert_eq!(replica.sequence().entries(), fold.entries(), "replica {} identifiers", i);
         }
         prop_assert_eq!(fold.pending_tombstones(), 0, "every delete found its insert");
+        let entries = fold.entries();
+        prop_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "text order is identifier order");
     }
 
     #[test]
