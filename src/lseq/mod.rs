@@ -14,5 +14,5 @@ pub use alloc::{
 };
 pub use ident::{Ident, IdentError, Level, MAX_DEPTH, SiteId, base};
 pub use op::{InsertRun, MAX_COUNTER, MAX_EDIT_CHARS, MAX_EDIT_DELETES, MAX_RUN_CHARS, Op, OpError, OpId};
-pub use replica::{ANCHOR_SLACK, EditError, Replica};
+pub use replica::{EditError, Replica};
 pub use seq::{ApplyError, ApplyOutcome, MAX_PENDING_TOMBSTONES, Neighbours, Sequence};
