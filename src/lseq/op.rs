@@ -68,11 +68,6 @@ pub enum OpError {
 }
 
 impl Op {
-    /// Number of characters inserted.
-    pub fn inserted_chars(&self) -> usize {
-        self.inserts.iter().map(|r| r.text.chars().count()).sum()
-    }
-
     pub fn validate(&self) -> Result<(), OpError> {
         if self.inserts.is_empty() && self.deletes.is_empty() {
             return Err(OpError::Empty);

@@ -48,10 +48,6 @@ impl Replica {
         }
     }
 
-    pub fn site(&self) -> SiteId {
-        self.site
-    }
-
     pub fn sequence(&self) -> &Sequence {
         &self.seq
     }

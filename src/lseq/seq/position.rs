@@ -12,11 +12,6 @@ pub struct Neighbours {
 }
 
 impl Sequence {
-    /// Identifier of the live character at `pos` (0-based), if any.
-    pub fn ident_at(&self, pos: usize) -> Option<Ident> {
-        self.node_at(pos).map(|n| self.ident_of(n))
-    }
-
     /// Identifiers of the `count` live characters from `pos` on (fewer at the end).
     pub fn idents_from(&self, pos: usize, count: usize) -> Vec<Ident> {
         let mut out = Vec::with_capacity(count);
