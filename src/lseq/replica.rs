@@ -32,6 +32,9 @@ pub struct Replica {
     /// `next_counter` when an op of another site last changed this replica: characters
     /// older than that may have been seen, and edited around, by other editors.
     merged_at: u64,
+    /// A live character near the caret and its position, while no remote change has moved
+    /// it: positions near it are found by stepping instead of searching.
+    cursor: Option<(usize, Ident)>,
     rng: Rng,
 }
 
@@ -44,6 +47,7 @@ impl Replica {
             doc_seed,
             next_counter: 1,
             merged_at: 0,
+            cursor: None,
             rng: Rng::new(splitmix64(site)),
         }
     }
@@ -83,8 +87,9 @@ impl Replica {
         {
             return Err(EditError::TooLarge);
         }
-        let deletes = self.seq.idents_from(pos, delete_count);
-        let Neighbours { mut left, right, mut anchor } = self.seq.insert_neighbours(pos);
+        let hint = self.cursor.as_ref().map(|(at, id)| (*at, id));
+        let deletes = self.seq.idents_from(pos, delete_count, hint);
+        let Neighbours { mut left, right, mut anchor } = self.seq.insert_neighbours(pos, hint);
         let first_counter = self.next_counter;
         let mut counter = first_counter;
         let mut inserts = Vec::new();
@@ -124,7 +129,16 @@ impl Replica {
         let op = Op { id: OpId { site: self.site, counter: first_counter }, inserts, deletes };
         // Valid by construction, but for counters pushed near MAX_COUNTER by remote ops.
         self.seq.apply(&op).map_err(EditError::Refused)?;
+        let deletes = &op.deletes;
         self.next_counter = counter.max(first_counter + 1);
+        let typed = (counter - first_counter) as usize;
+        self.cursor = match (left, deletes.first()) {
+            (Some(last), _) if typed > 0 => Some((pos + typed - 1, last)),
+            (_, Some(first_deleted)) if pos > 0 => {
+                self.seq.live_before(first_deleted).map(|id| (pos - 1, id))
+            }
+            _ => None,
+        };
         Ok(op)
     }
 
@@ -152,8 +166,11 @@ impl Replica {
     /// Applies a remote (or replayed) op.
     pub fn apply(&mut self, op: &Op) -> Result<ApplyOutcome, ApplyError> {
         let outcome = self.seq.apply(op)?;
-        if op.id.site != self.site && outcome.changed() {
-            self.merged_at = self.next_counter;
+        if outcome.changed() {
+            self.cursor = None;
+            if op.id.site != self.site {
+                self.merged_at = self.next_counter;
+            }
         }
         let last = op
             .inserts

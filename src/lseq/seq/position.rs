@@ -13,9 +13,10 @@ pub struct Neighbours {
 
 impl Sequence {
     /// Identifiers of the `count` live characters from `pos` on (fewer at the end).
-    pub fn idents_from(&self, pos: usize, count: usize) -> Vec<Ident> {
+    /// `hint`: a live character and its position, to search from when close.
+    pub fn idents_from(&self, pos: usize, count: usize, hint: Option<(usize, &Ident)>) -> Vec<Ident> {
         let mut out = Vec::with_capacity(count);
-        let mut node = self.node_at(pos);
+        let mut node = self.node_near(pos, hint);
         while let Some(n) = node.filter(|_| out.len() < count) {
             out.push(self.ident_of(n));
             node = self.next_in_order(n, true);
@@ -26,8 +27,9 @@ impl Sequence {
     /// The neighbours of text typed at `pos`: the live characters before and after it,
     /// and the first character after the left one, deleted or not, when that is a
     /// tombstone (an anchor: see `Replica::local_edit`).
-    pub fn insert_neighbours(&self, pos: usize) -> Neighbours {
-        let left = if pos == 0 { ROOT } else { self.node_at(pos - 1).unwrap_or(ROOT) };
+    /// `hint` as for [`Sequence::idents_from`].
+    pub fn insert_neighbours(&self, pos: usize, hint: Option<(usize, &Ident)>) -> Neighbours {
+        let left = if pos == 0 { ROOT } else { self.node_near(pos - 1, hint).unwrap_or(ROOT) };
         let next = self.next_in_order(left, false);
         let right = match next {
             Some(n) if !self.is_char(n) => self.next_in_order(n, true),
@@ -39,6 +41,63 @@ impl Sequence {
             right: right.map(ident),
             anchor: next.filter(|&n| !self.is_char(n)).map(ident),
         }
+    }
+
+    /// The live character just before `id` (live or deleted), if any.
+    pub fn live_before(&self, id: &Ident) -> Option<Ident> {
+        self.find(id.levels()).and_then(|n| self.previous_live(n)).map(|n| self.ident_of(n))
+    }
+
+    /// The node of the live character at `pos`, found by stepping from `hint` when it is
+    /// within `HINT_REACH` positions (editors mostly type and move near their caret), else
+    /// by descending from the root.
+    fn node_near(&self, pos: usize, hint: Option<(usize, &Ident)>) -> Option<u32> {
+        const HINT_REACH: usize = 64;
+        let start = hint
+            .filter(|(at, _)| at.abs_diff(pos) <= HINT_REACH)
+            .and_then(|(at, id)| Some((at, self.find(id.levels()).filter(|&n| self.is_char(n))?)));
+        let Some((mut at, mut node)) = start else {
+            return self.node_at(pos);
+        };
+        while at < pos {
+            node = self.next_in_order(node, true)?;
+            at += 1;
+        }
+        while at > pos {
+            node = self.previous_live(node)?;
+            at -= 1;
+        }
+        Some(node)
+    }
+
+    /// The live character before `node` in document order.
+    fn previous_live(&self, mut node: u32) -> Option<u32> {
+        loop {
+            let parent = self.nodes[node as usize].parent;
+            if parent == NONE {
+                return None;
+            }
+            let siblings = self.children_of(parent);
+            let level = self.level_of(node);
+            let at = self.search_children(siblings, &level).expect("child is listed in its parent");
+            if let Some(&earlier) = siblings[..at].iter().rev().find(|&&c| self.nodes[c as usize].live > 0) {
+                return Some(self.last_live_in(earlier));
+            }
+            if parent != ROOT && self.is_char(parent) {
+                return Some(parent);
+            }
+            node = parent;
+        }
+    }
+
+    /// The last live character in the subtree of `node` (which has `live > 0`).
+    fn last_live_in(&self, mut node: u32) -> u32 {
+        while let Some(&child) =
+            self.children_of(node).iter().rev().find(|&&c| self.nodes[c as usize].live > 0)
+        {
+            node = child;
+        }
+        node
     }
 
     pub(super) fn node_at(&self, mut pos: usize) -> Option<u32> {
