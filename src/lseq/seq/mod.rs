@@ -3,7 +3,7 @@
 //! prefixes), with the seen counters that make inserts idempotent and a bounded set of
 //! tombstones for deletes that arrive before their insert.
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 use std::cmp::Ordering;
 
 use super::ident::{Ident, Level, SiteId};
@@ -73,7 +73,8 @@ pub struct Sequence {
     children: Vec<Vec<u32>>,
     free_children: Vec<u32>,
     seen: SeenCounters,
-    pending: FxHashMap<(SiteId, u64), Ident>,
+    /// Deleted characters (site, counter) whose insert has not arrived.
+    pending: FxHashSet<(SiteId, u64)>,
     /// Node path of the identifier touched last: neighbours share prefixes.
     finger: Vec<u32>,
     /// An editor's replica: keeps deleted characters as tombstones (allocation anchors, see
@@ -101,7 +102,7 @@ impl Sequence {
             children: Vec::new(),
             free_children: Vec::new(),
             seen: SeenCounters::default(),
-            pending: FxHashMap::default(),
+            pending: FxHashSet::default(),
             finger: Vec::new(),
             editor: false,
             scratch: Vec::new(),
@@ -141,7 +142,7 @@ impl Sequence {
             let last = id.last();
             if node.is_none()
                 && !self.seen.contains(last.site, last.counter)
-                && !self.pending.contains_key(&(last.site, last.counter))
+                && !self.pending.contains(&(last.site, last.counter))
             {
                 new_tombstones += 1;
             }
@@ -173,8 +174,7 @@ impl Sequence {
                 Level { digit: first.digit + i as u64, site: first.site, counter: first.counter + i as u64 };
             if !self.seen.insert(level.site, level.counter) {
                 outcome.duplicates += 1;
-            } else if !self.pending.is_empty() && self.pending.remove(&(level.site, level.counter)).is_some()
-            {
+            } else if !self.pending.is_empty() && self.pending.remove(&(level.site, level.counter)) {
                 if self.editor {
                     let node = self.child_or_create(parent, &level);
                     self.nodes[node as usize].ch = TOMBSTONE;
@@ -203,7 +203,7 @@ impl Sequence {
             }
             _ if self.seen.contains(last.site, last.counter) => outcome.duplicates += 1,
             _ => {
-                if self.pending.insert((last.site, last.counter), id.clone()).is_none() {
+                if self.pending.insert((last.site, last.counter)) {
                     outcome.tombstoned += 1;
                 } else {
                     outcome.duplicates += 1;
@@ -438,8 +438,7 @@ impl Sequence {
             + self.children.iter().map(|c| c.capacity() * 4).sum::<usize>()
             + (self.free_nodes.capacity() + self.free_children.capacity()) * 4
             + self.seen.heap_bytes()
-            + self.pending.capacity() * (16 + size_of::<Ident>())
-            + self.pending.values().map(|id| id.depth() * size_of::<Level>()).sum::<usize>()
+            + self.pending.capacity() * 16
     }
 
     /// Checks the structure's invariants; panics with a description when one fails.
@@ -482,7 +481,7 @@ impl Sequence {
         }
         assert_eq!(reachable + self.free_nodes.len(), self.nodes.len(), "lost or doubly freed nodes");
         assert!(self.editor || live_chars == self.len(), "character count of a fold state");
-        for (site, counter) in self.pending.keys() {
+        for (site, counter) in &self.pending {
             assert!(!self.seen.contains(*site, *counter), "a tombstone waits for an insert already seen");
         }
         for (i, &f) in self.finger.iter().enumerate() {
