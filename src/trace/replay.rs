@@ -22,6 +22,8 @@ pub enum ReplayError {
     Edit { txn: usize, patch: usize, error: EditError },
     #[error("txn {txn} names parent {parent}, which is not an earlier txn")]
     BadParent { txn: usize, parent: usize },
+    #[error("txn {txn} names agent {agent}, but the trace has only {txns} txns")]
+    BadAgent { txn: usize, agent: usize, txns: usize },
     #[error("txn {txn}: a replica did not accept an op: {reason}")]
     Apply { txn: usize, reason: String },
 }
@@ -105,6 +107,9 @@ fn replay_concurrent(trace: &Trace, doc_seed: u64) -> Result<TraceOps, ReplayErr
         let parents = txn.parents.as_deref().unwrap_or(&[]);
         if let Some(&parent) = parents.iter().find(|&&p| p >= t) {
             return Err(ReplayError::BadParent { txn: t, parent });
+        }
+        if txn.agent >= n {
+            return Err(ReplayError::BadAgent { txn: t, agent: txn.agent, txns: n });
         }
         while agents.len() <= txn.agent {
             let id = agents.len();

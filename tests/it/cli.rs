@@ -41,6 +41,11 @@ fn bad_input_exits_2_with_a_reason() {
         err.contains("txn 0, patch 0: edit at 3 deleting 0 is outside the document of length 0"),
         "{err}"
     );
+    let (code, _, err) = replay(
+        r#"{"kind":"concurrent","endContent":"","txns":[{"parents":[],"agent":99999999999,"patches":[]}]}"#,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("names agent 99999999999"), "{err}");
     let (code, _, err) = replay("not json");
     assert_eq!(code, 2);
     assert!(err.contains("is not a valid editing trace"), "{err}");
