@@ -73,13 +73,7 @@ impl Sequence {
     /// The live character before `node` in document order.
     fn previous_live(&self, mut node: u32) -> Option<u32> {
         loop {
-            let parent = self.nodes[node as usize].parent;
-            if parent == NONE {
-                return None;
-            }
-            let siblings = self.children_of(parent);
-            let level = self.level_of(node);
-            let at = self.search_children(siblings, &level).expect("child is listed in its parent");
+            let (parent, siblings, at) = self.siblings_of(node)?;
             if let Some(&earlier) = siblings[..at].iter().rev().find(|&&c| self.nodes[c as usize].live > 0) {
                 return Some(self.last_live_in(earlier));
             }
@@ -88,6 +82,17 @@ impl Sequence {
             }
             node = parent;
         }
+    }
+
+    /// `node`'s parent, the parent's children and `node`'s index among them (`None` for the root).
+    fn siblings_of(&self, node: u32) -> Option<(u32, &[u32], usize)> {
+        let parent = self.nodes[node as usize].parent;
+        if parent == NONE {
+            return None;
+        }
+        let siblings = self.children_of(parent);
+        let at = self.search_children(siblings, &self.level_of(node)).expect("child is listed in its parent");
+        Some((parent, siblings, at))
     }
 
     /// The last live character in the subtree of `node` (which has `live > 0`).
@@ -133,15 +138,7 @@ impl Sequence {
             return Some(self.first_in(child, live_only));
         }
         loop {
-            let parent = self.nodes[node as usize].parent;
-            if parent == NONE {
-                return None;
-            }
-            let siblings = self.children_of(parent);
-            let level = self.level_of(node);
-            let at = siblings
-                .binary_search_by(|&c| self.compare(c, &level))
-                .expect("child is listed in its parent");
+            let (parent, siblings, at) = self.siblings_of(node)?;
             if let Some(&next) = siblings[at + 1..].iter().find(|c| wanted(c)) {
                 return Some(self.first_in(next, live_only));
             }
