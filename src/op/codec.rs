@@ -68,17 +68,14 @@ fn to_wire(envelope: &Envelope) -> wire::OpEnvelope {
 }
 
 fn from_wire(message: wire::OpEnvelope) -> Result<Envelope, DecodeError> {
-    let ident = |bytes: &[u8], field: &dyn Fn() -> String| {
-        Ident::decode(bytes).map_err(|error| DecodeError::BadIdent { field: field(), error })
-    };
     let mut inserts = Vec::with_capacity(message.inserts.len());
     for (i, run) in message.inserts.into_iter().enumerate() {
-        let start = ident(&run.ident, &|| format!("inserts[{i}].ident"))?;
+        let start = Ident::decode(&run.ident).map_err(DecodeError::insert_ident(i))?;
         inserts.push(InsertRun { start, text: run.text });
     }
     let mut deletes = Vec::with_capacity(message.deletes.len());
     for (i, bytes) in message.deletes.iter().enumerate() {
-        deletes.push(ident(bytes, &|| format!("deletes[{i}]"))?);
+        deletes.push(Ident::decode(bytes).map_err(DecodeError::delete_ident(i))?);
     }
     Ok(Envelope {
         schema_version: message.schema_version,

@@ -40,11 +40,6 @@ fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
     std::str::from_utf8(bytes).map_err(|_| malformed("invalid string value: data is not UTF-8 encoded"))
 }
 
-/// Names the field only when there is an error (formatting is the slow part of a decode).
-fn ident_error(field: impl FnOnce() -> String) -> impl FnOnce(crate::lseq::IdentError) -> DecodeError {
-    move |error| DecodeError::BadIdent { field: field(), error }
-}
-
 impl Decoder {
     pub fn new() -> Decoder {
         let op = Op { id: OpId { site: 0, counter: 0 }, inserts: Vec::new(), deletes: Vec::new() };
@@ -87,9 +82,7 @@ impl Decoder {
                         e.op.deletes.push(Ident(Vec::new()));
                     }
                     let bytes = field(&mut buf)?;
-                    e.op.deletes[deletes]
-                        .decode_from(bytes)
-                        .map_err(ident_error(|| format!("deletes[{deletes}]")))?;
+                    e.op.deletes[deletes].decode_from(bytes).map_err(DecodeError::delete_ident(deletes))?;
                     deletes += 1;
                 }
                 (1..=8, _) => {
@@ -119,7 +112,7 @@ fn decode_run(mut buf: &[u8], run: &mut InsertRun, index: usize) -> Result<(), D
         match (tag, wire_type) {
             (1, WireType::LengthDelimited) => {
                 let bytes = field(&mut buf)?;
-                run.start.decode_from(bytes).map_err(ident_error(|| format!("inserts[{index}].ident")))?;
+                run.start.decode_from(bytes).map_err(DecodeError::insert_ident(index))?;
                 has_ident = true;
             }
             (2, WireType::LengthDelimited) => replace(&mut run.text, text(field(&mut buf)?)?),
@@ -131,7 +124,7 @@ fn decode_run(mut buf: &[u8], run: &mut InsertRun, index: usize) -> Result<(), D
     }
     if !has_ident {
         // Same as the reference decoder: an absent ident is empty bytes.
-        run.start.decode_from(&[]).map_err(ident_error(|| format!("inserts[{index}].ident")))?;
+        run.start.decode_from(&[]).map_err(DecodeError::insert_ident(index))?;
     }
     Ok(())
 }

@@ -60,3 +60,15 @@ pub enum DecodeError {
     #[error(transparent)]
     Invalid(#[from] OpError),
 }
+
+impl DecodeError {
+    /// For `map_err` on insert run `run`'s identifier (the field is named only on error).
+    pub(super) fn insert_ident(run: usize) -> impl FnOnce(IdentError) -> DecodeError {
+        move |error| DecodeError::BadIdent { field: format!("inserts[{run}].ident"), error }
+    }
+
+    /// For `map_err` on delete `index`'s identifier.
+    pub(super) fn delete_ident(index: usize) -> impl FnOnce(IdentError) -> DecodeError {
+        move |error| DecodeError::BadIdent { field: format!("deletes[{index}]"), error }
+    }
+}
