@@ -1,11 +1,15 @@
 //! docfold: an event-sourced stream processor for collaborative documents.
 //!
 //! ```text
-//!  editors ──(LSEQ ops, key = doc id)──► log ──► fold (pure LSEQ merge) ──► sinks
+//!  editors ──(LSEQ ops, key = doc id)──► log ──► fold (pure LSEQ merge) ──► store + checkpoint
 //! ```
-//! `lseq` (the CRDT) and `op` (the envelope and its codecs) are the pure core:
-//! deterministic, no async, no I/O. `trace` replays real editing traces into ops.
+//! `lseq` (the CRDT), `op` (the envelope and its codecs) and `fold` (records → document
+//! states) are the pure core: deterministic, no async, no I/O. `log` and `store` are the
+//! backends (embedded files and SQLite, or Kafka and PostgreSQL); `pipeline` runs one task
+//! per partition between them. `trace` replays real editing traces into ops.
 
+pub mod fold;
+pub mod log;
 pub mod lseq;
 pub mod op;
 pub mod trace;

@@ -15,4 +15,7 @@ pub use alloc::{
 pub use ident::{Ident, IdentError, Level, MAX_DEPTH, SiteId, base};
 pub use op::{InsertRun, MAX_COUNTER, MAX_EDIT_CHARS, MAX_EDIT_DELETES, MAX_RUN_CHARS, Op, OpError, OpId};
 pub use replica::{EditError, Replica};
-pub use seq::{ApplyError, ApplyOutcome, MAX_PENDING_TOMBSTONES, Neighbours, Sequence};
+pub use seen::{BadRanges, SeenCounters};
+pub use seq::{
+    ApplyError, ApplyOutcome, MAX_PENDING_TOMBSTONES, Neighbours, PartsError, Sequence, StateParts,
+};

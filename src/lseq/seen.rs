@@ -64,3 +64,28 @@ impl Ranges {
         true
     }
 }
+
+/// Why ranges read from storage are not valid seen counters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("seen counters of site {site:016x} are not sorted, disjoint, non-empty ranges")]
+pub struct BadRanges {
+    pub site: SiteId,
+}
+
+impl SeenCounters {
+    /// Each site with its sorted half-open counter ranges.
+    pub fn sites(&self) -> impl Iterator<Item = (SiteId, &[(u64, u64)])> {
+        self.sites.iter().map(|(&site, ranges)| (site, ranges.0.as_slice()))
+    }
+
+    /// Adds a site's ranges as [`SeenCounters::sites`] gives them (checked).
+    pub fn add_site(&mut self, site: SiteId, ranges: Vec<(u64, u64)>) -> Result<(), BadRanges> {
+        let ordered = ranges.iter().all(|&(start, end)| start < end)
+            && ranges.windows(2).all(|pair| pair[0].1 < pair[1].0);
+        if !ordered || ranges.is_empty() || self.sites.contains_key(&site) {
+            return Err(BadRanges { site });
+        }
+        self.sites.insert(site, Ranges(ranges));
+        Ok(())
+    }
+}

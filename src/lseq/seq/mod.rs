@@ -10,8 +10,10 @@ use super::ident::{Ident, Level, SiteId};
 use super::op::{Op, OpError};
 use super::seen::SeenCounters;
 
+mod parts;
 mod position;
 
+pub use parts::{PartsError, StateParts};
 pub use position::Neighbours;
 
 /// Deletes whose insert has not arrived yet, per document. An op that would need more is

@@ -1,0 +1,128 @@
+//! The pure fold of one partition: log records → document states, with the bookkeeping
+//! the pipeline needs (versions, dirty documents, eviction order). No I/O: when a record
+//! is for a document not in memory, the fold says so and the caller loads it.
+
+pub mod snapshot;
+
+use rustc_hash::FxHashMap;
+
+use crate::lseq::{ApplyError, Sequence};
+use crate::op::{DecodeError, Decoder};
+
+/// One document as the fold holds it.
+#[derive(Clone, Debug, Default)]
+pub struct Doc {
+    pub state: Sequence,
+    /// Ops folded that changed the state or recorded a tombstone (duplicates do not count).
+    /// Monotonic, and the same after a crash and replay: the log order decides it.
+    pub version: u64,
+    /// Log offset of the last record folded into this document.
+    pub offset: u64,
+}
+
+/// What folding one record did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Folded {
+    /// Applied (or recognised as a duplicate) into the named document.
+    Applied { changed: bool },
+    /// The document is not in memory: load it (or [`Doc::default`]) with
+    /// [`PartitionFold::insert`], then fold the record again.
+    NeedDoc(String),
+}
+
+/// Why a record was skipped. The partition goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRecord {
+    #[error("undecodable op: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("op refused by the document: {0}")]
+    Refused(#[from] ApplyError),
+}
+
+/// The documents of one partition in memory.
+#[derive(Default)]
+pub struct PartitionFold {
+    docs: FxHashMap<String, Entry>,
+    decoder: Decoder,
+    /// Bumped per record; entries remember when they were last touched.
+    clock: u64,
+}
+
+struct Entry {
+    doc: Doc,
+    touched: u64,
+    dirty: bool,
+}
+
+impl PartitionFold {
+    pub fn new() -> PartitionFold {
+        PartitionFold::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    pub fn get(&self, doc_id: &str) -> Option<&Doc> {
+        self.docs.get(doc_id).map(|e| &e.doc)
+    }
+
+    /// Puts a loaded (clean) document in memory.
+    pub fn insert(&mut self, doc_id: String, doc: Doc) {
+        self.docs.insert(doc_id, Entry { doc, touched: self.clock, dirty: false });
+    }
+
+    /// Folds the record at `offset`.
+    pub fn fold(&mut self, offset: u64, bytes: &[u8]) -> Result<Folded, BadRecord> {
+        let envelope = self.decoder.decode(bytes)?;
+        let Some(entry) = self.docs.get_mut(envelope.doc_id.as_str()) else {
+            return Ok(Folded::NeedDoc(envelope.doc_id.clone()));
+        };
+        self.clock += 1;
+        entry.touched = self.clock;
+        let outcome = entry.doc.state.apply(&envelope.op)?;
+        if outcome.changed() || outcome.tombstoned > 0 {
+            entry.doc.version += 1;
+        }
+        entry.doc.offset = offset;
+        entry.dirty = true;
+        Ok(Folded::Applied { changed: outcome.changed() })
+    }
+
+    /// Documents changed since the last [`PartitionFold::mark_clean`], with their states.
+    pub fn dirty(&self) -> impl Iterator<Item = (&str, &Doc)> {
+        self.docs.iter().filter(|(_, e)| e.dirty).map(|(id, e)| (id.as_str(), &e.doc))
+    }
+
+    pub fn dirty_count(&self) -> usize {
+        self.docs.values().filter(|e| e.dirty).count()
+    }
+
+    /// Called once the dirty documents are durably stored.
+    pub fn mark_clean(&mut self) {
+        self.docs.values_mut().for_each(|e| e.dirty = false);
+    }
+
+    /// Drops the least recently touched clean documents until at most `keep` remain (dirty
+    /// ones stay: their state is not stored yet). Returns how many were dropped.
+    pub fn evict(&mut self, keep: usize) -> usize {
+        if self.docs.len() <= keep {
+            return 0;
+        }
+        let mut clean: Vec<(u64, String)> =
+            self.docs.iter().filter(|(_, e)| !e.dirty).map(|(id, e)| (e.touched, id.clone())).collect();
+        let excess = (self.docs.len() - keep).min(clean.len());
+        if excess == 0 {
+            return 0;
+        }
+        clean.select_nth_unstable_by_key(excess - 1, |c| c.0);
+        for (_, id) in clean.drain(..excess) {
+            self.docs.remove(&id);
+        }
+        excess
+    }
+}

@@ -1,0 +1,499 @@
+//! The embedded log: one folder per topic, one folder per partition, segment files named by
+//! their first offset (`00000000000000000000.seg`). Each record is a frame
+//! `[body length u32][crc32c of body u32][timestamp i64][key length u32][key][value]`
+//! (little endian); offsets are implicit (segment base + position). A writer holds a lock
+//! file per partition; on opening it truncates a torn tail (a crash mid-write) and reports it.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::{LogError, LogReader, LogWriter, Record, partition_for};
+
+const HEADER: usize = 8;
+/// Largest frame body: a 4 MiB op plus a 256-byte key fit with room to spare.
+pub const MAX_BODY: usize = 16 << 20;
+const SEGMENT_SUFFIX: &str = ".seg";
+
+/// When a writer calls fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fsync {
+    /// On every flush: nothing acknowledged is lost on power failure.
+    Always,
+    /// At most every this many milliseconds (a process crash loses nothing; power loss may
+    /// lose the last interval).
+    IntervalMs(u64),
+    /// Leave it to the OS.
+    Never,
+}
+
+/// A topic of the embedded log.
+#[derive(Clone, Debug)]
+pub struct FileLog {
+    dir: PathBuf,
+    partitions: u32,
+}
+
+/// A torn tail cut off when a writer opened a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    pub partition: u32,
+    pub segment: PathBuf,
+    /// Offset the next record gets (the first one lost, if any was).
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+impl FileLog {
+    /// Creates the topic, or checks an existing one has `partitions` partitions.
+    pub fn create(root: &Path, topic: &str, partitions: u32) -> Result<FileLog, LogError> {
+        let dir = root.join(topic);
+        match FileLog::open(root, topic) {
+            Ok(log) if log.partitions == partitions => return Ok(log),
+            Ok(log) => {
+                return Err(LogError::Io {
+                    path: dir.display().to_string(),
+                    source: io::Error::other(format!(
+                        "topic exists with {} partitions, not {partitions}; the embedded log cannot repartition",
+                        log.partitions
+                    )),
+                });
+            }
+            Err(LogError::NoSuchTopic { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        for p in 0..partitions {
+            fs::create_dir_all(dir.join(p.to_string())).map_err(io_at(&dir))?;
+        }
+        let meta = dir.join("partitions");
+        fs::write(&meta, format!("{partitions}\n")).map_err(io_at(&meta))?;
+        Ok(FileLog { dir, partitions })
+    }
+
+    pub fn open(root: &Path, topic: &str) -> Result<FileLog, LogError> {
+        let dir = root.join(topic);
+        let meta = dir.join("partitions");
+        let text = match fs::read_to_string(&meta) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(LogError::NoSuchTopic {
+                    topic: topic.to_string(),
+                    location: root.display().to_string(),
+                });
+            }
+            Err(e) => return Err(LogError::Io { path: meta.display().to_string(), source: e }),
+        };
+        let partitions = text.trim().parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| LogError::Io {
+            path: meta.display().to_string(),
+            source: io::Error::other(format!("expected a partition count, found {:?}", text.trim())),
+        })?;
+        Ok(FileLog { dir, partitions })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    pub fn writer(&self, fsync: Fsync, segment_bytes: u64) -> FileWriter {
+        FileWriter { log: self.clone(), fsync, segment_bytes, open: Vec::new(), truncations: Vec::new() }
+    }
+
+    pub fn reader(&self) -> FileReader {
+        FileReader { log: self.clone(), cursors: Vec::new() }
+    }
+
+    fn partition_dir(&self, partition: u32) -> Result<PathBuf, LogError> {
+        if partition >= self.partitions {
+            return Err(LogError::NoSuchPartition { partition, partitions: self.partitions });
+        }
+        Ok(self.dir.join(partition.to_string()))
+    }
+
+    /// Segment base offsets of a partition, ascending.
+    fn segments(&self, partition: u32) -> Result<Vec<u64>, LogError> {
+        let dir = self.partition_dir(partition)?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let name = entry.map_err(io_at(&dir))?.file_name();
+            if let Some(base) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) {
+                bases.extend(base.parse::<u64>().ok());
+            }
+        }
+        bases.sort_unstable();
+        Ok(bases)
+    }
+
+    fn segment_path(&self, partition: u32, base: u64) -> PathBuf {
+        self.dir.join(partition.to_string()).join(format!("{base:020}{SEGMENT_SUFFIX}"))
+    }
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> LogError + '_ {
+    move |source| LogError::Io { path: path.display().to_string(), source }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What reading one frame found.
+enum Frame {
+    Record {
+        timestamp_ms: i64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        bytes: u64,
+    },
+    /// The file ends inside the frame (being written, or torn by a crash).
+    Incomplete,
+    Corrupt(String),
+}
+
+fn read_frame(input: &mut impl Read) -> io::Result<Frame> {
+    let mut header = [0u8; HEADER];
+    if !read_full(input, &mut header)? {
+        return Ok(Frame::Incomplete);
+    }
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if !(12..=MAX_BODY).contains(&len) {
+        return Ok(Frame::Corrupt(format!("frame length {len} out of range")));
+    }
+    let mut body = vec![0u8; len];
+    if !read_full(input, &mut body)? {
+        return Ok(Frame::Incomplete);
+    }
+    if crc32c::crc32c(&body) != crc {
+        return Ok(Frame::Corrupt("checksum mismatch".into()));
+    }
+    let timestamp_ms = i64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    let key_len = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
+    if key_len > len - 12 {
+        return Ok(Frame::Corrupt(format!("key length {key_len} past the frame")));
+    }
+    let value = body.split_off(12 + key_len);
+    let key = body[12..].to_vec();
+    Ok(Frame::Record { timestamp_ms, key, value, bytes: (HEADER + len) as u64 })
+}
+
+/// Fills `buf`; false when the input ended first (nothing or part of it was read).
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn write_frame(out: &mut impl Write, timestamp_ms: i64, key: &[u8], value: &[u8]) -> io::Result<u64> {
+    let mut body = Vec::with_capacity(12 + key.len() + value.len());
+    body.extend_from_slice(&timestamp_ms.to_le_bytes());
+    body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    body.extend_from_slice(key);
+    body.extend_from_slice(value);
+    out.write_all(&(body.len() as u32).to_le_bytes())?;
+    out.write_all(&crc32c::crc32c(&body).to_le_bytes())?;
+    out.write_all(&body)?;
+    Ok((HEADER + body.len()) as u64)
+}
+
+/// Appends to every partition of a topic (opened on first use).
+pub struct FileWriter {
+    log: FileLog,
+    fsync: Fsync,
+    segment_bytes: u64,
+    open: Vec<Option<PartitionWriter>>,
+    truncations: Vec<Truncation>,
+}
+
+struct PartitionWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    segment_len: u64,
+    next_offset: u64,
+    last_sync: Instant,
+    /// Held for the writer's life: the lock is the file's.
+    _lock: File,
+}
+
+impl FileWriter {
+    /// Torn tails cut off while opening partitions so far.
+    pub fn truncations(&self) -> &[Truncation] {
+        &self.truncations
+    }
+
+    /// Appends to `partition` (bypassing the key's partition); returns the record's offset.
+    pub fn append_to(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<u64, LogError> {
+        let body = 12 + key.len() + value.len();
+        if body > MAX_BODY {
+            return Err(LogError::TooLarge { bytes: body, limit: MAX_BODY });
+        }
+        let segment_bytes = self.segment_bytes;
+        let writer = self.partition(partition)?;
+        if writer.segment_len >= segment_bytes {
+            let next = writer.next_offset;
+            let rolled = self.roll(partition, next)?;
+            self.open[partition as usize] = Some(rolled);
+        }
+        let writer = self.partition(partition)?;
+        writer.segment_len +=
+            write_frame(&mut writer.out, now_ms(), key, value).map_err(io_at(&writer.path))?;
+        writer.next_offset += 1;
+        Ok(writer.next_offset - 1)
+    }
+
+    fn partition(&mut self, partition: u32) -> Result<&mut PartitionWriter, LogError> {
+        if self.open.len() <= partition as usize {
+            self.open.resize_with(partition as usize + 1, || None);
+        }
+        if self.open[partition as usize].is_none() {
+            let writer = self.open_partition(partition)?;
+            self.open[partition as usize] = Some(writer);
+        }
+        Ok(self.open[partition as usize].as_mut().expect("opened above"))
+    }
+
+    fn open_partition(&mut self, partition: u32) -> Result<PartitionWriter, LogError> {
+        let dir = self.log.partition_dir(partition)?;
+        let lock_path = dir.join("writer.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_at(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(LogError::Locked {
+                partition,
+                path: dir.display().to_string(),
+                lock: lock_path.display().to_string(),
+            });
+        }
+        let base = self.log.segments(partition)?.last().copied().unwrap_or(0);
+        let path = self.log.segment_path(partition, base);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        let mut input = BufReader::new(&file);
+        let (mut valid, mut count) = (0u64, 0u64);
+        while let Frame::Record { bytes, .. } = read_frame(&mut input).map_err(io_at(&path))? {
+            valid += bytes;
+            count += 1;
+        }
+        let len = file.metadata().map_err(io_at(&path))?.len();
+        if len > valid {
+            file.set_len(valid).map_err(io_at(&path))?;
+            file.sync_all().map_err(io_at(&path))?;
+            let truncation =
+                Truncation { partition, segment: path.clone(), offset: base + count, bytes: len - valid };
+            tracing::warn!(partition, segment = %path.display(), offset = truncation.offset, bytes = truncation.bytes, "truncated a torn tail");
+            self.truncations.push(truncation);
+        }
+        let mut out = BufWriter::with_capacity(256 << 10, file);
+        out.seek(SeekFrom::End(0)).map_err(io_at(&path))?;
+        Ok(PartitionWriter {
+            out,
+            path,
+            segment_len: valid,
+            next_offset: base + count,
+            last_sync: Instant::now(),
+            _lock: lock,
+        })
+    }
+
+    /// Seals the current segment of `partition` and starts one at `base`.
+    fn roll(&mut self, partition: u32, base: u64) -> Result<PartitionWriter, LogError> {
+        let old = self.open[partition as usize].as_mut().expect("rolling an open partition");
+        sync(old, Fsync::Always).map_err(io_at(&old.path))?;
+        let path = self.log.segment_path(partition, base);
+        let file = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_at(&path))?;
+        let lock = old._lock.try_clone().map_err(io_at(&path))?;
+        Ok(PartitionWriter {
+            out: BufWriter::with_capacity(256 << 10, file),
+            path,
+            segment_len: 0,
+            next_offset: base,
+            last_sync: Instant::now(),
+            _lock: lock,
+        })
+    }
+}
+
+fn sync(writer: &mut PartitionWriter, fsync: Fsync) -> io::Result<()> {
+    writer.out.flush()?;
+    let due = match fsync {
+        Fsync::Always => true,
+        Fsync::IntervalMs(ms) => writer.last_sync.elapsed().as_millis() >= u128::from(ms),
+        Fsync::Never => false,
+    };
+    if due {
+        writer.out.get_ref().sync_data()?;
+        writer.last_sync = Instant::now();
+    }
+    Ok(())
+}
+
+impl LogWriter for FileWriter {
+    fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
+        self.append_to(partition_for(key, self.log.partitions), key, value).map(drop)
+    }
+
+    fn flush(&mut self) -> Result<(), LogError> {
+        let fsync = self.fsync;
+        for writer in &mut self.open {
+            if let Some(writer) = writer {
+                sync(writer, fsync).map_err(io_at(&writer.path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "embedded log writer could not flush on drop");
+        }
+    }
+}
+
+/// Reads partitions; remembers where each one was left so sequential reads do not rescan.
+pub struct FileReader {
+    log: FileLog,
+    cursors: Vec<Option<Cursor>>,
+}
+
+struct Cursor {
+    next_offset: u64,
+    base: u64,
+    pos: u64,
+    input: BufReader<File>,
+}
+
+impl FileReader {
+    /// A cursor at `from`, or None when `from` is past the end of the partition.
+    fn seek(&self, partition: u32, from: u64) -> Result<Option<Cursor>, LogError> {
+        let bases = self.log.segments(partition)?;
+        let Some(&base) = bases.iter().rev().find(|&&b| b <= from) else {
+            return Ok(None);
+        };
+        let path = self.log.segment_path(partition, base);
+        let mut cursor = Cursor {
+            next_offset: base,
+            base,
+            pos: 0,
+            input: BufReader::with_capacity(256 << 10, File::open(&path).map_err(io_at(&path))?),
+        };
+        while cursor.next_offset < from {
+            match read_frame(&mut cursor.input).map_err(io_at(&path))? {
+                Frame::Record { bytes, .. } => {
+                    cursor.pos += bytes;
+                    cursor.next_offset += 1;
+                }
+                Frame::Incomplete => return Ok(None),
+                Frame::Corrupt(reason) => {
+                    return Err(LogError::Corrupt {
+                        partition,
+                        offset: cursor.next_offset,
+                        path: path.display().to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(Some(cursor))
+    }
+}
+
+impl LogReader for FileReader {
+    fn partitions(&self) -> u32 {
+        self.log.partitions
+    }
+
+    fn read(&mut self, partition: u32, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), LogError> {
+        self.log.partition_dir(partition)?;
+        if self.cursors.len() <= partition as usize {
+            self.cursors.resize_with(partition as usize + 1, || None);
+        }
+        let reusable = matches!(&self.cursors[partition as usize], Some(c) if c.next_offset == from);
+        if !reusable {
+            self.cursors[partition as usize] = self.seek(partition, from)?;
+        }
+        let Some(mut cursor) = self.cursors[partition as usize].take() else {
+            return Ok(());
+        };
+        let result = self.read_at(partition, &mut cursor, max, out);
+        self.cursors[partition as usize] = Some(cursor);
+        result
+    }
+
+    fn end_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        let base = self.log.segments(partition)?.last().copied().unwrap_or(0);
+        let mut cursor = match self.seek(partition, base)? {
+            Some(cursor) => cursor,
+            None => return Ok(base),
+        };
+        let path = self.log.segment_path(partition, base);
+        while let Frame::Record { .. } = read_frame(&mut cursor.input).map_err(io_at(&path))? {
+            cursor.next_offset += 1;
+        }
+        Ok(cursor.next_offset)
+    }
+}
+
+impl FileReader {
+    fn read_at(
+        &self,
+        partition: u32,
+        cursor: &mut Cursor,
+        max: usize,
+        out: &mut Vec<Record>,
+    ) -> Result<(), LogError> {
+        let mut path = self.log.segment_path(partition, cursor.base);
+        let mut read = 0;
+        while read < max {
+            match read_frame(&mut cursor.input).map_err(io_at(&path))? {
+                Frame::Record { timestamp_ms, key, value, bytes } => {
+                    out.push(Record { offset: cursor.next_offset, timestamp_ms, key, value });
+                    cursor.pos += bytes;
+                    cursor.next_offset += 1;
+                    read += 1;
+                }
+                Frame::Incomplete => {
+                    // The end for now: rewind past the partial frame; maybe the writer rolled on.
+                    cursor.input.seek(SeekFrom::Start(cursor.pos)).map_err(io_at(&path))?;
+                    let next = self.log.segment_path(partition, cursor.next_offset);
+                    if cursor.base == cursor.next_offset || !next.exists() {
+                        return Ok(());
+                    }
+                    cursor.base = cursor.next_offset;
+                    cursor.pos = 0;
+                    cursor.input =
+                        BufReader::with_capacity(256 << 10, File::open(&next).map_err(io_at(&next))?);
+                    path = next;
+                }
+                Frame::Corrupt(reason) => {
+                    return Err(LogError::Corrupt {
+                        partition,
+                        offset: cursor.next_offset,
+                        path: path.display().to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

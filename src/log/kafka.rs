@@ -1,0 +1,238 @@
+//! The log on Kafka (rdkafka with its bundled librdkafka). Producers use acks=all,
+//! idempotence and `murmur2_random`, so a key lands where the Java client would put it.
+//! The reader assigns partitions by hand (no group); the pipeline's group consumer is in
+//! `pipeline::kafka`.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{LogError, LogReader, LogWriter, Record};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A topic on a Kafka cluster.
+#[derive(Clone, Debug)]
+pub struct KafkaLog {
+    brokers: String,
+    topic: String,
+    partitions: u32,
+    /// librdkafka properties added to every client (e.g. `batch.num.messages`).
+    overrides: Vec<(String, String)>,
+}
+
+fn kafka(e: KafkaError) -> LogError {
+    LogError::Kafka(e.to_string())
+}
+
+impl KafkaLog {
+    /// Connects to an existing topic (reads its partition count).
+    pub fn connect(brokers: &str, topic: &str, overrides: &[(String, String)]) -> Result<KafkaLog, LogError> {
+        let mut log = KafkaLog {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitions: 0,
+            overrides: overrides.to_vec(),
+        };
+        let consumer: BaseConsumer = log.config().create().map_err(kafka)?;
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).map_err(kafka)?;
+        let partitions =
+            metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            return Err(LogError::NoSuchTopic {
+                topic: topic.into(),
+                location: format!("kafka://{brokers}"),
+            });
+        }
+        log.partitions = partitions as u32;
+        Ok(log)
+    }
+
+    /// Creates a topic (an existing one with the same name is left as it is).
+    pub async fn create_topic(
+        brokers: &str,
+        topic: &str,
+        partitions: u32,
+        replication: i32,
+        configs: &[(String, String)],
+    ) -> Result<(), LogError> {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(kafka)?;
+        let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(replication));
+        for (key, value) in configs {
+            new = new.set(key, value);
+        }
+        let results = admin.create_topics([&new], &AdminOptions::new()).await.map_err(kafka)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(LogError::Kafka(format!("creating topic {name}: {code}"))),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Client settings shared by producers and consumers.
+    pub fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.overrides {
+            config.set(key, value);
+        }
+        config
+    }
+
+    pub fn writer(&self) -> Result<KafkaWriter, LogError> {
+        let failures = Arc::new(Mutex::new(Failures::default()));
+        let producer = self
+            .config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .create_with_context(DeliveryTracker { failures: failures.clone() })
+            .map_err(kafka)?;
+        Ok(KafkaWriter { producer, topic: self.topic.clone(), failures })
+    }
+
+    pub fn reader(&self) -> Result<KafkaReader, LogError> {
+        let consumer = self
+            .config()
+            .set("group.id", "docfold-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(kafka)?;
+        Ok(KafkaReader { consumer, log: self.clone(), position: None })
+    }
+}
+
+#[derive(Default)]
+struct Failures {
+    count: u64,
+    first: Option<String>,
+}
+
+struct DeliveryTracker {
+    failures: Arc<Mutex<Failures>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            let mut failures = self.failures.lock().expect("delivery tracker lock");
+            failures.count += 1;
+            failures.first.get_or_insert_with(|| error.to_string());
+        }
+    }
+}
+
+pub struct KafkaWriter {
+    producer: BaseProducer<DeliveryTracker>,
+    topic: String,
+    failures: Arc<Mutex<Failures>>,
+}
+
+impl LogWriter for KafkaWriter {
+    fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
+        let mut record = BaseRecord::to(&self.topic).key(key).payload(value);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(kafka(e)),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), LogError> {
+        self.producer.flush(TIMEOUT).map_err(kafka)?;
+        let mut failures = self.failures.lock().expect("delivery tracker lock");
+        if failures.count > 0 {
+            let Failures { count, first } = std::mem::take(&mut *failures);
+            return Err(LogError::Kafka(format!(
+                "{count} records were not delivered; first error: {}",
+                first.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads one partition at a time by manual assignment.
+pub struct KafkaReader {
+    consumer: BaseConsumer,
+    log: KafkaLog,
+    /// The assigned partition and the offset the next message will have.
+    position: Option<(u32, u64)>,
+}
+
+impl LogReader for KafkaReader {
+    fn partitions(&self) -> u32 {
+        self.log.partitions
+    }
+
+    fn read(&mut self, partition: u32, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), LogError> {
+        if partition >= self.log.partitions {
+            return Err(LogError::NoSuchPartition { partition, partitions: self.log.partitions });
+        }
+        if self.position != Some((partition, from)) {
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&self.log.topic, partition as i32, Offset::Offset(from as i64))
+                .map_err(kafka)?;
+            self.consumer.assign(&assignment).map_err(kafka)?;
+            self.position = Some((partition, from));
+        }
+        let mut read = 0;
+        while read < max {
+            match self.consumer.poll(Duration::from_millis(500)) {
+                None | Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    self.position = None;
+                    return Err(kafka(e));
+                }
+                Some(Ok(message)) => {
+                    out.push(Record {
+                        offset: message.offset() as u64,
+                        timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+                        key: message.key().unwrap_or_default().to_vec(),
+                        value: message.payload().unwrap_or_default().to_vec(),
+                    });
+                    self.position = Some((partition, message.offset() as u64 + 1));
+                    read += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn end_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        let (_, high) =
+            self.consumer.fetch_watermarks(&self.log.topic, partition as i32, TIMEOUT).map_err(kafka)?;
+        Ok(high as u64)
+    }
+}

@@ -1,0 +1,64 @@
+//! The log: docfold's source of truth. A small blocking interface with two backends chosen
+//! by URL scheme: `file://DIR` (embedded segment files) and `kafka://HOST:PORT` (rdkafka).
+//! Readers address a partition by offset; the pipeline's group consumer for Kafka lives in
+//! `pipeline` (it needs rebalance hooks, not just reads).
+
+pub mod file;
+pub mod kafka;
+mod murmur2;
+
+pub use murmur2::{murmur2, partition_for};
+
+/// One record of a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    /// Producer's create time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// Appends keyed records; a key's records always go to the same partition
+/// ([`partition_for`], the Java client's rule).
+pub trait LogWriter: Send {
+    /// Queues one record. It is durable (per the backend's policy) after [`LogWriter::flush`].
+    fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError>;
+    /// Makes every queued record durable, or says which could not be written.
+    fn flush(&mut self) -> Result<(), LogError>;
+}
+
+/// Reads partitions by offset.
+pub trait LogReader: Send {
+    fn partitions(&self) -> u32;
+    /// Appends to `out` up to `max` records of `partition` starting at offset `from`; fewer
+    /// (or none) when the partition has no more yet.
+    fn read(&mut self, partition: u32, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), LogError>;
+    /// The offset the next appended record of `partition` will get.
+    fn end_offset(&mut self, partition: u32) -> Result<u64, LogError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("partition {partition} is corrupt at offset {offset} ({path}): {reason}")]
+    Corrupt { partition: u32, offset: u64, path: String, reason: String },
+    #[error("partition {partition} does not exist (the topic has {partitions})")]
+    NoSuchPartition { partition: u32, partitions: u32 },
+    #[error("topic {topic} does not exist in {location}; create it with `docfold topics apply`")]
+    NoSuchTopic { topic: String, location: String },
+    #[error("partition {partition} of {path} is held by another writer (lock file {lock})")]
+    Locked { partition: u32, path: String, lock: String },
+    #[error("record of {bytes} bytes is over the log's limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+impl LogError {
+    /// Worth retrying later (a broker or disk hiccup), as opposed to a wrong request or corrupt data.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LogError::Io { .. } | LogError::Kafka(_) | LogError::Locked { .. })
+    }
+}
