@@ -12,4 +12,5 @@ pub mod fold;
 pub mod log;
 pub mod lseq;
 pub mod op;
+pub mod store;
 pub mod trace;

@@ -115,7 +115,6 @@ impl KafkaLog {
             .config()
             .set("group.id", "docfold-reader")
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(kafka)?;
@@ -208,14 +207,20 @@ impl LogReader for KafkaReader {
             self.position = Some((partition, from));
         }
         let mut read = 0;
+        // Wait a while for the first record, then take what arrives without a pause.
+        let mut wait = Duration::from_secs(1);
         while read < max {
-            match self.consumer.poll(Duration::from_millis(500)) {
-                None | Some(Err(KafkaError::PartitionEOF(_))) => break,
+            match self.consumer.poll(wait) {
+                None => break,
                 Some(Err(e)) => {
                     self.position = None;
                     return Err(kafka(e));
                 }
                 Some(Ok(message)) => {
+                    let expected = self.position.map(|(_, next)| next);
+                    if message.partition() as u32 != partition || Some(message.offset() as u64) != expected {
+                        continue; // fetched for an earlier assignment
+                    }
                     out.push(Record {
                         offset: message.offset() as u64,
                         timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
@@ -224,6 +229,7 @@ impl LogReader for KafkaReader {
                     });
                     self.position = Some((partition, message.offset() as u64 + 1));
                     read += 1;
+                    wait = Duration::from_millis(100);
                 }
             }
         }

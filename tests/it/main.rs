@@ -2,5 +2,8 @@
 
 mod cli;
 mod codec;
+mod log;
 mod lseq_props;
+mod services;
+mod store;
 mod traces;

@@ -1,0 +1,198 @@
+//! The log: Java-compatible partitioning, one conformance body run against the embedded
+//! file log and Kafka (tansu), and the file log's crash recovery.
+
+use docfold::log::file::{FileLog, Fsync};
+use docfold::log::kafka::KafkaLog;
+use docfold::log::{LogError, LogReader, LogWriter, Record, murmur2, partition_for};
+use std::collections::BTreeMap;
+
+use crate::services;
+
+#[test]
+fn murmur2_matches_the_java_client_and_librdkafka() {
+    // Kafka's UtilsTest.testMurmur2 (Java ints).
+    let java = [
+        ("21", -973932308),
+        ("foobar", -790332482),
+        ("a-little-bit-long-string", -985981536),
+        ("a-little-bit-longer-string", -1486304829),
+        ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+        ("abc", 479470107),
+        // akka's Murmur2Spec (from the Kafka implementation).
+        ("1", -1993445489),
+        ("12", 126087238),
+        ("123", -267702483),
+        ("1234", -1614185708),
+        ("12345", -1188365604),
+    ];
+    for (key, expected) in java {
+        assert_eq!(murmur2(key.as_bytes()), expected, "key {key:?}");
+    }
+    // librdkafka's rdmurmur2.c unit test (checked there against Java), empty key included.
+    let librdkafka: [(&str, u32); 11] = [
+        ("kafka", 0xd067cf64),
+        ("giberish123456789", 0x8f552b0c),
+        ("1234", 0x9fc97b14),
+        ("234", 0xe7c009ca),
+        ("34", 0x873930da),
+        ("4", 0x5a4b5ca1),
+        ("PreAmbleWillBeRemoved,ThePrePartThatIs", 0x78424f1c),
+        ("reAmbleWillBeRemoved,ThePrePartThatIs", 0x4a62b377),
+        ("eAmbleWillBeRemoved,ThePrePartThatIs", 0xe0e4e09e),
+        ("AmbleWillBeRemoved,ThePrePartThatIs", 0x62b8b43f),
+        ("", 0x106e08d9),
+    ];
+    for (key, expected) in librdkafka {
+        assert_eq!(murmur2(key.as_bytes()) as u32, expected, "key {key:?}");
+    }
+}
+
+#[test]
+fn partitions_match_the_java_client() {
+    // kafka-python's test_murmur2_java_compatibility (1000 partitions, from Java's partitioner).
+    let vectors: [(&[u8], u32); 6] =
+        [(b"", 681), (b"a", 524), (b"ab", 434), (b"abc", 107), (b"123456789", 566), (b"\x00 ", 742)];
+    for (key, partition) in vectors {
+        assert_eq!(partition_for(key, 1000), partition, "key {key:?}");
+    }
+    // kafkajs issue 357 (Java output, 12 partitions) and afkak (checked with a Java program).
+    assert_eq!(partition_for(b"100:48069", 12), 9);
+    assert_eq!(partition_for(b"cc54d7f5-8508-4302-bc23-c5d16cfb50fd", 10), 4);
+    // UTF-8 keys are checked against librdkafka's murmur2_random in kafka_log_conformance.
+}
+
+const PARTITIONS: u32 = 4;
+
+/// What every log backend must do, given a writer and a reader of a fresh 4-partition topic.
+fn conformance(writer: &mut dyn LogWriter, reader: &mut dyn LogReader) {
+    assert_eq!(reader.partitions(), PARTITIONS);
+    let mut sent: BTreeMap<u32, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+    for i in 0..240u32 {
+        // ASCII, UTF-8 and empty keys: on Kafka, librdkafka's murmur2_random must agree.
+        let key = match i % 23 {
+            0 => Vec::new(),
+            k if k % 3 == 0 => format!("документ-{k}-文档").into_bytes(),
+            k => format!("doc-{k}").into_bytes(),
+        };
+        let value = format!("op {i} of doc {}", i % 23).into_bytes();
+        writer.append(&key, &value).expect("append");
+        sent.entry(partition_for(&key, PARTITIONS)).or_default().push((key, value));
+    }
+    writer.flush().expect("flush");
+    assert!(sent.len() > 1, "23 keys spread over partitions");
+    for partition in 0..PARTITIONS {
+        let expected = sent.remove(&partition).unwrap_or_default();
+        let mut got: Vec<Record> = Vec::new();
+        while got.len() < expected.len() {
+            let before = got.len();
+            let from = got.last().map_or(0, |r| r.offset + 1);
+            reader.read(partition, from, 50, &mut got).expect("read");
+            assert!(got.len() > before, "partition {partition} stopped at {} of {}", got.len(), expected.len());
+        }
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = got.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
+        assert_eq!(pairs, expected, "partition {partition}: every record, in append order, in the key's partition");
+        assert!(got.iter().enumerate().all(|(i, r)| r.offset == i as u64), "offsets count from 0");
+        assert!(got.iter().all(|r| r.timestamp_ms > 1_600_000_000_000), "create time set");
+        assert_eq!(reader.end_offset(partition).expect("end offset"), expected.len() as u64);
+        if expected.len() > 3 {
+            let mut tail = Vec::new();
+            reader.read(partition, 3, 2, &mut tail).expect("read from the middle");
+            assert_eq!(tail, got[3..5], "a read from an offset starts there");
+        }
+        let mut none = Vec::new();
+        reader.read(partition, expected.len() as u64, 10, &mut none).expect("read at the end");
+        assert!(none.is_empty(), "nothing past the end");
+    }
+    assert!(matches!(
+        reader.read(PARTITIONS, 0, 1, &mut Vec::new()),
+        Err(LogError::NoSuchPartition { partition: PARTITIONS, partitions: PARTITIONS })
+    ));
+}
+
+#[test]
+fn file_log_conformance() {
+    let root = services::temp_dir("log");
+    let log = FileLog::create(&root, "doc-ops", PARTITIONS).expect("create topic");
+    // Small segments, so reads cross segment boundaries.
+    let mut writer = log.writer(Fsync::Always, 512);
+    conformance(&mut writer, &mut log.reader());
+    let segments = std::fs::read_dir(root.join("doc-ops/0")).expect("partition dir").count();
+    assert!(segments > 3, "rolled into several segments ({segments})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_log_conformance() {
+    let brokers = services::kafka();
+    let topic = format!("conformance-{}", services::unique());
+    KafkaLog::create_topic(&brokers, &topic, PARTITIONS, 1, &[]).await.expect("create topic");
+    // tansu's high watermark is only right with one record per batch (SERVICES.md).
+    let overrides = [("batch.num.messages".to_string(), "1".to_string())];
+    let log = KafkaLog::connect(&brokers, &topic, &overrides).expect("connect");
+    let mut writer = log.writer().expect("producer");
+    let mut reader = log.reader().expect("consumer");
+    tokio::task::block_in_place(|| conformance(&mut writer, &mut reader));
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_reported() {
+    let root = services::temp_dir("torn");
+    let log = FileLog::create(&root, "t", 1).expect("create");
+    {
+        let mut writer = log.writer(Fsync::Always, 1 << 20);
+        for i in 0..10u8 {
+            writer.append_to(0, b"k", &[i; 100]).expect("append");
+        }
+        writer.flush().expect("flush");
+    }
+    let segment = root.join("t/0/00000000000000000000.seg");
+    let len = std::fs::metadata(&segment).expect("segment").len();
+    // A crash in the middle of the 10th record's frame.
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).expect("open");
+    file.set_len(len - 30).expect("tear");
+    let mut reader = log.reader();
+    let mut got = Vec::new();
+    reader.read(0, 0, 100, &mut got).expect("read up to the tear");
+    assert_eq!(got.len(), 9, "the torn record is not delivered");
+    let mut writer = log.writer(Fsync::Always, 1 << 20);
+    assert_eq!(writer.append_to(0, b"k", b"after").expect("append"), 9, "the torn record's offset is reused");
+    assert_eq!(writer.truncations().len(), 1);
+    assert_eq!(writer.truncations()[0].offset, 9);
+    assert_eq!(writer.truncations()[0].bytes, 100 + 1 + 12 + 8 - 30);
+    writer.flush().expect("flush");
+    got.clear();
+    reader.read(0, 9, 10, &mut got).expect("read the new record");
+    assert_eq!(got.iter().map(|r| r.value.as_slice()).collect::<Vec<_>>(), [b"after".as_slice()]);
+}
+
+#[test]
+fn a_flipped_bit_is_reported_as_corruption_with_its_offset() {
+    let root = services::temp_dir("corrupt");
+    let log = FileLog::create(&root, "t", 1).expect("create");
+    let mut writer = log.writer(Fsync::Never, 1 << 20);
+    for i in 0..5u8 {
+        writer.append_to(0, b"key", &[i; 40]).expect("append");
+    }
+    writer.flush().expect("flush");
+    let segment = root.join("t/0/00000000000000000000.seg");
+    let mut bytes = std::fs::read(&segment).expect("read");
+    let frame = 8 + 12 + 3 + 40;
+    bytes[2 * frame + 30] ^= 1;
+    std::fs::write(&segment, bytes).expect("write");
+    let mut got = Vec::new();
+    let error = log.reader().read(0, 0, 10, &mut got).expect_err("corruption is an error");
+    assert!(matches!(error, LogError::Corrupt { partition: 0, offset: 2, .. }), "{error}");
+    assert_eq!(got.len(), 2, "records before the damage are delivered");
+}
+
+#[test]
+fn a_second_writer_of_a_partition_is_refused() {
+    let root = services::temp_dir("lock");
+    let log = FileLog::create(&root, "t", 2).expect("create");
+    let mut first = log.writer(Fsync::Never, 1 << 20);
+    first.append_to(1, b"a", b"1").expect("append");
+    let mut second = log.writer(Fsync::Never, 1 << 20);
+    assert!(matches!(second.append_to(1, b"a", b"2"), Err(LogError::Locked { partition: 1, .. })));
+    second.append_to(0, b"a", b"2").expect("another partition is free");
+    assert!(matches!(FileLog::create(&root, "t", 3), Err(LogError::Io { .. })), "no silent repartition");
+    assert!(matches!(FileLog::open(&root, "nope"), Err(LogError::NoSuchTopic { .. })));
+}

@@ -1,0 +1,59 @@
+//! Where the real services are. `./scripts/test` starts them (scripts/services) and exports
+//! their addresses; a test that needs one and cannot reach it fails, it never skips.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn reachable(addr: &str) -> bool {
+    addr.parse().is_ok_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+fn require(name: &str, var: &str, default: &str, addr_of: impl Fn(&str) -> String) -> String {
+    let value = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    let addr = addr_of(&value);
+    assert!(
+        reachable(&addr),
+        "{name} is not reachable at {addr} ({var}={value}). Start the services with ./scripts/services up \
+         (./scripts/test does it); tests never skip a missing service."
+    );
+    value
+}
+
+/// Kafka bootstrap servers (tansu), e.g. `127.0.0.1:9092`.
+pub fn kafka() -> String {
+    require("Kafka (tansu)", "DOCFOLD_TEST_KAFKA", "127.0.0.1:9092", |v| v.to_string())
+}
+
+/// A PostgreSQL URL of a server where the tests may create databases.
+pub fn postgres_server() -> String {
+    require("PostgreSQL", "DOCFOLD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres", |v| {
+        let host = v.split('@').nth(1).unwrap_or(v);
+        host.split('/').next().unwrap_or(host).to_string()
+    })
+}
+
+/// A fresh PostgreSQL database for one test: its URL.
+pub async fn postgres_database(name: &str) -> String {
+    use sqlx::Executor;
+    let server = postgres_server();
+    let database = format!("docfold_{}_{}", name, unique());
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.expect("connect to PostgreSQL");
+    admin.execute(format!("CREATE DATABASE {database}").as_str()).await.expect("create test database");
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+    format!("{base}/{database}")
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
+    format!("{:x}{:x}", std::process::id(), nanos % (1 << 40))
+}
+
+/// A fresh temporary folder.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("docfold-{name}-{}", unique()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}

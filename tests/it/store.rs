@@ -1,0 +1,60 @@
+//! The state store: one conformance body run against SQLite and PostgreSQL.
+
+use docfold::store::{DocWrite, Store, StoreError};
+
+use crate::services;
+
+fn doc<'a>(doc_id: &'a str, version: u64, offset: u64, state: &[u8]) -> DocWrite<'a> {
+    DocWrite { doc_id, version, offset, state: state.to_vec() }
+}
+
+async fn conformance(url: &str) {
+    let store = Store::open(url).await.expect("open and migrate");
+    Store::open(url).await.expect("migrations are idempotent").close().await;
+    assert_eq!(store.checkpoint("job", 0).await.expect("read"), None);
+    assert_eq!(store.load_doc("job", "a").await.expect("read"), None);
+
+    store.commit("job", 0, 10, &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])]).await.expect("commit");
+    assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(10));
+    let a = store.load_doc("job", "a").await.expect("read").expect("stored");
+    assert_eq!((a.partition, a.version, a.offset, a.state.as_slice()), (0, 3, 9, b"state a".as_slice()));
+    let b = store.load_doc("job", "b").await.expect("read").expect("stored");
+    assert_eq!(b.state, [0, 255, 7], "binary states round-trip");
+
+    // Same offset again (a flush with nothing new) and a later one that rewrites a document.
+    store.commit("job", 0, 10, &[]).await.expect("same offset");
+    store.commit("job", 0, 25, &[doc("a", 5, 24, b"state a'")]).await.expect("later commit");
+    assert_eq!(store.load_doc("job", "a").await.expect("read").expect("stored").version, 5);
+
+    // A worker behind the checkpoint (the partition moved on): refused whole.
+    let stale = store.commit("job", 0, 20, &[doc("a", 4, 19, b"stale")]).await;
+    assert!(matches!(stale, Err(StoreError::Superseded { held: 25, ours: 20, partition: 0, .. })), "{stale:?}");
+    let a = store.load_doc("job", "a").await.expect("read").expect("stored");
+    assert_eq!((a.version, a.state.as_slice()), (5, b"state a'".as_slice()), "the refused write left nothing");
+
+    // Jobs and partitions are independent.
+    store.commit("job", 3, 7, &[doc("c", 1, 6, b"c")]).await.expect("partition 3");
+    store.commit("other", 0, 1, &[doc("a", 1, 0, b"other a")]).await.expect("other job");
+    assert_eq!(store.checkpoints("job").await.expect("list"), [(0, 25), (3, 7)]);
+    assert_eq!(store.doc_ids("job").await.expect("list"), ["a", "b", "c"]);
+    assert_eq!(store.load_doc("other", "a").await.expect("read").expect("stored").state, b"other a");
+    assert_eq!(store.load_doc("job", "c").await.expect("read").expect("stored").partition, 3);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_store_conformance() {
+    let dir = services::temp_dir("store");
+    conformance(&format!("sqlite://{}", dir.join("state.db").display())).await;
+}
+
+#[tokio::test]
+async fn postgres_store_conformance() {
+    conformance(&services::postgres_database("store").await).await;
+}
+
+#[tokio::test]
+async fn a_bad_store_url_says_what_is_expected() {
+    let error = Store::open("mysql://x").await.expect_err("unsupported");
+    assert!(error.to_string().contains("expected sqlite://PATH or postgres://"), "{error}");
+}
