@@ -8,9 +8,12 @@
 //! backends (embedded files and SQLite, or Kafka and PostgreSQL); `pipeline` runs one task
 //! per partition between them. `trace` replays real editing traces into ops.
 
+pub mod config;
 pub mod fold;
 pub mod log;
 pub mod lseq;
 pub mod op;
+pub mod pipeline;
 pub mod store;
+pub mod telemetry;
 pub mod trace;

@@ -1,0 +1,183 @@
+//! Job configuration (`jobs/*.toml`): typed, unknown fields rejected, checked before any I/O.
+//! Every field has a default, so an empty file (or none) is the embedded setup under
+//! `./docfold-data`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::log::file::Fsync;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobConfig {
+    /// The job's name: checkpoints and snapshots are kept per job.
+    pub job: String,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub pipeline: PipelineConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `file://DIR` (embedded) or `kafka://HOST:PORT[,HOST:PORT…]`.
+    pub url: String,
+    pub topic: String,
+    /// Partitions of the embedded log's topic when docfold creates it.
+    pub partitions: u32,
+    /// Embedded log: when to fsync (`"always"`, `"never"` or `{ interval_ms = N }`).
+    pub fsync: Fsync,
+    /// Embedded log: segment size before rolling to a new file.
+    pub segment_bytes: u64,
+    /// Kafka consumer group of `docfold run`.
+    pub group: String,
+    /// Extra librdkafka properties (e.g. `"security.protocol" = "SSL"`).
+    pub kafka: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (embedded) or `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Write snapshots + checkpoint at least this often while there is work…
+    pub flush_interval_ms: u64,
+    /// …and after this many ops in a partition.
+    pub flush_ops: u64,
+    /// Documents kept in memory per partition; colder ones are evicted (their state is stored).
+    pub max_docs_in_memory: usize,
+    /// Records read per batch.
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9898`); off when absent.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig::in_dir(Path::new("docfold-data"))
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            url: "file://docfold-data/log".into(),
+            topic: "doc-ops".into(),
+            partitions: 8,
+            fsync: Fsync::IntervalMs(200),
+            segment_bytes: 64 << 20,
+            group: "docfold".into(),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { url: "sqlite://docfold-data/state.db".into() }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { flush_interval_ms: 1000, flush_ops: 100_000, max_docs_in_memory: 10_000, batch: 2048 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: field `{field}`: {message}")]
+    Invalid { path: PathBuf, field: &'static str, message: String },
+}
+
+/// Where the log lives, from `log.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLocation {
+    File(PathBuf),
+    Kafka(String),
+}
+
+impl JobConfig {
+    /// Everything embedded under `dir`.
+    pub fn in_dir(dir: &Path) -> JobConfig {
+        JobConfig {
+            job: "main".into(),
+            log: LogConfig { url: format!("file://{}", dir.join("log").display()), ..LogConfig::default() },
+            store: StoreConfig { url: format!("sqlite://{}", dir.join("state.db").display()) },
+            pipeline: PipelineConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<JobConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config: JobConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks values (no I/O). `path` names the file in errors.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| Err(ConfigError::Invalid { path: path.into(), field, message: message.into() });
+        if self.job.is_empty() {
+            return invalid("job", "must not be empty");
+        }
+        if let Err(message) = self.log_location() {
+            return invalid("log.url", &message);
+        }
+        if self.log.topic.is_empty() {
+            return invalid("log.topic", "must not be empty");
+        }
+        if self.log.partitions == 0 {
+            return invalid("log.partitions", "must be at least 1");
+        }
+        if self.log.segment_bytes < 4096 {
+            return invalid("log.segment_bytes", "must be at least 4096");
+        }
+        if let Err(e) = crate::store::Backend::of(&self.store.url) {
+            return invalid("store.url", &e.to_string());
+        }
+        if self.pipeline.flush_interval_ms == 0 || self.pipeline.flush_ops == 0 {
+            return invalid("pipeline.flush_interval_ms", "flush_interval_ms and flush_ops must be at least 1");
+        }
+        if self.pipeline.max_docs_in_memory == 0 {
+            return invalid("pipeline.max_docs_in_memory", "must be at least 1");
+        }
+        if self.pipeline.batch == 0 {
+            return invalid("pipeline.batch", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn log_location(&self) -> Result<LogLocation, String> {
+        match self.log.url.split_once("://") {
+            Some(("file", dir)) if !dir.is_empty() => Ok(LogLocation::File(dir.into())),
+            Some(("kafka", brokers)) if !brokers.is_empty() => Ok(LogLocation::Kafka(brokers.into())),
+            _ => Err(format!("{:?}: expected file://DIR or kafka://HOST:PORT", self.log.url)),
+        }
+    }
+
+    /// The librdkafka overrides as pairs.
+    pub fn kafka_overrides(&self) -> Vec<(String, String)> {
+        self.log.kafka.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
