@@ -1,8 +1,20 @@
 //! The command line: one file per command.
 
+mod demo;
+mod doc;
+mod produce;
+mod run;
+mod topics;
 mod trace;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+use docfold::config::{JobConfig, LogLocation};
+use docfold::log::LogWriter;
+use docfold::log::file::FileLog;
+use docfold::log::kafka::KafkaLog;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,16 +29,76 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Fold the log into document states (runs until Ctrl-C, or --exit-when-idle).
+    Run(run::RunArgs),
+    /// Publish ops (JSON lines, or the edits of a trace file) to the log.
+    Produce(produce::ProduceArgs),
+    /// Read folded documents from the state store.
+    #[command(subcommand)]
+    Doc(doc::DocCommand),
+    /// Create the topics described in topics/ (Kafka, or the embedded log's partitions).
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// One command, nothing to install: produce real editing traces into the embedded log,
+    /// fold them, check every document and say where the data is.
+    Demo(demo::DemoArgs),
     /// Work with editing traces.
     #[command(subcommand)]
     Trace(trace::TraceCommand),
 }
 
+/// `--config`, shared by the commands that touch the log or the store.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Job configuration (jobs/*.toml). Default: everything embedded under ./docfold-data.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> anyhow::Result<JobConfig> {
+        match &self.config {
+            Some(path) => Ok(JobConfig::load(path)?),
+            None => Ok(JobConfig::default()),
+        }
+    }
+}
+
 impl Cli {
     /// Runs the command; `Ok(false)` means it ran but found a failure (exit code 1).
     pub fn run(self) -> anyhow::Result<bool> {
+        // The demo and one-shot commands talk to people: only warnings; `run` logs its work.
+        let level = if matches!(self.command, Command::Run(_)) { "info" } else { "warn" };
+        docfold::telemetry::init_logs(level);
         match self.command {
+            Command::Run(args) => args.run(),
+            Command::Produce(args) => args.run(),
+            Command::Doc(command) => command.run(),
+            Command::Topics(command) => command.run(),
+            Command::Demo(args) => args.run(),
             Command::Trace(command) => command.run(),
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+/// The embedded log's topic, created with the configured partitions if it is new.
+fn file_topic(config: &JobConfig, dir: &Path) -> anyhow::Result<FileLog> {
+    FileLog::create(dir, &config.log.topic, config.log.partitions)
+        .with_context(|| format!("embedded log {}", dir.display()))
+}
+
+/// A writer for the configured log.
+fn open_writer(config: &JobConfig) -> anyhow::Result<Box<dyn LogWriter>> {
+    Ok(match config.log_location().map_err(anyhow::Error::msg)? {
+        LogLocation::File(dir) => {
+            Box::new(file_topic(config, &dir)?.writer(config.log.fsync, config.log.segment_bytes))
+        }
+        LogLocation::Kafka(brokers) => {
+            Box::new(KafkaLog::connect(&brokers, &config.log.topic, &config.kafka_overrides())?.writer()?)
+        }
+    })
 }

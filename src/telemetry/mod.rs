@@ -18,10 +18,10 @@ pub const FLUSH_SECONDS: &str = "docfold_flush_seconds";
 /// Documents held in memory (label `partition`).
 pub const DOCS_IN_MEMORY: &str = "docfold_docs_in_memory";
 
-/// Logs to stderr; `RUST_LOG` filters (default: info).
-pub fn init_logs() {
+/// Logs to stderr; `RUST_LOG` filters (default: `default_level`, e.g. "info").
+pub fn init_logs(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

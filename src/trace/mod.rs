@@ -1,5 +1,6 @@
 //! Real editing traces (josephg/editing-traces format) and their replay into LSEQ ops.
 
+mod publish;
 mod replay;
 mod report;
 
@@ -8,6 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use publish::publish;
 pub use replay::{ReplayError, TraceOps, replay};
 pub use report::{Divergence, ReplayReport, ReportError, replay_through_codec};
 
@@ -60,13 +62,20 @@ impl Trace {
         let shown = path.display().to_string();
         let io = |error| TraceError::Io { path: shown.clone(), error };
         let raw = std::fs::read(path).map_err(io)?;
+        Trace::parse(&raw, &shown)
+    }
+
+    /// Parses a trace's bytes (JSON, gzipped or not); `name` is used in errors.
+    pub fn parse(raw: &[u8], name: &str) -> Result<Trace, TraceError> {
+        let io = |error| TraceError::Io { path: name.into(), error };
+        let mut gunzipped = Vec::new();
         let json = if raw.starts_with(&[0x1f, 0x8b]) {
-            let mut out = Vec::with_capacity(raw.len() * 8);
-            flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(io)?;
-            out
+            gunzipped.reserve(raw.len() * 8);
+            flate2::read::GzDecoder::new(raw).read_to_end(&mut gunzipped).map_err(io)?;
+            &gunzipped[..]
         } else {
             raw
         };
-        serde_json::from_slice(&json).map_err(|error| TraceError::Json { path: shown, error })
+        serde_json::from_slice(json).map_err(|error| TraceError::Json { path: name.into(), error })
     }
 }

@@ -1,0 +1,100 @@
+//! `docfold produce`: ops into the log, from JSON lines (one envelope per line, the JSON
+//! mapping of schemas/docfold/op/v1/op.proto) or from an editing trace.
+
+use anyhow::Context;
+use clap::Args;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use docfold::log::LogWriter;
+use docfold::lseq::doc_seed;
+use docfold::op::{decode_json, encode};
+use docfold::trace::{Trace, publish, replay};
+
+use super::{ConfigArg, open_writer};
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// Files: `*.jsonl` (or `-` for stdin) hold JSON envelopes, one per line; anything else
+    /// is read as an editing trace (.json or .json.gz) and replayed into ops.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Traces: the document id (default: the file name up to the first dot).
+    #[arg(long)]
+    doc_id: Option<String>,
+    /// Traces: publish the edits to this many documents, `<doc id>-<i>`.
+    #[arg(long)]
+    copies: Option<usize>,
+    /// Traces: the origin region written in each envelope.
+    #[arg(long, default_value = "local")]
+    region: String,
+}
+
+impl ProduceArgs {
+    pub fn run(self) -> anyhow::Result<bool> {
+        let config = self.config.load()?;
+        let mut writer = open_writer(&config)?;
+        let started = Instant::now();
+        let mut total = 0u64;
+        for file in &self.files {
+            let produced = if file.as_os_str() == "-" || file.extension().is_some_and(|e| e == "jsonl") {
+                produce_lines(writer.as_mut(), file)
+            } else {
+                self.produce_trace(writer.as_mut(), file)
+            };
+            let count = match produced {
+                Ok(count) => count,
+                Err(error) => {
+                    // Keep what was accepted before the bad input.
+                    writer.flush()?;
+                    return Err(error);
+                }
+            };
+            writer.flush().with_context(|| format!("flushing the records of {}", file.display()))?;
+            eprintln!("{}: {count} records", file.display());
+            total += count;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        println!("produced {total} records to {} in {seconds:.2} s ({:.0}/s)", config.log.url, total as f64 / seconds);
+        Ok(true)
+    }
+
+    fn produce_trace(&self, writer: &mut dyn LogWriter, file: &Path) -> anyhow::Result<u64> {
+        let trace = Trace::read(file)?;
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let doc_id = self.doc_id.clone().unwrap_or_else(|| name.split('.').next().unwrap_or("trace").to_string());
+        let ops = replay(&trace, doc_seed(&doc_id)).with_context(|| format!("replaying {}", file.display()))?.ops;
+        let doc_ids: Vec<String> = match self.copies {
+            None => vec![doc_id],
+            Some(n) => (0..n).map(|i| format!("{doc_id}-{i}")).collect(),
+        };
+        Ok(publish(writer, &ops, &doc_ids, &self.region, |n| eprintln!("{}: {n} records…", file.display()))?)
+    }
+}
+
+/// Appends each line's envelope; stops at the first bad line, naming it (lines before it are kept).
+fn produce_lines(writer: &mut dyn LogWriter, file: &Path) -> anyhow::Result<u64> {
+    let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        ))
+    };
+    let mut count = 0;
+    for (index, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let envelope = decode_json(&line).with_context(|| {
+            format!("{} line {}: not an op envelope ({count} records before it were produced)", file.display(), index + 1)
+        })?;
+        writer.append(envelope.doc_id.as_bytes(), &encode(&envelope))?;
+        count += 1;
+    }
+    Ok(count)
+}

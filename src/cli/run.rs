@@ -1,0 +1,74 @@
+//! `docfold run`: the stream processor.
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use docfold::config::{JobConfig, LogLocation};
+use docfold::pipeline::{self, PartitionSummary, Until};
+
+use super::{ConfigArg, file_topic, runtime};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Stop once every partition is caught up (embedded log: nothing left to read; Kafka:
+    /// nothing arrived for --idle-ms), after writing final checkpoints.
+    #[arg(long)]
+    exit_when_idle: bool,
+    /// Kafka: how long without messages counts as idle.
+    #[arg(long, default_value_t = 10_000)]
+    idle_ms: u64,
+}
+
+impl RunArgs {
+    pub fn run(self) -> anyhow::Result<bool> {
+        let config = self.config.load()?;
+        let until = if self.exit_when_idle { Until::Idle { idle_ms: self.idle_ms } } else { Until::Cancelled };
+        let summaries = runtime()?.block_on(run_job(&config, until))?;
+        print_summaries(&summaries);
+        Ok(summaries.iter().all(|s| s.bad == 0))
+    }
+}
+
+/// Runs the job until `until` or Ctrl-C / SIGTERM (which drain and checkpoint first).
+pub async fn run_job(config: &JobConfig, until: Until) -> anyhow::Result<Vec<PartitionSummary>> {
+    if let Some(addr) = config.metrics.listen {
+        docfold::telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    if let LogLocation::File(dir) = config.log_location().map_err(anyhow::Error::msg)? {
+        file_topic(config, &dir)?;
+    }
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining partitions");
+        on_signal.cancel();
+    });
+    pipeline::run(config, until, cancel).await.context("the pipeline stopped")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub fn print_summaries(summaries: &[PartitionSummary]) {
+    println!("partition  from offset  next offset  ops folded  bad  docs loaded  checkpoints");
+    for s in summaries {
+        println!(
+            "{:>9}  {:>11}  {:>11}  {:>10}  {:>3}  {:>11}  {:>11}",
+            s.partition, s.start_offset, s.next_offset, s.folded, s.bad, s.docs_loaded, s.flushes
+        );
+    }
+}
