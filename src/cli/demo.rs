@@ -82,7 +82,10 @@ impl DemoArgs {
         let seconds = started.elapsed().as_secs_f64();
         print_summaries(&summaries);
         let folded: u64 = summaries.iter().map(|s| s.folded).sum();
-        println!("    {folded} ops folded in {seconds:.2} s: {:.0} ops/s end to end", folded as f64 / seconds);
+        println!(
+            "    {folded} ops folded in {seconds:.2} s: {:.0} ops/s end to end",
+            folded as f64 / seconds
+        );
 
         println!("3/3 checking each document in the state store against the trace's endContent");
         let mut all_ok = true;

@@ -58,15 +58,21 @@ impl ProduceArgs {
             total += count;
         }
         let seconds = started.elapsed().as_secs_f64();
-        println!("produced {total} records to {} in {seconds:.2} s ({:.0}/s)", config.log.url, total as f64 / seconds);
+        println!(
+            "produced {total} records to {} in {seconds:.2} s ({:.0}/s)",
+            config.log.url,
+            total as f64 / seconds
+        );
         Ok(true)
     }
 
     fn produce_trace(&self, writer: &mut dyn LogWriter, file: &Path) -> anyhow::Result<u64> {
         let trace = Trace::read(file)?;
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let doc_id = self.doc_id.clone().unwrap_or_else(|| name.split('.').next().unwrap_or("trace").to_string());
-        let ops = replay(&trace, doc_seed(&doc_id)).with_context(|| format!("replaying {}", file.display()))?.ops;
+        let doc_id =
+            self.doc_id.clone().unwrap_or_else(|| name.split('.').next().unwrap_or("trace").to_string());
+        let ops =
+            replay(&trace, doc_seed(&doc_id)).with_context(|| format!("replaying {}", file.display()))?.ops;
         let doc_ids: Vec<String> = match self.copies {
             None => vec![doc_id],
             Some(n) => (0..n).map(|i| format!("{doc_id}-{i}")).collect(),
@@ -91,7 +97,11 @@ fn produce_lines(writer: &mut dyn LogWriter, file: &Path) -> anyhow::Result<u64>
             continue;
         }
         let envelope = decode_json(&line).with_context(|| {
-            format!("{} line {}: not an op envelope ({count} records before it were produced)", file.display(), index + 1)
+            format!(
+                "{} line {}: not an op envelope ({count} records before it were produced)",
+                file.display(),
+                index + 1
+            )
         })?;
         writer.append(envelope.doc_id.as_bytes(), &encode(&envelope))?;
         count += 1;

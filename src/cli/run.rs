@@ -25,7 +25,8 @@ pub struct RunArgs {
 impl RunArgs {
     pub fn run(self) -> anyhow::Result<bool> {
         let config = self.config.load()?;
-        let until = if self.exit_when_idle { Until::Idle { idle_ms: self.idle_ms } } else { Until::Cancelled };
+        let until =
+            if self.exit_when_idle { Until::Idle { idle_ms: self.idle_ms } } else { Until::Cancelled };
         let summaries = runtime()?.block_on(run_job(&config, until))?;
         print_summaries(&summaries);
         Ok(summaries.iter().all(|s| s.bad == 0))

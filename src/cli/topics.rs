@@ -49,9 +49,15 @@ fn read_specs(dir: &Path) -> anyhow::Result<Vec<TopicSpec>> {
     paths
         .iter()
         .map(|path| {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let spec: TopicSpec = toml::from_str(&text).with_context(|| format!("topic file {}", path.display()))?;
-            anyhow::ensure!(spec.partitions > 0, "topic file {}: field `partitions` must be at least 1", path.display());
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let spec: TopicSpec =
+                toml::from_str(&text).with_context(|| format!("topic file {}", path.display()))?;
+            anyhow::ensure!(
+                spec.partitions > 0,
+                "topic file {}: field `partitions` must be at least 1",
+                path.display()
+            );
             Ok(spec)
         })
         .collect()
@@ -66,15 +72,25 @@ impl TopicsCommand {
             LogLocation::File(root) => {
                 for spec in &specs {
                     FileLog::create(&root, &spec.name, spec.partitions)?;
-                    println!("{}: {} partitions in {}", spec.name, spec.partitions, root.join(&spec.name).display());
+                    println!(
+                        "{}: {} partitions in {}",
+                        spec.name,
+                        spec.partitions,
+                        root.join(&spec.name).display()
+                    );
                 }
             }
             LogLocation::Kafka(brokers) => runtime()?.block_on(async {
                 for spec in &specs {
-                    let replication = max_replication.map_or(spec.replication, |cap| spec.replication.min(cap));
+                    let replication =
+                        max_replication.map_or(spec.replication, |cap| spec.replication.min(cap));
                     let configs: Vec<(String, String)> = spec.config.clone().into_iter().collect();
-                    KafkaLog::create_topic(&brokers, &spec.name, spec.partitions, replication, &configs).await?;
-                    println!("{}: {} partitions, replication {replication} on {brokers}", spec.name, spec.partitions);
+                    KafkaLog::create_topic(&brokers, &spec.name, spec.partitions, replication, &configs)
+                        .await?;
+                    println!(
+                        "{}: {} partitions, replication {replication} on {brokers}",
+                        spec.name, spec.partitions
+                    );
                 }
                 anyhow::Ok(())
             })?,

@@ -93,7 +93,12 @@ impl Default for StoreConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { flush_interval_ms: 1000, flush_ops: 100_000, max_docs_in_memory: 10_000, batch: 2048 }
+        PipelineConfig {
+            flush_interval_ms: 1000,
+            flush_ops: 100_000,
+            max_docs_in_memory: 10_000,
+            batch: 2048,
+        }
     }
 }
 
@@ -128,16 +133,19 @@ impl JobConfig {
 
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<JobConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: JobConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config: JobConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         config.validate(path)?;
         Ok(config)
     }
 
     /// Checks values (no I/O). `path` names the file in errors.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field, message: &str| Err(ConfigError::Invalid { path: path.into(), field, message: message.into() });
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid { path: path.into(), field, message: message.into() })
+        };
         if self.job.is_empty() {
             return invalid("job", "must not be empty");
         }
@@ -157,7 +165,10 @@ impl JobConfig {
             return invalid("store.url", &e.to_string());
         }
         if self.pipeline.flush_interval_ms == 0 || self.pipeline.flush_ops == 0 {
-            return invalid("pipeline.flush_interval_ms", "flush_interval_ms and flush_ops must be at least 1");
+            return invalid(
+                "pipeline.flush_interval_ms",
+                "flush_interval_ms and flush_ops must be at least 1",
+            );
         }
         if self.pipeline.max_docs_in_memory == 0 {
             return invalid("pipeline.max_docs_in_memory", "must be at least 1");

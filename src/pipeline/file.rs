@@ -25,7 +25,8 @@ pub(super) async fn run(
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let mut tasks = JoinSet::new();
     for partition in 0..log.partitions() {
-        let worker = PartitionWorker::start(store.clone(), &config.job, partition, config.pipeline.clone()).await?;
+        let worker =
+            PartitionWorker::start(store.clone(), &config.job, partition, config.pipeline.clone()).await?;
         tasks.spawn(partition_loop(worker, log.reader(), config.pipeline.batch, until, cancel.clone()));
     }
     let mut summaries = Vec::new();

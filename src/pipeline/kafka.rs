@@ -96,8 +96,12 @@ impl Group {
                 partition,
                 self.settings.clone(),
             ))?;
-            list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(worker.next_offset() as i64))
-                .map_err(|e| LogError::Kafka(e.to_string()))?;
+            list.add_partition_offset(
+                &self.topic,
+                partition as i32,
+                Offset::Offset(worker.next_offset() as i64),
+            )
+            .map_err(|e| LogError::Kafka(e.to_string()))?;
             let (records, queue) = mpsc::channel(QUEUE);
             let task = self.handle.spawn(partition_task(worker, queue, self.settings.flush_interval_ms));
             self.workers.lock().expect("workers lock").insert(partition, Worker { records, task });
@@ -174,7 +178,11 @@ async fn partition_task(
         }
     }
     worker.flush().await?;
-    tracing::info!(partition = worker.summary().partition, offset = worker.next_offset(), "partition drained; final checkpoint written");
+    tracing::info!(
+        partition = worker.summary().partition,
+        offset = worker.next_offset(),
+        "partition drained; final checkpoint written"
+    );
     Ok(worker.summary().clone())
 }
 

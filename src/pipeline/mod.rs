@@ -38,7 +38,11 @@ pub enum Until {
 }
 
 /// Runs the job until `until`; drains and writes final checkpoints on the way out.
-pub async fn run(config: &JobConfig, until: Until, cancel: CancellationToken) -> Result<Vec<PartitionSummary>, PipelineError> {
+pub async fn run(
+    config: &JobConfig,
+    until: Until,
+    cancel: CancellationToken,
+) -> Result<Vec<PartitionSummary>, PipelineError> {
     let store = Store::open(&config.store.url).await?;
     let location = config.log_location().map_err(|reason| LogError::Kafka(reason))?;
     let summaries = match location {

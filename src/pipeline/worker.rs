@@ -10,7 +10,9 @@ use crate::config::PipelineConfig;
 use crate::fold::{BadRecord, Doc, Folded, PartitionFold, snapshot};
 use crate::log::Record;
 use crate::store::{DocWrite, Store};
-use crate::telemetry::{BAD_MESSAGES, CHECKPOINT_AGE, DOCS_IN_MEMORY, FLUSH_SECONDS, FOLD_SECONDS, OPS_FOLDED};
+use crate::telemetry::{
+    BAD_MESSAGES, CHECKPOINT_AGE, DOCS_IN_MEMORY, FLUSH_SECONDS, FOLD_SECONDS, OPS_FOLDED,
+};
 
 /// What a partition's worker did in this process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,7 +42,12 @@ pub struct PartitionWorker {
 
 impl PartitionWorker {
     /// Loads the partition's checkpoint: the worker folds from there.
-    pub async fn start(store: Store, job: &str, partition: u32, settings: PipelineConfig) -> Result<Self, PipelineError> {
+    pub async fn start(
+        store: Store,
+        job: &str,
+        partition: u32,
+        settings: PipelineConfig,
+    ) -> Result<Self, PipelineError> {
         let start = store.checkpoint(job, partition).await?.unwrap_or(0);
         tracing::info!(partition, offset = start, "partition starts at its checkpoint");
         Ok(PartitionWorker {
@@ -48,7 +55,12 @@ impl PartitionWorker {
             store,
             settings,
             fold: PartitionFold::new(),
-            summary: PartitionSummary { partition, start_offset: start, next_offset: start, ..Default::default() },
+            summary: PartitionSummary {
+                partition,
+                start_offset: start,
+                next_offset: start,
+                ..Default::default()
+            },
             label: partition.to_string(),
             ops_since_flush: 0,
             last_flush: Instant::now(),
@@ -85,7 +97,8 @@ impl PartitionWorker {
                             BadRecord::Refused(_) => "refused",
                         };
                         tracing::warn!(partition, offset = record.offset, %error, "bad message skipped");
-                        counter!(BAD_MESSAGES, "partition" => self.label.clone(), "reason" => reason).increment(1);
+                        counter!(BAD_MESSAGES, "partition" => self.label.clone(), "reason" => reason)
+                            .increment(1);
                         self.summary.bad += 1;
                     }
                 }
@@ -137,7 +150,12 @@ impl PartitionWorker {
             .collect();
         let partition = self.summary.partition;
         self.store.commit(&self.job, partition, self.summary.next_offset, &docs).await?;
-        tracing::debug!(partition, offset = self.summary.next_offset, docs = docs.len(), "checkpoint written");
+        tracing::debug!(
+            partition,
+            offset = self.summary.next_offset,
+            docs = docs.len(),
+            "checkpoint written"
+        );
         drop(docs);
         self.fold.mark_clean();
         self.fold.evict(self.settings.max_docs_in_memory);

@@ -38,7 +38,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Another process moved this partition's checkpoint past ours: it owns the partition
     /// now (a rebalance), so our write is refused whole.
-    #[error("checkpoint of job {job} partition {partition} is at {held}, past {ours}: another worker owns it")]
+    #[error(
+        "checkpoint of job {job} partition {partition} is at {held}, past {ours}: another worker owns it"
+    )]
     Superseded { job: String, partition: u32, held: u64, ours: u64 },
     #[error("stored value out of range: {0}")]
     Corrupt(String),
@@ -46,7 +48,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed))
+        matches!(
+            self,
+            StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+        )
     }
 }
 
@@ -62,7 +67,10 @@ impl Backend {
         match url.split_once("://").map(|(scheme, _)| scheme) {
             Some("sqlite") => Ok(Backend::Sqlite),
             Some("postgres" | "postgresql") => Ok(Backend::Postgres),
-            _ => Err(StoreError::BadUrl { url: url.into(), reason: "expected sqlite://PATH or postgres://…".into() }),
+            _ => Err(StoreError::BadUrl {
+                url: url.into(),
+                reason: "expected sqlite://PATH or postgres://…".into(),
+            }),
         }
     }
 }
@@ -139,7 +147,8 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(StoredDoc {
-            partition: u32::try_from(row.try_get::<i64, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            partition: u32::try_from(row.try_get::<i64, _>(0)?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             version: to_u64(row.try_get(1)?)?,
             offset: to_u64(row.try_get(2)?)?,
             state: row.try_get(3)?,
@@ -150,7 +159,13 @@ impl Store {
     /// Writes `docs` and moves the checkpoint of (job, partition) to `next_offset`, in one
     /// transaction. Refused whole ([`StoreError::Superseded`]) when the stored checkpoint is
     /// already past `next_offset`.
-    pub async fn commit(&self, job: &str, partition: u32, next_offset: u64, docs: &[DocWrite<'_>]) -> Result<(), StoreError> {
+    pub async fn commit(
+        &self,
+        job: &str,
+        partition: u32,
+        next_offset: u64,
+        docs: &[DocWrite<'_>],
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
@@ -192,13 +207,16 @@ impl Store {
 
     /// Every checkpoint of a job: (partition, next offset).
     pub async fn checkpoints(&self, job: &str) -> Result<Vec<(u32, u64)>, StoreError> {
-        let rows = sqlx::query("SELECT partition_id, next_offset FROM checkpoints WHERE job = $1 ORDER BY partition_id")
-            .bind(job)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT partition_id, next_offset FROM checkpoints WHERE job = $1 ORDER BY partition_id",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
-                let partition = u32::try_from(r.try_get::<i64, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let partition =
+                    u32::try_from(r.try_get::<i64, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok((partition, to_u64(r.try_get(1)?)?))
             })
             .collect()

@@ -14,7 +14,12 @@ pub fn publish(
     region: &str,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, LogError> {
-    let mut envelope = Envelope::new("", region, 0, Op { id: OpId { site: 0, counter: 0 }, inserts: vec![], deletes: vec![] });
+    let mut envelope = Envelope::new(
+        "",
+        region,
+        0,
+        Op { id: OpId { site: 0, counter: 0 }, inserts: vec![], deletes: vec![] },
+    );
     let mut count = 0u64;
     for op in ops {
         envelope.op.clone_from(op);

@@ -87,10 +87,18 @@ fn conformance(writer: &mut dyn LogWriter, reader: &mut dyn LogReader) {
             let before = got.len();
             let from = got.last().map_or(0, |r| r.offset + 1);
             reader.read(partition, from, 50, &mut got).expect("read");
-            assert!(got.len() > before, "partition {partition} stopped at {} of {}", got.len(), expected.len());
+            assert!(
+                got.len() > before,
+                "partition {partition} stopped at {} of {}",
+                got.len(),
+                expected.len()
+            );
         }
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = got.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
-        assert_eq!(pairs, expected, "partition {partition}: every record, in append order, in the key's partition");
+        assert_eq!(
+            pairs, expected,
+            "partition {partition}: every record, in append order, in the key's partition"
+        );
         assert!(got.iter().enumerate().all(|(i, r)| r.offset == i as u64), "offsets count from 0");
         assert!(got.iter().all(|r| r.timestamp_ms > 1_600_000_000_000), "create time set");
         assert_eq!(reader.end_offset(partition).expect("end offset"), expected.len() as u64);

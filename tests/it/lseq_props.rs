@@ -9,14 +9,14 @@ use proptest::prelude::*;
 
 /// One step of a random editing session.
 #[derive(Clone, Debug)]
-enum Step {
+pub(crate) enum Step {
     /// Replica `replica` edits at `pos` (scaled to its length), deleting up to `delete`.
     Edit { replica: usize, pos: f64, delete: usize, text: String },
     /// Replica `replica` receives the op with index `op` (scaled to the ops so far).
     Receive { replica: usize, op: f64 },
 }
 
-fn step() -> impl Strategy<Value = Step> {
+pub(crate) fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (0..5usize, 0.0..=1.0f64, 0..4usize, "[a-zé€😀]{0,6}")
             .prop_map(|(replica, pos, delete, text)| Step::Edit { replica, pos, delete, text }),
@@ -25,7 +25,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// Runs the session; returns the replicas and every op made.
-fn run(replica_count: usize, steps: &[Step]) -> (Vec<Replica>, Vec<Op>) {
+pub(crate) fn run(replica_count: usize, steps: &[Step]) -> (Vec<Replica>, Vec<Op>) {
     let mut replicas: Vec<Replica> = (0..replica_count).map(|i| Replica::new(7, 100 + i as u64)).collect();
     let mut ops: Vec<Op> = Vec::new();
     for step in steps {
@@ -50,7 +50,7 @@ fn run(replica_count: usize, steps: &[Step]) -> (Vec<Replica>, Vec<Op>) {
 }
 
 /// `ops` in a shuffled order with some repeated (seeded by `order`).
-fn delivery(ops: &[Op], order: &[u32]) -> Vec<Op> {
+pub(crate) fn delivery(ops: &[Op], order: &[u32]) -> Vec<Op> {
     let mut keyed: Vec<(u32, &Op)> = ops.iter().zip(order.iter().cycle()).map(|(op, k)| (*k, op)).collect();
     let repeats: Vec<(u32, &Op)> =
         keyed.iter().filter(|(k, _)| k % 3 == 0).map(|(k, op)| (k / 3, *op)).collect();

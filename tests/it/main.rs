@@ -2,8 +2,10 @@
 
 mod cli;
 mod codec;
+mod fold;
 mod log;
 mod lseq_props;
+mod pipeline;
 mod services;
 mod store;
 mod traces;

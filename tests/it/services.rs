@@ -38,7 +38,8 @@ pub async fn postgres_database(name: &str) -> String {
     use sqlx::Executor;
     let server = postgres_server();
     let database = format!("docfold_{}_{}", name, unique());
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.expect("connect to PostgreSQL");
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.expect("connect to PostgreSQL");
     admin.execute(format!("CREATE DATABASE {database}").as_str()).await.expect("create test database");
     let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
     format!("{base}/{database}")

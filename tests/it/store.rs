@@ -14,7 +14,10 @@ async fn conformance(url: &str) {
     assert_eq!(store.checkpoint("job", 0).await.expect("read"), None);
     assert_eq!(store.load_doc("job", "a").await.expect("read"), None);
 
-    store.commit("job", 0, 10, &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])]).await.expect("commit");
+    store
+        .commit("job", 0, 10, &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])])
+        .await
+        .expect("commit");
     assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(10));
     let a = store.load_doc("job", "a").await.expect("read").expect("stored");
     assert_eq!((a.partition, a.version, a.offset, a.state.as_slice()), (0, 3, 9, b"state a".as_slice()));
@@ -28,9 +31,16 @@ async fn conformance(url: &str) {
 
     // A worker behind the checkpoint (the partition moved on): refused whole.
     let stale = store.commit("job", 0, 20, &[doc("a", 4, 19, b"stale")]).await;
-    assert!(matches!(stale, Err(StoreError::Superseded { held: 25, ours: 20, partition: 0, .. })), "{stale:?}");
+    assert!(
+        matches!(stale, Err(StoreError::Superseded { held: 25, ours: 20, partition: 0, .. })),
+        "{stale:?}"
+    );
     let a = store.load_doc("job", "a").await.expect("read").expect("stored");
-    assert_eq!((a.version, a.state.as_slice()), (5, b"state a'".as_slice()), "the refused write left nothing");
+    assert_eq!(
+        (a.version, a.state.as_slice()),
+        (5, b"state a'".as_slice()),
+        "the refused write left nothing"
+    );
 
     // Jobs and partitions are independent.
     store.commit("job", 3, 7, &[doc("c", 1, 6, b"c")]).await.expect("partition 3");
