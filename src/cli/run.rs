@@ -17,7 +17,7 @@ pub struct RunArgs {
     /// nothing arrived for --idle-ms), after writing final checkpoints.
     #[arg(long)]
     exit_when_idle: bool,
-    /// Kafka: how long without messages counts as idle.
+    /// Kafka: how long without messages, while partitions are assigned, counts as idle.
     #[arg(long, default_value_t = 10_000)]
     idle_ms: u64,
 }

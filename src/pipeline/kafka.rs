@@ -199,6 +199,10 @@ fn consume(
     let mut last_lag = Instant::now();
     while !cancel.is_cancelled() {
         let polled = consumer.poll(Duration::from_millis(100));
+        if consumer.context().workers.lock().expect("workers lock").is_empty() {
+            // Idle time counts only while partitions are assigned (a join can take seconds).
+            last_message = Instant::now();
+        }
         let idle = polled.is_none();
         if let Some(message) = polled {
             match message {

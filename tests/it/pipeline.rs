@@ -4,6 +4,7 @@
 
 use docfold::fold::{Doc, Folded, PartitionFold, snapshot};
 use docfold::log::file::{FileLog, Fsync};
+use docfold::log::kafka::KafkaLog;
 use docfold::log::{LogReader, LogWriter, Record};
 use docfold::lseq::{Rng, doc_seed};
 use docfold::store::Store;
@@ -17,20 +18,22 @@ use crate::services;
 
 const PARTITIONS: u32 = 4;
 
-fn write_config(dir: &Path, log_url: &str, store_url: &str, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("job.toml");
+/// A job config; `flush_ops` small makes a run slow (a transaction per few ops), so a kill
+/// lands mid-stream.
+fn write_config(dir: &Path, name: &str, log: &str, store_url: &str, flush_ops: u64) -> std::path::PathBuf {
+    let path = dir.join(name);
     let text = format!(
-        "job = \"crash\"\n[log]\nurl = \"{log_url}\"\npartitions = {PARTITIONS}\n{extra}\n[store]\nurl = \"{store_url}\"\n\
-         [pipeline]\nflush_interval_ms = 40\nflush_ops = 3000\nmax_docs_in_memory = 2\nbatch = 500\n"
+        "job = \"crash\"\n[log]\npartitions = {PARTITIONS}\n{log}\n[store]\nurl = \"{store_url}\"\n\
+         [pipeline]\nflush_interval_ms = 40\nflush_ops = {flush_ops}\nmax_docs_in_memory = 2\nbatch = 500\n"
     );
     std::fs::write(&path, text).expect("write config");
     path
 }
 
 /// Publishes two real traces to several documents, then duplicates and garbage.
-fn fill(writer: &mut dyn LogWriter) -> u64 {
+fn fill(writer: &mut dyn LogWriter, svelte_copies: usize, friends_copies: usize) -> u64 {
     let mut count = 0;
-    for (name, copies) in [("sveltecomponent", 5), ("friendsforever", 3)] {
+    for (name, copies) in [("sveltecomponent", svelte_copies), ("friendsforever", friends_copies)] {
         let trace = Trace::read(Path::new(&format!("tests/data/traces/{name}.json.gz"))).expect("trace");
         let ops = replay(&trace, doc_seed(name)).expect("replays").ops;
         let docs: Vec<String> = (0..copies).map(|i| format!("{name}-{i}")).collect();
@@ -46,24 +49,26 @@ fn fill(writer: &mut dyn LogWriter) -> u64 {
     count
 }
 
-fn spawn_run(config: &Path) -> Child {
+/// `docfold run --exit-when-idle`; on Kafka, idle means `idle_ms` without a message.
+fn spawn_run(config: &Path, idle_ms: u64) -> Child {
     Command::new(env!("CARGO_BIN_EXE_docfold"))
-        .args(["run", "--exit-when-idle", "--idle-ms", "15000", "--config"])
+        .args(["run", "--exit-when-idle", "--idle-ms", &idle_ms.to_string(), "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn docfold run")
 }
 
-/// Kills `runs` children at seeded random moments; returns how many were still working.
-fn kill_at_random(config: &Path, runs: usize, seed: u64, max_ms: u64) -> usize {
+/// Kills `runs` children at seeded random moments `min_ms + 1..=spread_ms` after their
+/// start; returns how many were still working.
+fn kill_at_random(config: &Path, runs: usize, seed: u64, (min_ms, spread_ms): (u64, u64)) -> usize {
     let mut rng = Rng::new(seed);
     let mut killed_mid_run = 0;
     for _ in 0..runs {
-        let mut child = spawn_run(config);
-        std::thread::sleep(Duration::from_millis(rng.one_to(max_ms)));
+        let mut child = spawn_run(config, 15_000);
+        std::thread::sleep(Duration::from_millis(min_ms + rng.one_to(spread_ms)));
         if child.try_wait().expect("child status").is_none() {
             killed_mid_run += 1;
         }
@@ -73,8 +78,8 @@ fn kill_at_random(config: &Path, runs: usize, seed: u64, max_ms: u64) -> usize {
     killed_mid_run
 }
 
-fn run_to_completion(config: &Path) {
-    let status = spawn_run(config).wait().expect("final run");
+fn run_to_completion(config: &Path, idle_ms: u64) {
+    let status = spawn_run(config, idle_ms).wait().expect("final run");
     // Exit 1 when this run met bad records; anything else is a failure.
     assert!(matches!(status.code(), Some(0 | 1)), "final run failed: {status}");
 }
@@ -121,8 +126,14 @@ async fn assert_store_equals_reference(store_url: &str, reader: &mut dyn LogRead
     for (id, doc) in &expected {
         let stored = store.load_doc("crash", id).await.expect("load").expect("stored");
         let state = snapshot::decode(&stored.state).expect("decodes");
-        assert_eq!(state.text(), doc.state.text(), "text of {id}");
-        assert_eq!(state.entries(), doc.state.entries(), "identifiers of {id}");
+        let (text, expected_text) = (state.text(), doc.state.text());
+        assert!(
+            text == expected_text,
+            "text of {id}: {} chars stored, {} in the reference",
+            text.len(),
+            expected_text.len()
+        );
+        assert!(state.entries() == doc.state.entries(), "identifiers of {id}");
         assert_eq!((stored.version, stored.offset), (doc.version, doc.offset), "version and offset of {id}");
     }
     let checkpoints: Vec<u64> =
@@ -141,12 +152,70 @@ fn crash_runs() -> (usize, u64) {
 async fn embedded_pipeline_survives_sigkill_at_random_moments() {
     let dir = services::temp_dir("crash");
     let log = FileLog::create(&dir.join("log"), "doc-ops", PARTITIONS).expect("topic");
-    fill(&mut log.writer(Fsync::Never, 1 << 20));
+    fill(&mut log.writer(Fsync::Never, 1 << 20), 5, 3);
     let store_url = format!("sqlite://{}", dir.join("state.db").display());
-    let config = write_config(&dir, &format!("file://{}", dir.join("log").display()), &store_url, "");
+    let config = write_config(
+        &dir,
+        "job.toml",
+        &format!("url = \"file://{}\"", dir.join("log").display()),
+        &store_url,
+        3000,
+    );
     let (runs, seed) = crash_runs();
-    let killed = tokio::task::block_in_place(|| kill_at_random(&config, runs, seed, 150));
+    let killed = tokio::task::block_in_place(|| kill_at_random(&config, runs, seed, (0, 150)));
     assert!(killed * 2 >= runs, "most kills must land mid-run ({killed} of {runs})");
-    tokio::task::block_in_place(|| run_to_completion(&config));
+    tokio::task::block_in_place(|| run_to_completion(&config, 0));
     assert_store_equals_reference(&store_url, &mut log.reader()).await;
+}
+
+/// A Kafka topic filled like the embedded one, a fresh PostgreSQL database, and the log
+/// section of a config for a fresh consumer group.
+async fn kafka_setup(name: &str) -> (KafkaLog, String, String) {
+    let brokers = services::kafka();
+    let topic = format!("{name}-{}", services::unique());
+    KafkaLog::create_topic(&brokers, &topic, PARTITIONS, 1, &[]).await.expect("create topic");
+    let log = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
+    let mut writer = log.writer().expect("producer");
+    tokio::task::block_in_place(|| fill(&mut writer, 3, 1));
+    let store_url = services::postgres_database(name).await;
+    // tansu needs a short session timeout to rebalance in seconds (SERVICES.md).
+    let section = format!(
+        "url = \"kafka://{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{topic}\"\n\
+         [log.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\""
+    );
+    (log, store_url, section)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_and_postgres_pipeline_survives_sigkill() {
+    let (log, store_url, section) = kafka_setup("kcrash").await;
+    let dir = services::temp_dir("kcrash");
+    let slow = write_config(&dir, "slow.toml", &section, &store_url, 20);
+    let fast = write_config(&dir, "fast.toml", &section, &store_url, 5000);
+    let (_, seed) = crash_runs();
+    // The group join takes ~3 s on tansu: kill between 3.5 and 7 s after the start.
+    let killed = tokio::task::block_in_place(|| kill_at_random(&slow, 3, seed, (3500, 3500)));
+    assert!(killed >= 2, "kills must land mid-run ({killed} of 3)");
+    tokio::task::block_in_place(|| run_to_completion(&fast, 8000));
+    assert_store_equals_reference(&store_url, &mut log.reader().expect("reader")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_group_and_one_is_killed_mid_stream() {
+    let (log, store_url, section) = kafka_setup("kgroup").await;
+    let dir = services::temp_dir("kgroup");
+    let slow = write_config(&dir, "slow.toml", &section, &store_url, 20);
+    let fast = write_config(&dir, "fast.toml", &section, &store_url, 5000);
+    tokio::task::block_in_place(|| {
+        let mut doomed = spawn_run(&slow, 60_000);
+        // Long enough idle time to outlive the dead member's session and the rebalance.
+        let survivor = spawn_run(&fast, 15_000);
+        std::thread::sleep(Duration::from_millis(5000));
+        assert!(doomed.try_wait().expect("status").is_none(), "the slow member is still folding when killed");
+        doomed.kill().expect("SIGKILL");
+        doomed.wait().expect("reap");
+        let status = survivor.wait_with_output().expect("survivor").status;
+        assert!(matches!(status.code(), Some(0 | 1)), "survivor failed: {status}");
+    });
+    assert_store_equals_reference(&store_url, &mut log.reader().expect("reader")).await;
 }
