@@ -3,7 +3,7 @@
 //! finger, free lists) is rebuilt, so a restored state holds only what is live.
 
 use super::Sequence;
-use crate::lseq::ident::{Ident, SiteId};
+use crate::lseq::ident::SiteId;
 use crate::lseq::op::{InsertRun, MAX_RUN_CHARS, Op, OpId};
 use crate::lseq::seen::SeenCounters;
 
@@ -21,21 +21,31 @@ impl Sequence {
     /// Takes the state apart (see [`StateParts`]).
     pub fn to_parts(&self) -> StateParts {
         let mut runs: Vec<InsertRun> = Vec::new();
-        let mut run_len = 0u64;
-        for (ident, ch) in self.entries() {
+        // The run being extended: its last character's node. A run's characters are
+        // siblings (one prefix) with consecutive digits and counters, adjacent in order.
+        let mut last: Option<u32> = None;
+        let mut run_len = 0;
+        self.walk(|node, ch| {
+            let n = &self.nodes[node as usize];
+            let extends = last.is_some_and(|prev| {
+                let p = &self.nodes[prev as usize];
+                p.parent == n.parent
+                    && p.site == n.site
+                    && p.digit + 1 == n.digit
+                    && p.counter + 1 == n.counter
+            });
             match runs.last_mut() {
-                Some(run)
-                    if (run_len as usize) < MAX_RUN_CHARS && continues_run(&run.start, run_len, &ident) =>
-                {
+                Some(run) if extends && run_len < MAX_RUN_CHARS => {
                     run.text.push(ch);
                     run_len += 1;
                 }
                 _ => {
-                    runs.push(InsertRun { start: ident, text: ch.to_string() });
+                    runs.push(InsertRun { start: self.ident_of(node), text: ch.to_string() });
                     run_len = 1;
                 }
             }
-        }
+            last = Some(node);
+        });
         let mut pending: Vec<(SiteId, u64)> = self.pending.iter().copied().collect();
         pending.sort_unstable();
         StateParts { runs, seen: self.seen.clone(), pending }
@@ -70,18 +80,6 @@ impl Sequence {
         sequence.pending = parts.pending.into_iter().collect();
         Ok(sequence)
     }
-}
-
-/// Whether `ident` is the `i`-th member of the run starting at `start` (as `start.run_member(i)`,
-/// without building it).
-fn continues_run(start: &Ident, i: u64, ident: &Ident) -> bool {
-    let (a, b) = (start.levels(), ident.levels());
-    let (a_last, b_last) = (start.last(), ident.last());
-    a.len() == b.len()
-        && a[..a.len() - 1] == b[..b.len() - 1]
-        && b_last.site == a_last.site
-        && b_last.digit == a_last.digit + i
-        && b_last.counter == a_last.counter + i
 }
 
 /// Why stored parts do not make a document state.
