@@ -3,6 +3,7 @@
 mod cli;
 mod codec;
 mod fold;
+mod jobs;
 mod log;
 mod lseq_props;
 mod pipeline;

@@ -1,0 +1,74 @@
+//! Job configs and the commands around `docfold run`: the shipped configs load, a wrong
+//! config names the file and the field, and produce → run → doc show works end to end.
+
+use docfold::config::{ConfigError, JobConfig, LogLocation};
+use std::path::Path;
+use std::process::Command;
+
+use crate::services;
+
+#[test]
+fn the_shipped_job_configs_load() {
+    let local = JobConfig::load(Path::new("jobs/local.toml")).expect("local.toml");
+    assert_eq!(local.log_location(), Ok(LogLocation::File("docfold-data/log".into())));
+    let defaults = JobConfig::default();
+    assert_eq!(
+        (local.log.url, local.store.url),
+        (defaults.log.url, defaults.store.url),
+        "local.toml is the default"
+    );
+    let kafka = JobConfig::load(Path::new("jobs/kafka.toml")).expect("kafka.toml");
+    assert_eq!(kafka.log_location(), Ok(LogLocation::Kafka("127.0.0.1:9092".into())));
+}
+
+#[test]
+fn a_wrong_config_names_the_file_and_the_field() {
+    let dir = services::temp_dir("config");
+    let cases = [
+        ("[log]\nurl = \"ftp://x\"\n", "log.url"),
+        ("[pipeline]\nbatch = 0\n", "pipeline.batch"),
+        ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+        ("[log]\npartitons = 3\n", "partitons"),
+    ];
+    for (i, (text, field)) in cases.into_iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let error = JobConfig::load(&path).expect_err(text);
+        let message = error.to_string();
+        assert!(message.contains(&path.display().to_string()) && message.contains(field), "{message}");
+        assert!(matches!(error, ConfigError::Invalid { .. } | ConfigError::Parse { .. }));
+    }
+}
+
+fn docfold(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold")).args(args).current_dir(dir).output().expect("runs");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
+    (out.status.code().expect("exit code"), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn produce_run_and_doc_show_on_the_embedded_default() {
+    let dir = services::temp_dir("cli-run");
+    let lines = [
+        r#"{"schema_version":1,"doc_id":"greeting","origin_region":"r","client_time_ms":0,"op":{"id":{"site":"00000000000000aa","counter":1},"inserts":[{"start":[[5,"00000000000000aa",1]],"text":"hi!"}],"deletes":[]}}"#,
+        r#"{"schema_version":1,"doc_id":"greeting","origin_region":"r","client_time_ms":0,"op":{"id":{"site":"00000000000000aa","counter":4},"inserts":[],"deletes":[[[7,"00000000000000aa",3]]]}}"#,
+    ];
+    std::fs::write(dir.join("ops.jsonl"), lines.join("\n")).expect("write ops");
+    let (code, out, err) = docfold(&dir, &["produce", "ops.jsonl"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("produced 2 records"), "{out}");
+    // A bad line is refused with its line number; the lines before it stay produced.
+    std::fs::write(dir.join("bad.jsonl"), format!("{}\n{{\"nope\":1}}\n", lines[0])).expect("write");
+    let (code, _, err) = docfold(&dir, &["produce", "bad.jsonl"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.jsonl line 2") && err.contains("1 records before it were produced"), "{err}");
+
+    let (code, out, err) = docfold(&dir, &["run", "--exit-when-idle"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = docfold(&dir, &["doc", "show", "greeting"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version:   2") && out.ends_with("---\nhi\n"), "{out}");
+    let (code, _, err) = docfold(&dir, &["doc", "show", "nobody"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no document \"nobody\""), "{err}");
+}
