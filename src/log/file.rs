@@ -352,10 +352,8 @@ impl LogWriter for FileWriter {
 
     fn flush(&mut self) -> Result<(), LogError> {
         let fsync = self.fsync;
-        for writer in &mut self.open {
-            if let Some(writer) = writer {
-                sync(writer, fsync).map_err(io_at(&writer.path))?;
-            }
+        for writer in self.open.iter_mut().flatten() {
+            sync(writer, fsync).map_err(io_at(&writer.path))?;
         }
         Ok(())
     }

@@ -23,6 +23,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("stored state of document {doc_id:?} cannot be read: {error}")]
     Snapshot { doc_id: String, error: SnapshotError },
+    #[error("config: {0}")]
+    Config(String),
     #[error("partition task failed: {0}")]
     Task(String),
 }
@@ -44,7 +46,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let store = Store::open(&config.store.url).await?;
-    let location = config.log_location().map_err(|reason| LogError::Kafka(reason))?;
+    let location = config.log_location().map_err(PipelineError::Config)?;
     let summaries = match location {
         LogLocation::File(dir) => {
             let log = crate::log::file::FileLog::open(&dir, &config.log.topic)?;

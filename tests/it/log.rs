@@ -63,10 +63,12 @@ fn partitions_match_the_java_client() {
 
 const PARTITIONS: u32 = 4;
 
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// What every log backend must do, given a writer and a reader of a fresh 4-partition topic.
 fn conformance(writer: &mut dyn LogWriter, reader: &mut dyn LogReader) {
     assert_eq!(reader.partitions(), PARTITIONS);
-    let mut sent: BTreeMap<u32, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+    let mut sent: BTreeMap<u32, Vec<KeyValue>> = BTreeMap::new();
     for i in 0..240u32 {
         // ASCII, UTF-8 and empty keys: on Kafka, librdkafka's murmur2_random must agree.
         let key = match i % 23 {
@@ -94,7 +96,7 @@ fn conformance(writer: &mut dyn LogWriter, reader: &mut dyn LogReader) {
                 expected.len()
             );
         }
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = got.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
+        let pairs: Vec<KeyValue> = got.iter().map(|r| (r.key.clone(), r.value.clone())).collect();
         assert_eq!(
             pairs, expected,
             "partition {partition}: every record, in append order, in the key's partition"
