@@ -131,6 +131,15 @@ impl FileLog {
     }
 }
 
+fn corrupt(partition: u32, offset: u64, path: &Path, reason: String) -> LogError {
+    LogError::Corrupt { partition, offset, path: path.display().to_string(), reason }
+}
+
+/// A segment opened for reading.
+fn open_segment(path: &Path) -> Result<BufReader<File>, LogError> {
+    Ok(BufReader::with_capacity(256 << 10, File::open(path).map_err(io_at(path))?))
+}
+
 fn io_at(path: &Path) -> impl Fn(io::Error) -> LogError + '_ {
     move |source| LogError::Io { path: path.display().to_string(), source }
 }
@@ -388,12 +397,7 @@ impl FileReader {
             return Ok(None);
         };
         let path = self.log.segment_path(partition, base);
-        let mut cursor = Cursor {
-            next_offset: base,
-            base,
-            pos: 0,
-            input: BufReader::with_capacity(256 << 10, File::open(&path).map_err(io_at(&path))?),
-        };
+        let mut cursor = Cursor { next_offset: base, base, pos: 0, input: open_segment(&path)? };
         while cursor.next_offset < from {
             match read_frame(&mut cursor.input).map_err(io_at(&path))? {
                 Frame::Record { bytes, .. } => {
@@ -402,12 +406,7 @@ impl FileReader {
                 }
                 Frame::Incomplete => return Ok(None),
                 Frame::Corrupt(reason) => {
-                    return Err(LogError::Corrupt {
-                        partition,
-                        offset: cursor.next_offset,
-                        path: path.display().to_string(),
-                        reason,
-                    });
+                    return Err(corrupt(partition, cursor.next_offset, &path, reason));
                 }
             }
         }
@@ -478,17 +477,11 @@ impl FileReader {
                     }
                     cursor.base = cursor.next_offset;
                     cursor.pos = 0;
-                    cursor.input =
-                        BufReader::with_capacity(256 << 10, File::open(&next).map_err(io_at(&next))?);
+                    cursor.input = open_segment(&next)?;
                     path = next;
                 }
                 Frame::Corrupt(reason) => {
-                    return Err(LogError::Corrupt {
-                        partition,
-                        offset: cursor.next_offset,
-                        path: path.display().to_string(),
-                        reason,
-                    });
+                    return Err(corrupt(partition, cursor.next_offset, &path, reason));
                 }
             }
         }
