@@ -1,6 +1,8 @@
 //! End-to-end benchmark of the embedded pipeline (file log → fold → SQLite checkpoints):
 //! real traces spread over 1,000 documents, then a catch-up after a restart with the
-//! checkpoint 100,000 ops behind. A bench binary: `cargo bench --bench pipeline`.
+//! checkpoint 100,000 ops behind. With `DOCFOLD_BENCH_KAFKA=HOST:PORT` (and PostgreSQL at
+//! `DOCFOLD_BENCH_POSTGRES`), also the Kafka path next to a raw rdkafka consume of the same
+//! topic. A bench binary: `cargo bench --bench pipeline`.
 
 use std::path::Path;
 use std::time::Instant;
@@ -50,6 +52,70 @@ fn main() {
         "catch-up after restart, checkpoint {ops} ops behind: {seconds:.2} s (reloading every document from its snapshot)"
     );
     std::fs::remove_dir_all(&dir).expect("clean up");
+    if let Ok(brokers) = std::env::var("DOCFOLD_BENCH_KAFKA") {
+        kafka(&rt, &brokers, &histories);
+    }
+}
+
+/// Both sides join a fresh consumer group and stop after `IDLE_MS` without a message, so
+/// both timings include the same join and idle wait.
+fn kafka(rt: &tokio::runtime::Runtime, brokers: &str, histories: &[(String, Vec<Op>)]) {
+    use docfold::log::kafka::KafkaLog;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    const IDLE_MS: u64 = 1000;
+    let topic = format!("bench-{}", std::process::id());
+    rt.block_on(KafkaLog::create_topic(brokers, &topic, 8, 1, &[])).expect("topic");
+    let log = KafkaLog::connect(brokers, &topic, &[]).expect("connect");
+    let mut writer = log.writer().expect("producer");
+    let mut produced = 0;
+    for (name, ops) in histories {
+        let docs: Vec<String> = (0..DOCS_PER_TRACE).map(|i| format!("{name}-{i}")).collect();
+        produced += publish(&mut writer, &ops[..250], &docs, "bench", |_| {}).expect("publish");
+    }
+    writer.flush().expect("flush");
+
+    let consumer: BaseConsumer = log
+        .config()
+        .set("group.id", format!("{topic}-raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let started = Instant::now();
+    let (mut count, mut last) = (0u64, Instant::now());
+    while last.elapsed().as_millis() < u128::from(IDLE_MS) || count == 0 {
+        if let Some(Ok(_)) = consumer.poll(std::time::Duration::from_millis(50)) {
+            count += 1;
+            last = Instant::now();
+        }
+    }
+    let raw = started.elapsed().as_secs_f64();
+    assert_eq!(count, produced, "raw consumer read everything");
+
+    let postgres =
+        std::env::var("DOCFOLD_BENCH_POSTGRES").expect("DOCFOLD_BENCH_POSTGRES with DOCFOLD_BENCH_KAFKA");
+    let mut config = JobConfig::default();
+    config.job = topic.clone();
+    config.log.url = format!("kafka://{brokers}");
+    config.log.topic = topic.clone();
+    config.log.group = format!("{topic}-docfold");
+    config.log.kafka.insert("session.timeout.ms".into(), "6000".into());
+    config.store.url = postgres;
+    let started = Instant::now();
+    let summaries = rt
+        .block_on(pipeline::run(&config, Until::Idle { idle_ms: IDLE_MS }, CancellationToken::new()))
+        .expect("run");
+    let piped = started.elapsed().as_secs_f64();
+    let folded: u64 = summaries.iter().map(|s| s.folded).sum();
+    assert_eq!(folded, produced, "every op folded");
+    println!(
+        "kafka: {produced} records; raw rdkafka group consume {raw:.2} s ({:.0}/s); docfold run → PostgreSQL {piped:.2} s ({:.0}/s) = {:.0}% of raw (both include a group join and {IDLE_MS} ms idle)",
+        produced as f64 / raw,
+        produced as f64 / piped,
+        100.0 * raw / piped
+    );
 }
 
 fn produce(log: &FileLog, histories: &[(String, Vec<Op>)], range: std::ops::Range<usize>) -> u64 {
