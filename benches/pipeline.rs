@@ -96,8 +96,7 @@ fn kafka(rt: &tokio::runtime::Runtime, brokers: &str, histories: &[(String, Vec<
 
     let postgres =
         std::env::var("DOCFOLD_BENCH_POSTGRES").expect("DOCFOLD_BENCH_POSTGRES with DOCFOLD_BENCH_KAFKA");
-    let mut config = JobConfig::default();
-    config.job = topic.clone();
+    let mut config = JobConfig { job: topic.clone(), ..JobConfig::default() };
     config.log.url = format!("kafka://{brokers}");
     config.log.topic = topic.clone();
     config.log.group = format!("{topic}-docfold");
