@@ -79,10 +79,6 @@ impl KafkaLog {
         Ok(())
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     pub fn partitions(&self) -> u32 {
         self.partitions
     }

@@ -55,10 +55,3 @@ pub enum LogError {
     #[error("kafka: {0}")]
     Kafka(String),
 }
-
-impl LogError {
-    /// Worth retrying later (a broker or disk hiccup), as opposed to a wrong request or corrupt data.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, LogError::Io { .. } | LogError::Kafka(_) | LogError::Locked { .. })
-    }
-}
