@@ -1,12 +1,14 @@
 //! docfold: an event-sourced stream processor for collaborative documents.
 //!
 //! ```text
-//!  editors ──(LSEQ ops, key = doc id)──► log ──► fold (pure LSEQ merge) ──► store + checkpoint
+//!  editors ──(LSEQ ops, key = doc id)──► log ──► fold (pure LSEQ merge) ──► sinks, then store + checkpoint
 //! ```
 //! `lseq` (the CRDT), `op` (the envelope and its codecs) and `fold` (records → document
 //! states) are the pure core: deterministic, no async, no I/O. `log` and `store` are the
-//! backends (embedded files and SQLite, or Kafka and PostgreSQL); `pipeline` runs one task
-//! per partition between them. `trace` replays real editing traces into ops.
+//! backends (embedded files and SQLite, or Kafka and PostgreSQL); `sink` holds the outputs
+//! (projections, the Parquet archive, disaster-recovery snapshots, cache invalidations,
+//! dead letters); `pipeline` runs one task per partition between them. `trace` replays real
+//! editing traces into ops.
 
 pub mod config;
 pub mod fold;
@@ -14,6 +16,7 @@ pub mod log;
 pub mod lseq;
 pub mod op;
 pub mod pipeline;
+pub mod sink;
 pub mod store;
 pub mod telemetry;
 pub mod trace;

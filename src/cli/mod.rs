@@ -4,6 +4,7 @@ mod demo;
 mod doc;
 mod produce;
 mod run;
+mod sinks;
 mod topics;
 mod trace;
 
@@ -14,7 +15,6 @@ use std::path::{Path, PathBuf};
 use docfold::config::{JobConfig, LogLocation};
 use docfold::log::LogWriter;
 use docfold::log::file::FileLog;
-use docfold::log::kafka::KafkaLog;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +45,12 @@ enum Command {
     /// Work with editing traces.
     #[command(subcommand)]
     Trace(trace::TraceCommand),
+    /// The read model: create its table, read a document's projection.
+    #[command(subcommand)]
+    Projections(sinks::ProjectionsCommand),
+    /// Disaster-recovery snapshots in object storage.
+    #[command(subcommand)]
+    Snapshots(sinks::SnapshotsCommand),
 }
 
 /// `--config`, shared by the commands that touch the log or the store.
@@ -77,6 +83,8 @@ impl Cli {
             Command::Topics(command) => command.run(),
             Command::Demo(args) => args.run(),
             Command::Trace(command) => command.run(),
+            Command::Projections(command) => command.run(),
+            Command::Snapshots(command) => command.run(),
         }
     }
 }
@@ -93,12 +101,8 @@ fn file_topic(config: &JobConfig, dir: &Path) -> anyhow::Result<FileLog> {
 
 /// A writer for the configured log.
 fn open_writer(config: &JobConfig) -> anyhow::Result<Box<dyn LogWriter>> {
-    Ok(match config.log_location().map_err(anyhow::Error::msg)? {
-        LogLocation::File(dir) => {
-            Box::new(file_topic(config, &dir)?.writer(config.log.fsync, config.log.segment_bytes))
-        }
-        LogLocation::Kafka(brokers) => {
-            Box::new(KafkaLog::connect(&brokers, &config.log.topic, &config.kafka_overrides())?.writer()?)
-        }
-    })
+    if let LogLocation::File(dir) = config.log_location().map_err(anyhow::Error::msg)? {
+        file_topic(config, &dir)?; // the job's topic gets the configured partitions
+    }
+    Ok(docfold::sink::topic_writer(config, &config.log.topic)?)
 }

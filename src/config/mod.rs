@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 
 use crate::log::file::Fsync;
 
+mod sinks;
+
+pub use sinks::{
+    ArchiveConfig, DeadLettersConfig, InvalidationsConfig, ObjectsConfig, ProjectionConfig, SnapshotsConfig,
+};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobConfig {
@@ -18,6 +24,12 @@ pub struct JobConfig {
     pub store: StoreConfig,
     pub pipeline: PipelineConfig,
     pub metrics: MetricsConfig,
+    pub objects: ObjectsConfig,
+    pub archive: ArchiveConfig,
+    pub snapshots: SnapshotsConfig,
+    pub projection: ProjectionConfig,
+    pub invalidations: InvalidationsConfig,
+    pub dead_letters: DeadLettersConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +140,18 @@ impl JobConfig {
             store: StoreConfig { url: format!("sqlite://{}", dir.join("state.db").display()) },
             pipeline: PipelineConfig::default(),
             metrics: MetricsConfig::default(),
+            objects: ObjectsConfig {
+                url: format!("file://{}", dir.join("objects").display()),
+                ..ObjectsConfig::default()
+            },
+            archive: ArchiveConfig::default(),
+            snapshots: SnapshotsConfig::default(),
+            projection: ProjectionConfig {
+                url: format!("sqlite://{}", dir.join("projections.db").display()),
+                ..ProjectionConfig::default()
+            },
+            invalidations: InvalidationsConfig::default(),
+            dead_letters: DeadLettersConfig::default(),
         }
     }
 
@@ -176,7 +200,8 @@ impl JobConfig {
         if self.pipeline.batch == 0 {
             return invalid("pipeline.batch", "must be at least 1");
         }
-        Ok(())
+        sinks::validate(&self.objects, &self.archive, &self.projection)
+            .or_else(|(field, message)| invalid(field, &message))
     }
 
     pub fn log_location(&self) -> Result<LogLocation, String> {

@@ -7,7 +7,7 @@ pub mod snapshot;
 use rustc_hash::FxHashMap;
 
 use crate::lseq::{ApplyError, Sequence};
-use crate::op::{DecodeError, Decoder};
+use crate::op::{DecodeError, Decoder, Envelope};
 
 /// One document as the fold holds it.
 #[derive(Clone, Debug, Default)]
@@ -18,6 +18,8 @@ pub struct Doc {
     pub version: u64,
     /// Log offset of the last record folded into this document.
     pub offset: u64,
+    /// Origin region of the last op folded in this process (empty after a reload).
+    pub region: String,
 }
 
 /// What folding one record did.
@@ -89,8 +91,22 @@ impl PartitionFold {
             entry.doc.version += 1;
         }
         entry.doc.offset = offset;
+        if entry.doc.region != envelope.origin_region {
+            entry.doc.region.clone_from(&envelope.origin_region);
+        }
         entry.dirty = true;
         Ok(Folded::Applied { changed: outcome.changed() })
+    }
+
+    /// Decodes a record without folding it (for sinks that see records the fold already has).
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<&Envelope, DecodeError> {
+        self.decoder.decode(bytes)
+    }
+
+    /// The envelope of the record last given to [`Self::fold`] or [`Self::decode`]; valid
+    /// when that call decoded it (returned `Ok` or [`BadRecord::Refused`]).
+    pub fn last_envelope(&self) -> &Envelope {
+        self.decoder.last()
     }
 
     /// Documents changed since the last [`PartitionFold::mark_clean`], with their states.

@@ -54,4 +54,6 @@ pub enum LogError {
     TooLarge { bytes: usize, limit: usize },
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error("log URL {0}")]
+    BadUrl(String),
 }

@@ -46,6 +46,11 @@ impl Decoder {
         Decoder { envelope: Envelope::new(String::new(), String::new(), 0, op) }
     }
 
+    /// The envelope last decoded (partly filled when that decode failed).
+    pub fn last(&self) -> &Envelope {
+        &self.envelope
+    }
+
     /// Decodes and validates one binary message.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<&Envelope, DecodeError> {
         Limit::MessageBytes.check(bytes.len())?;

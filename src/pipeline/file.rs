@@ -10,6 +10,7 @@ use super::{PartitionSummary, PartitionWorker, PipelineError, Until};
 use crate::config::JobConfig;
 use crate::log::LogReader;
 use crate::log::file::{FileLog, FileReader};
+use crate::sink::Sinks;
 use crate::store::Store;
 use crate::telemetry::CONSUMER_LAG;
 
@@ -20,13 +21,20 @@ pub(super) async fn run(
     config: &JobConfig,
     log: FileLog,
     store: Store,
+    sinks: Sinks,
     until: Until,
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let mut tasks = JoinSet::new();
     for partition in 0..log.partitions() {
-        let worker =
-            PartitionWorker::start(store.clone(), &config.job, partition, config.pipeline.clone()).await?;
+        let worker = PartitionWorker::start(
+            store.clone(),
+            sinks.clone(),
+            &config.job,
+            partition,
+            config.pipeline.clone(),
+        )
+        .await?;
         tasks.spawn(partition_loop(worker, log.reader(), config.pipeline.batch, until, cancel.clone()));
     }
     let mut summaries = Vec::new();
@@ -79,7 +87,7 @@ async fn partition_loop(
         }
         worker.handle(&records).await?;
     }
-    worker.flush().await?;
+    worker.flush_final().await?;
     tracing::info!(partition, offset = worker.next_offset(), "partition drained; final checkpoint written");
     Ok(worker.summary().clone())
 }

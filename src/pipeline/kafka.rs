@@ -22,6 +22,7 @@ use super::{PartitionSummary, PartitionWorker, PipelineError, Until};
 use crate::config::{JobConfig, PipelineConfig};
 use crate::log::kafka::KafkaLog;
 use crate::log::{LogError, Record};
+use crate::sink::Sinks;
 use crate::store::Store;
 use crate::telemetry::CONSUMER_LAG;
 
@@ -33,6 +34,7 @@ pub(super) async fn run(
     config: &JobConfig,
     brokers: &str,
     store: Store,
+    sinks: Sinks,
     until: Until,
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
@@ -40,6 +42,7 @@ pub(super) async fn run(
     let group = Group {
         handle: Handle::current(),
         store,
+        sinks,
         job: config.job.clone(),
         settings: config.pipeline.clone(),
         topic: config.log.topic.clone(),
@@ -70,6 +73,7 @@ struct Worker {
 struct Group {
     handle: Handle,
     store: Store,
+    sinks: Sinks,
     job: String,
     settings: PipelineConfig,
     topic: String,
@@ -92,6 +96,7 @@ impl Group {
         for &partition in partitions {
             let worker = self.handle.block_on(PartitionWorker::start(
                 self.store.clone(),
+                self.sinks.clone(),
                 &self.job,
                 partition,
                 self.settings.clone(),
@@ -177,7 +182,7 @@ async fn partition_task(
             () = tokio::time::sleep(tick) => worker.flush_if_due().await?,
         }
     }
-    worker.flush().await?;
+    worker.flush_final().await?;
     tracing::info!(
         partition = worker.summary().partition,
         offset = worker.next_offset(),

@@ -3,6 +3,7 @@
 //! consumer group; a partition moves with its checkpoint on a rebalance).
 
 mod file;
+mod flush;
 mod kafka;
 mod worker;
 
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{JobConfig, LogLocation};
 use crate::fold::snapshot::SnapshotError;
 use crate::log::LogError;
+use crate::sink::{SinkError, Sinks};
 use crate::store::{Store, StoreError};
 
 pub use worker::{PartitionSummary, PartitionWorker};
@@ -21,12 +23,35 @@ pub enum PipelineError {
     Log(#[from] LogError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("stored state of document {doc_id:?} cannot be read: {error}")]
     Snapshot { doc_id: String, error: SnapshotError },
     #[error("config: {0}")]
     Config(String),
     #[error("partition task failed: {0}")]
     Task(String),
+}
+
+impl PipelineError {
+    /// Whether retrying later may succeed (a backend is unreachable or throttling).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PipelineError::Store(e) => e.is_retryable(),
+            PipelineError::Sink(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// Which backend failed, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            PipelineError::Store(_) => "state store",
+            PipelineError::Sink(e) => e.sink(),
+            PipelineError::Log(_) => "log",
+            _ => "pipeline",
+        }
+    }
 }
 
 /// How `run` ends.
@@ -46,13 +71,16 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let store = Store::open(&config.store.url).await?;
+    let sinks = Sinks::open(config).await?;
     let location = config.log_location().map_err(PipelineError::Config)?;
     let summaries = match location {
         LogLocation::File(dir) => {
             let log = crate::log::file::FileLog::open(&dir, &config.log.topic)?;
-            file::run(config, log, store.clone(), until, cancel).await
+            file::run(config, log, store.clone(), sinks, until, cancel).await
         }
-        LogLocation::Kafka(brokers) => kafka::run(config, &brokers, store.clone(), until, cancel).await,
+        LogLocation::Kafka(brokers) => {
+            kafka::run(config, &brokers, store.clone(), sinks, until, cancel).await
+        }
     };
     store.close().await;
     let mut summaries = summaries?;

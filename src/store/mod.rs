@@ -19,6 +19,14 @@ pub struct StoredDoc {
     pub updated_ms: i64,
 }
 
+/// Where a partition stands: the next record to fold and the next record the archive
+/// has not written to a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub next_offset: u64,
+    pub archived_offset: u64,
+}
+
 /// A document to write with a checkpoint.
 #[derive(Clone, Debug)]
 pub struct DocWrite<'a> {
@@ -81,7 +89,7 @@ pub struct Store {
     pool: AnyPool,
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -91,6 +99,19 @@ fn to_i64(value: u64) -> Result<i64, StoreError> {
 
 fn to_u64(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative offset or version {value}")))
+}
+
+/// A `StoredDoc` from the row's columns starting at `at` (partition_id, version,
+/// log_offset, state, updated_ms).
+fn stored_doc(row: &sqlx::any::AnyRow, at: usize) -> Result<StoredDoc, StoreError> {
+    Ok(StoredDoc {
+        partition: u32::try_from(row.try_get::<i64, _>(at)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        version: to_u64(row.try_get(at + 1)?)?,
+        offset: to_u64(row.try_get(at + 2)?)?,
+        state: row.try_get(at + 3)?,
+        updated_ms: row.try_get(at + 4)?,
+    })
 }
 
 impl Store {
@@ -122,14 +143,20 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// The next offset to fold for (job, partition), if a checkpoint was written.
-    pub async fn checkpoint(&self, job: &str, partition: u32) -> Result<Option<u64>, StoreError> {
-        let row = sqlx::query("SELECT next_offset FROM checkpoints WHERE job = $1 AND partition_id = $2")
-            .bind(job)
-            .bind(i64::from(partition))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| to_u64(r.try_get(0)?)).transpose()
+    /// The checkpoint of (job, partition), if one was written.
+    pub async fn checkpoint(&self, job: &str, partition: u32) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT next_offset, archived_offset FROM checkpoints WHERE job = $1 AND partition_id = $2",
+        )
+        .bind(job)
+        .bind(i64::from(partition))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let next_offset = to_u64(row.try_get(0)?)?;
+        let archived: Option<i64> = row.try_get(1)?;
+        let archived_offset = archived.map(to_u64).transpose()?.unwrap_or(next_offset);
+        Ok(Some(Checkpoint { next_offset, archived_offset }))
     }
 
     pub async fn load_doc(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
@@ -140,43 +167,38 @@ impl Store {
         .bind(doc_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(StoredDoc {
-            partition: u32::try_from(row.try_get::<i64, _>(0)?)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            version: to_u64(row.try_get(1)?)?,
-            offset: to_u64(row.try_get(2)?)?,
-            state: row.try_get(3)?,
-            updated_ms: row.try_get(4)?,
-        }))
+        row.map(|row| stored_doc(&row, 0)).transpose()
     }
 
-    /// Writes `docs` and moves the checkpoint of (job, partition) to `next_offset`, in one
-    /// transaction. Refused whole ([`StoreError::Superseded`]) when the stored checkpoint is
-    /// already past `next_offset`.
+    /// Writes `docs` and moves the checkpoint of (job, partition), in one transaction.
+    /// Refused whole ([`StoreError::Superseded`]) when the stored checkpoint is already past
+    /// `checkpoint.next_offset`.
     pub async fn commit(
         &self,
         job: &str,
         partition: u32,
-        next_offset: u64,
+        checkpoint: Checkpoint,
         docs: &[DocWrite<'_>],
     ) -> Result<(), StoreError> {
+        let next_offset = checkpoint.next_offset;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
-            "INSERT INTO checkpoints (job, partition_id, next_offset, updated_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (job, partition_id) DO UPDATE SET next_offset = excluded.next_offset, updated_ms = excluded.updated_ms \
+            "INSERT INTO checkpoints (job, partition_id, next_offset, archived_offset, updated_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (job, partition_id) DO UPDATE SET next_offset = excluded.next_offset, \
+             archived_offset = excluded.archived_offset, updated_ms = excluded.updated_ms \
              WHERE checkpoints.next_offset <= excluded.next_offset",
         )
         .bind(job)
         .bind(i64::from(partition))
         .bind(to_i64(next_offset)?)
+        .bind(to_i64(checkpoint.archived_offset)?)
         .bind(now)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() == 0 {
             drop(tx);
-            let held = self.checkpoint(job, partition).await?.unwrap_or(0);
+            let held = self.checkpoint(job, partition).await?.map_or(0, |c| c.next_offset);
             return Err(StoreError::Superseded { job: job.into(), partition, held, ours: next_offset });
         }
         for doc in docs {
@@ -215,6 +237,25 @@ impl Store {
                 Ok((partition, to_u64(r.try_get(1)?)?))
             })
             .collect()
+    }
+
+    /// The documents of (job, partition) whose last record is at or after `since`, by id.
+    pub async fn docs_changed(
+        &self,
+        job: &str,
+        partition: u32,
+        since: u64,
+    ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT doc_id, partition_id, version, log_offset, state, updated_ms FROM doc_snapshots \
+             WHERE job = $1 AND partition_id = $2 AND log_offset >= $3 ORDER BY doc_id",
+        )
+        .bind(job)
+        .bind(i64::from(partition))
+        .bind(to_i64(since)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, stored_doc(row, 1)?))).collect()
     }
 
     /// Document ids of a job, sorted.

@@ -17,6 +17,18 @@ pub const CHECKPOINT_AGE: &str = "docfold_checkpoint_age_seconds";
 pub const FLUSH_SECONDS: &str = "docfold_flush_seconds";
 /// Documents held in memory (label `partition`).
 pub const DOCS_IN_MEMORY: &str = "docfold_docs_in_memory";
+/// Projection writes (label `outcome`: `written`, or `stale` when the stored version was
+/// already as new).
+pub const PROJECTION_WRITES: &str = "docfold_projection_writes_total";
+/// Seconds from the oldest op of a flush being folded to its invalidations being sent.
+pub const INVALIDATION_DELAY: &str = "docfold_invalidation_delay_seconds";
+/// Archive files written, and the rows in them.
+pub const ARCHIVE_FILES: &str = "docfold_archive_files_total";
+pub const ARCHIVE_ROWS: &str = "docfold_archive_rows_total";
+/// Flushes that failed on an unavailable backend (label `sink`: which one).
+pub const SINK_FAILURES: &str = "docfold_sink_failures_total";
+/// 1 while the partition's flushes are failing and being retried (label `partition`).
+pub const SINK_FAILING: &str = "docfold_sink_failing";
 
 /// Logs to stderr; `RUST_LOG` filters (default: `default_level`, e.g. "info").
 pub fn init_logs(default_level: &str) {

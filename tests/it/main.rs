@@ -8,5 +8,6 @@ mod log;
 mod lseq_props;
 mod pipeline;
 mod services;
+mod sinks;
 mod store;
 mod traces;

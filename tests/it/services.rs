@@ -58,3 +58,54 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// DynamoDB Local's endpoint, e.g. `http://127.0.0.1:8000`.
+pub fn dynamodb() -> String {
+    require("DynamoDB Local", "DOCFOLD_TEST_DYNAMODB", "http://127.0.0.1:8000", |v| host_port(v))
+}
+
+/// The Redis URL, e.g. `redis://127.0.0.1:6379`.
+pub fn redis() -> String {
+    require("Redis", "DOCFOLD_TEST_REDIS", "redis://127.0.0.1:6379", |v| host_port(v))
+}
+
+/// The S3 server's endpoint and a bucket the tests share (created if missing; each test
+/// writes under its own prefix).
+pub fn s3_bucket() -> (String, String) {
+    use std::io::{Read, Write};
+    let endpoint = require("the S3 server", "DOCFOLD_TEST_S3", "http://127.0.0.1:9000", |v| host_port(v));
+    let bucket = "docfold-test";
+    let mut stream = TcpStream::connect(host_port(&endpoint)).expect("connect to the S3 server");
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        host_port(&endpoint)
+    );
+    stream.write_all(request.as_bytes()).expect("create bucket");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.contains("BucketAlreadyOwnedByYou"),
+        "create bucket: {answer}"
+    );
+    (endpoint, bucket.into())
+}
+
+/// The Python with pyarrow and DuckDB that scripts/services installs.
+pub fn python() -> String {
+    let python = std::env::var("DOCFOLD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import pyarrow, duckdb"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{python} cannot import pyarrow and duckdb (DOCFOLD_TEST_PYTHON); ./scripts/services up installs them"
+    );
+    python
+}
+
+/// `host:port` of a URL like `scheme://host:port/…`.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}

@@ -1,11 +1,16 @@
 //! The state store: one conformance body run against SQLite and PostgreSQL.
 
-use docfold::store::{DocWrite, Store, StoreError};
+use docfold::store::{Checkpoint, DocWrite, Store, StoreError};
 
 use crate::services;
 
 fn doc<'a>(doc_id: &'a str, version: u64, offset: u64, state: &[u8]) -> DocWrite<'a> {
     DocWrite { doc_id, version, offset, state: state.to_vec() }
+}
+
+/// A checkpoint with the archive caught up.
+fn at(next_offset: u64) -> Checkpoint {
+    Checkpoint { next_offset, archived_offset: next_offset }
 }
 
 async fn conformance(url: &str) {
@@ -15,22 +20,22 @@ async fn conformance(url: &str) {
     assert_eq!(store.load_doc("job", "a").await.expect("read"), None);
 
     store
-        .commit("job", 0, 10, &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])])
+        .commit("job", 0, at(10), &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])])
         .await
         .expect("commit");
-    assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(10));
+    assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(at(10)));
     let a = store.load_doc("job", "a").await.expect("read").expect("stored");
     assert_eq!((a.partition, a.version, a.offset, a.state.as_slice()), (0, 3, 9, b"state a".as_slice()));
     let b = store.load_doc("job", "b").await.expect("read").expect("stored");
     assert_eq!(b.state, [0, 255, 7], "binary states round-trip");
 
     // Same offset again (a flush with nothing new) and a later one that rewrites a document.
-    store.commit("job", 0, 10, &[]).await.expect("same offset");
-    store.commit("job", 0, 25, &[doc("a", 5, 24, b"state a'")]).await.expect("later commit");
+    store.commit("job", 0, at(10), &[]).await.expect("same offset");
+    store.commit("job", 0, at(25), &[doc("a", 5, 24, b"state a'")]).await.expect("later commit");
     assert_eq!(store.load_doc("job", "a").await.expect("read").expect("stored").version, 5);
 
     // A worker behind the checkpoint (the partition moved on): refused whole.
-    let stale = store.commit("job", 0, 20, &[doc("a", 4, 19, b"stale")]).await;
+    let stale = store.commit("job", 0, at(20), &[doc("a", 4, 19, b"stale")]).await;
     assert!(
         matches!(stale, Err(StoreError::Superseded { held: 25, ours: 20, partition: 0, .. })),
         "{stale:?}"
@@ -43,12 +48,21 @@ async fn conformance(url: &str) {
     );
 
     // Jobs and partitions are independent.
-    store.commit("job", 3, 7, &[doc("c", 1, 6, b"c")]).await.expect("partition 3");
-    store.commit("other", 0, 1, &[doc("a", 1, 0, b"other a")]).await.expect("other job");
+    store.commit("job", 3, at(7), &[doc("c", 1, 6, b"c")]).await.expect("partition 3");
+    store.commit("other", 0, at(1), &[doc("a", 1, 0, b"other a")]).await.expect("other job");
     assert_eq!(store.checkpoints("job").await.expect("list"), [(0, 25), (3, 7)]);
     assert_eq!(store.doc_ids("job").await.expect("list"), ["a", "b", "c"]);
     assert_eq!(store.load_doc("other", "a").await.expect("read").expect("stored").state, b"other a");
     assert_eq!(store.load_doc("job", "c").await.expect("read").expect("stored").partition, 3);
+
+    // The archive's progress travels with the checkpoint, behind the fold's.
+    let behind = Checkpoint { next_offset: 30, archived_offset: 12 };
+    store.commit("job", 0, behind, &[doc("d", 1, 29, b"d")]).await.expect("archive behind");
+    assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(behind));
+    // Documents changed at or after an offset, for disaster-recovery exports.
+    let changed = store.docs_changed("job", 0, 10).await.expect("changed");
+    let changed: Vec<(&str, u64)> = changed.iter().map(|(id, d)| (id.as_str(), d.offset)).collect();
+    assert_eq!(changed, [("a", 24), ("d", 29)], "b (offset 4) is older, c is in partition 3");
     store.close().await;
 }
 

@@ -1,0 +1,158 @@
+//! Config of the sinks: where projections, the archive, disaster-recovery snapshots,
+//! invalidations and dead letters go. Defaults are the embedded setup.
+
+use serde::Deserialize;
+
+/// Object storage shared by the archive, the disaster-recovery snapshots and projection
+/// texts too large for a DynamoDB item.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectsConfig {
+    /// `file://DIR` (embedded) or `s3://BUCKET[/PREFIX]`.
+    pub url: String,
+    /// S3: endpoint override, e.g. `http://127.0.0.1:9000` for a local S3 server.
+    /// Credentials and region come from the environment (`AWS_ACCESS_KEY_ID`, …).
+    pub endpoint: Option<String>,
+    /// S3: region (default: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`).
+    pub region: Option<String>,
+}
+
+/// The Parquet archive of every op (`ops/date=…/partition=…/<first>-<last>.parquet`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    pub enabled: bool,
+    /// A partition's file is written once its rows reach this many bytes (before compression)…
+    pub max_file_bytes: u64,
+    /// …or this long after its first row arrived, even when the partition has gone idle.
+    pub max_file_age_ms: u64,
+    /// Files larger than this are uploaded in parts of this size (multipart upload).
+    pub part_bytes: usize,
+}
+
+/// Full document states written to object storage for disaster recovery and audit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    /// How often each partition writes the documents changed since its last manifest;
+    /// 0 turns them off.
+    pub interval_ms: u64,
+}
+
+/// The read model: one item per document with its text and version.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionConfig {
+    /// `sqlite://PATH` (embedded), `dynamodb://TABLE`, or empty for none.
+    pub url: String,
+    /// DynamoDB: endpoint override, e.g. `http://127.0.0.1:8000` for DynamoDB Local.
+    pub endpoint: Option<String>,
+    /// DynamoDB: region (default from the environment, else `us-east-1`).
+    pub region: Option<String>,
+    /// Texts longer than this (UTF-8 bytes) are written to object storage and the item
+    /// holds a pointer (DynamoDB items are limited to 400 KB).
+    pub inline_max_bytes: usize,
+    /// Writes in flight at once.
+    pub concurrency: usize,
+}
+
+/// Cache invalidations after each projection write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvalidationsConfig {
+    /// Topic on the job's log (compacted on Kafka); empty for none.
+    pub topic: String,
+    /// `redis://HOST:PORT[/DB]` of the regional cache; absent for none.
+    pub redis: Option<String>,
+    /// The cache keeps document `D` at `<key_prefix>D` (a hash with `text` and `version`).
+    pub key_prefix: String,
+    /// Invalidations are published on this channel.
+    pub channel: String,
+}
+
+/// Records that cannot be folded, with the reason, source partition and offset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLettersConfig {
+    /// Topic on the job's log; empty to only log and count them.
+    pub topic: String,
+}
+
+impl Default for ObjectsConfig {
+    fn default() -> Self {
+        ObjectsConfig { url: "file://docfold-data/objects".into(), endpoint: None, region: None }
+    }
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            enabled: true,
+            max_file_bytes: 64 << 20,
+            max_file_age_ms: 300_000,
+            part_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        SnapshotsConfig { interval_ms: 3_600_000 }
+    }
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        ProjectionConfig {
+            url: "sqlite://docfold-data/projections.db".into(),
+            endpoint: None,
+            region: None,
+            inline_max_bytes: 350_000,
+            concurrency: 16,
+        }
+    }
+}
+
+impl Default for InvalidationsConfig {
+    fn default() -> Self {
+        InvalidationsConfig {
+            topic: "doc-invalidations".into(),
+            redis: None,
+            key_prefix: "docfold:doc:".into(),
+            channel: "docfold:invalidations".into(),
+        }
+    }
+}
+
+impl Default for DeadLettersConfig {
+    fn default() -> Self {
+        DeadLettersConfig { topic: "doc-ops-dlq".into() }
+    }
+}
+
+/// Checks the sink sections; `Err((field, message))`.
+pub(super) fn validate(
+    objects: &ObjectsConfig,
+    archive: &ArchiveConfig,
+    projection: &ProjectionConfig,
+) -> Result<(), (&'static str, String)> {
+    crate::sink::objects::ObjectsUrl::parse(&objects.url).map_err(|e| ("objects.url", e.to_string()))?;
+    if archive.max_file_bytes == 0 || archive.max_file_age_ms == 0 {
+        return Err((
+            "archive.max_file_bytes",
+            "max_file_bytes and max_file_age_ms must be at least 1".into(),
+        ));
+    }
+    if archive.part_bytes < 5 << 20 {
+        return Err(("archive.part_bytes", "must be at least 5 MiB (S3's smallest part)".into()));
+    }
+    crate::sink::projection::ProjectionUrl::parse(&projection.url)
+        .map_err(|e| ("projection.url", e.to_string()))?;
+    if projection.inline_max_bytes == 0 || projection.inline_max_bytes > 380_000 {
+        return Err(("projection.inline_max_bytes", "must be between 1 and 380000".into()));
+    }
+    if projection.concurrency == 0 {
+        return Err(("projection.concurrency", "must be at least 1".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Cache invalidations, sent after the projections they announce are written:
+//! - on the `doc-invalidations` topic (compacted; key = doc id, value = JSON
+//!   `{"doc_id","version","region"}`), for every region's caches;
+//! - to the regional Redis: one script per document that deletes the cached hash at
+//!   `<key_prefix><doc id>` unless it already holds this version or a newer one, and
+//!   publishes the same JSON on `<channel>`.
+//!
+//! Invalidations carry the version, so a cache drops one older than what it holds; a
+//! replay re-sends them harmlessly.
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use super::{SinkError, TopicSink};
+use crate::config::{InvalidationsConfig, JobConfig};
+
+/// One document's new version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    pub doc_id: String,
+    pub version: u64,
+    pub region: String,
+}
+
+/// KEYS[1] = cached key; ARGV = version, channel, message.
+const SCRIPT: &str = r"
+local held = redis.call('HGET', KEYS[1], 'version')
+local dropped = 0
+if not held or tonumber(held) < tonumber(ARGV[1]) then
+  dropped = redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return dropped
+";
+
+fn redis_failed(error: redis::RedisError) -> SinkError {
+    let message = error.to_string();
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+    {
+        SinkError::Unavailable { sink: "redis", message }
+    } else {
+        SinkError::Refused { sink: "redis", message }
+    }
+}
+
+/// The regional cache.
+#[derive(Clone)]
+pub struct RedisCache {
+    connection: ConnectionManager,
+    script: redis::Script,
+    key_prefix: String,
+    channel: String,
+}
+
+impl RedisCache {
+    /// Connects lazily: a cache that is down at start is retried like any other outage.
+    pub fn open(url: &str, config: &InvalidationsConfig) -> Result<RedisCache, SinkError> {
+        let client =
+            redis::Client::open(url).map_err(|e| SinkError::Config(format!("redis URL {url:?}: {e}")))?;
+        let settings = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, settings).map_err(redis_failed)?;
+        Ok(RedisCache {
+            connection,
+            script: redis::Script::new(SCRIPT),
+            key_prefix: config.key_prefix.clone(),
+            channel: config.channel.clone(),
+        })
+    }
+
+    /// The key a document is cached at.
+    pub fn key(&self, doc_id: &str) -> String {
+        format!("{}{doc_id}", self.key_prefix)
+    }
+
+    /// Runs the script for each invalidation, pipelined. Returns how many cached entries
+    /// were dropped.
+    pub async fn invalidate(&self, items: &[Invalidation]) -> Result<u64, SinkError> {
+        let mut pipe = redis::pipe();
+        for item in items {
+            let message = serde_json::to_string(item).expect("plain struct");
+            pipe.cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(1)
+                .arg(self.key(&item.doc_id))
+                .arg(item.version)
+                .arg(&self.channel)
+                .arg(message);
+        }
+        let mut connection = self.connection.clone();
+        let dropped: Result<Vec<u64>, _> = pipe.query_async(&mut connection).await;
+        let dropped = match dropped {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.script.prepare_invoke().load_async(&mut connection).await.map_err(redis_failed)?;
+                pipe.query_async(&mut connection).await.map_err(redis_failed)?
+            }
+            other => other.map_err(redis_failed)?,
+        };
+        Ok(dropped.iter().sum())
+    }
+}
+
+/// Both channels of invalidations.
+#[derive(Clone, Default)]
+pub struct Invalidator {
+    topic: Option<TopicSink>,
+    redis: Option<RedisCache>,
+}
+
+impl Invalidator {
+    pub fn open(config: &JobConfig) -> Result<Invalidator, SinkError> {
+        let settings = &config.invalidations;
+        let topic = (!settings.topic.is_empty())
+            .then(|| TopicSink::open(config, &settings.topic, "invalidations topic"))
+            .transpose()?;
+        let redis = settings.redis.as_deref().map(|url| RedisCache::open(url, settings)).transpose()?;
+        Ok(Invalidator { topic, redis })
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.topic.is_none() && self.redis.is_none()
+    }
+
+    pub async fn send(&self, items: &[Invalidation]) -> Result<(), SinkError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        if let Some(topic) = &self.topic {
+            let records = items
+                .iter()
+                .map(|i| (i.doc_id.as_bytes().to_vec(), serde_json::to_vec(i).expect("plain struct")))
+                .collect();
+            topic.send(records).await?;
+        }
+        if let Some(redis) = &self.redis {
+            redis.invalidate(items).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Where folded state goes besides the state store: projections (the read model), the
+//! Parquet archive of every op, disaster-recovery snapshots in object storage, cache
+//! invalidations and dead letters. Each is idempotent and monotonic (DESIGN.md invariant
+//! 3), so a replay after a crash re-emits effects harmlessly; the checkpoint moves only
+//! after every sink has taken a flush's output.
+
+pub mod archive;
+pub mod dead_letter;
+pub mod invalidate;
+pub mod objects;
+pub mod projection;
+pub mod snapshots;
+mod topic;
+
+use std::time::Duration;
+
+pub use topic::TopicSink;
+
+use crate::config::{JobConfig, LogLocation};
+use crate::log::LogWriter;
+use crate::log::file::FileLog;
+use crate::log::kafka::KafkaLog;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The backend did not answer or answered with a transient failure (throttling, 5xx,
+    /// connection refused): retried with backoff, nothing is lost meanwhile.
+    #[error("{sink} unavailable: {message}")]
+    Unavailable { sink: &'static str, message: String },
+    /// The backend refused the request for good (missing table or bucket, no permission).
+    #[error("{sink} refused: {message}")]
+    Refused { sink: &'static str, message: String },
+    /// What was read back is not what docfold writes.
+    #[error("{sink}: unreadable data: {message}")]
+    Corrupt { sink: &'static str, message: String },
+    #[error("sink config: {0}")]
+    Config(String),
+}
+
+impl SinkError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Unavailable { .. })
+    }
+
+    /// Which sink failed (for metrics and logs).
+    pub fn sink(&self) -> &'static str {
+        match self {
+            SinkError::Unavailable { sink, .. }
+            | SinkError::Refused { sink, .. }
+            | SinkError::Corrupt { sink, .. } => sink,
+            SinkError::Config(_) => "config",
+        }
+    }
+
+    pub(crate) fn from_object_store(what: &str, error: object_store::Error) -> SinkError {
+        use object_store::Error as E;
+        let message = format!("{what}: {error}");
+        match error {
+            E::Generic { .. } | E::JoinError { .. } => {
+                SinkError::Unavailable { sink: "object storage", message }
+            }
+            _ => SinkError::Refused { sink: "object storage", message },
+        }
+    }
+
+    pub(crate) fn from_log(sink: &'static str, error: crate::log::LogError) -> SinkError {
+        use crate::log::LogError as E;
+        let message = error.to_string();
+        match error {
+            E::Io { .. } | E::Kafka(_) | E::Locked { .. } => SinkError::Unavailable { sink, message },
+            _ => SinkError::Refused { sink, message },
+        }
+    }
+}
+
+/// Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
+/// Jitter"): the n-th retry waits a random time in [0, min(cap, base·2ⁿ)].
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff { base, cap, attempt: 0 }
+    }
+
+    /// The wait before the next retry.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.base.saturating_mul(1 << self.attempt.min(20)).min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// Retries since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// A writer for `topic` on the job's log (a missing embedded topic is created with the
+/// log's partition count).
+pub fn topic_writer(config: &JobConfig, topic: &str) -> Result<Box<dyn LogWriter>, crate::log::LogError> {
+    Ok(match config.log_location().map_err(crate::log::LogError::BadUrl)? {
+        LogLocation::File(dir) => {
+            let log = match FileLog::open(&dir, topic) {
+                Err(crate::log::LogError::NoSuchTopic { .. }) => {
+                    FileLog::create(&dir, topic, config.log.partitions)?
+                }
+                opened => opened?,
+            };
+            Box::new(log.writer(config.log.fsync, config.log.segment_bytes))
+        }
+        LogLocation::Kafka(brokers) => {
+            Box::new(KafkaLog::connect(&brokers, topic, &config.kafka_overrides())?.writer()?)
+        }
+    })
+}
+
+/// Every configured sink, shared by the partitions' workers (cheap to clone).
+#[derive(Clone)]
+pub struct Sinks {
+    pub objects: objects::Objects,
+    pub projections: Option<std::sync::Arc<projection::Projections>>,
+    pub invalidator: invalidate::Invalidator,
+    pub dead_letters: dead_letter::DeadLetters,
+    /// The archive's settings when it is on.
+    pub archive: Option<crate::config::ArchiveConfig>,
+    /// How often partitions write disaster-recovery snapshots, when they do.
+    pub snapshot_interval: Option<Duration>,
+    /// The topic the job folds (named in dead letters).
+    pub source_topic: String,
+}
+
+impl Sinks {
+    /// Opens the sinks `config` names. Remote backends connect lazily, so one that is down
+    /// now is retried like any later outage.
+    pub async fn open(config: &JobConfig) -> Result<Sinks, SinkError> {
+        let objects = objects::Objects::open(&config.objects)?;
+        let projections = projection::Projections::open(&config.projection, objects.clone()).await?;
+        Ok(Sinks {
+            projections: projections.map(std::sync::Arc::new),
+            invalidator: invalidate::Invalidator::open(config)?,
+            dead_letters: dead_letter::DeadLetters::open(config)?,
+            archive: config.archive.enabled.then(|| config.archive.clone()),
+            snapshot_interval: (config.snapshots.interval_ms > 0)
+                .then(|| Duration::from_millis(config.snapshots.interval_ms)),
+            source_topic: config.log.topic.clone(),
+            objects,
+        })
+    }
+}

@@ -1,0 +1,120 @@
+//! Object storage by URL: `file://DIR` (a local folder, the embedded default) or
+//! `s3://BUCKET[/PREFIX]` (any S3 API; endpoint override for local servers). Every key the
+//! sinks write is relative to the URL's root.
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as Key;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use std::sync::Arc;
+
+use super::SinkError;
+use crate::config::ObjectsConfig;
+
+/// A parsed `objects.url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectsUrl {
+    Folder(std::path::PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl ObjectsUrl {
+    pub fn parse(url: &str) -> Result<ObjectsUrl, SinkError> {
+        let bad = |reason: &str| SinkError::Config(format!("object storage URL {url:?}: {reason}"));
+        match url.split_once("://") {
+            Some(("file", dir)) if !dir.is_empty() => Ok(ObjectsUrl::Folder(dir.into())),
+            Some(("s3", rest)) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("the bucket is missing"));
+                }
+                Ok(ObjectsUrl::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() })
+            }
+            _ => Err(bad("expected file://DIR or s3://BUCKET[/PREFIX]")),
+        }
+    }
+}
+
+/// Object storage, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+    /// Where it is, for messages.
+    url: String,
+}
+
+fn failed(action: &str, key: &Key) -> impl FnOnce(object_store::Error) -> SinkError {
+    let what = format!("{action} {key}");
+    move |error| SinkError::from_object_store(&what, error)
+}
+
+impl Objects {
+    pub fn open(config: &ObjectsConfig) -> Result<Objects, SinkError> {
+        let store: Arc<dyn ObjectStore> = match ObjectsUrl::parse(&config.url)? {
+            ObjectsUrl::Folder(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| SinkError::Config(format!("object folder {}: {e}", dir.display())))?;
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir).map_err(|e| SinkError::Config(e.to_string()))?,
+                )
+            }
+            ObjectsUrl::S3 { bucket, prefix } => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket);
+                if let Some(endpoint) = &config.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                let region = config.region.clone().or_else(|| std::env::var("AWS_REGION").ok());
+                builder = builder.with_region(region.unwrap_or_else(|| "us-east-1".into()));
+                let s3 = builder.build().map_err(|e| SinkError::Config(e.to_string()))?;
+                if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix.as_str())) }
+            }
+        };
+        Ok(Objects { store, url: config.url.clone() })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Writes `bytes` at `key` (replacing it): in one request, or in parts of `part_bytes`
+    /// when larger. Either way the object appears whole or not at all.
+    pub async fn put(&self, key: &Key, bytes: Bytes, part_bytes: usize) -> Result<(), SinkError> {
+        if bytes.len() <= part_bytes {
+            self.store.put(key, PutPayload::from(bytes)).await.map_err(failed("writing", key))?;
+            return Ok(());
+        }
+        let upload = self.store.put_multipart(key).await.map_err(failed("starting upload of", key))?;
+        let mut parts = WriteMultipart::new_with_chunk_size(upload, part_bytes);
+        parts.put(bytes);
+        parts.finish().await.map_err(failed("uploading", key))?;
+        Ok(())
+    }
+
+    /// The object at `key`, or `None` when there is none.
+    pub async fn get(&self, key: &Key) -> Result<Option<Bytes>, SinkError> {
+        match self.store.get(key).await {
+            Ok(got) => Ok(Some(got.bytes().await.map_err(failed("reading", key))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(failed("reading", key)(e)),
+        }
+    }
+
+    /// Every key under `prefix` (recursively), sorted.
+    pub async fn list(&self, prefix: &Key) -> Result<Vec<Key>, SinkError> {
+        let mut keys: Vec<Key> = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(failed("listing", prefix))?;
+        keys.sort();
+        Ok(keys)
+    }
+}

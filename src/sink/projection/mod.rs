@@ -1,0 +1,179 @@
+//! Projections: the read model, one item per document (text, version, length, updated
+//! time, origin region). Writes are conditional, so a stored version never decreases and a
+//! replay rewrites nothing; texts over `inline_max_bytes` go to object storage and the item
+//! holds a pointer. Backends by URL: `sqlite://PATH` (embedded) and `dynamodb://TABLE`.
+
+mod dynamodb;
+mod sqlite;
+
+use bytes::Bytes;
+use object_store::path::Path as Key;
+use std::future::Future;
+
+use super::SinkError;
+use super::objects::Objects;
+use crate::config::ProjectionConfig;
+
+pub use dynamodb::DynamoProjections;
+pub use sqlite::SqliteProjections;
+
+/// A document's projection as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Projection {
+    pub doc_id: String,
+    pub body: Body,
+    pub version: u64,
+    /// Length in Unicode code points.
+    pub chars: u64,
+    pub updated_ms: i64,
+    /// Region of the last op folded into the document.
+    pub region: String,
+}
+
+/// The text, or where it is when it is too large for an item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Text(String),
+    /// Key (relative to the object storage root) of an object holding the UTF-8 text.
+    Pointer(String),
+}
+
+/// What a conditional write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Items written.
+    pub written: u64,
+    /// Items skipped because the stored version was already at least as new.
+    pub stale: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Written) {
+        self.written += other.written;
+        self.stale += other.stale;
+    }
+}
+
+/// A projection backend.
+pub trait ProjectionStore: Send + Sync {
+    /// Creates the table if it does not exist.
+    fn create(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Writes each item unless the stored version is already ≥ its version.
+    fn put(&self, items: &[Projection]) -> impl Future<Output = Result<Written, SinkError>> + Send;
+    fn get(&self, doc_id: &str) -> impl Future<Output = Result<Option<Projection>, SinkError>> + Send;
+}
+
+/// A parsed `projection.url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectionUrl {
+    None,
+    Sqlite(String),
+    DynamoDb { table: String },
+}
+
+impl ProjectionUrl {
+    pub fn parse(url: &str) -> Result<ProjectionUrl, SinkError> {
+        match url.split_once("://") {
+            _ if url.is_empty() => Ok(ProjectionUrl::None),
+            Some(("sqlite", path)) if !path.is_empty() => Ok(ProjectionUrl::Sqlite(url.into())),
+            Some(("dynamodb", table)) if !table.is_empty() && !table.contains('/') => {
+                Ok(ProjectionUrl::DynamoDb { table: table.into() })
+            }
+            _ => Err(SinkError::Config(format!(
+                "projection URL {url:?}: expected sqlite://PATH, dynamodb://TABLE or empty"
+            ))),
+        }
+    }
+}
+
+/// The configured backend.
+pub enum Backend {
+    Sqlite(SqliteProjections),
+    DynamoDb(DynamoProjections),
+}
+
+impl ProjectionStore for Backend {
+    async fn create(&self) -> Result<(), SinkError> {
+        match self {
+            Backend::Sqlite(b) => b.create().await,
+            Backend::DynamoDb(b) => b.create().await,
+        }
+    }
+
+    async fn put(&self, items: &[Projection]) -> Result<Written, SinkError> {
+        match self {
+            Backend::Sqlite(b) => b.put(items).await,
+            Backend::DynamoDb(b) => b.put(items).await,
+        }
+    }
+
+    async fn get(&self, doc_id: &str) -> Result<Option<Projection>, SinkError> {
+        match self {
+            Backend::Sqlite(b) => b.get(doc_id).await,
+            Backend::DynamoDb(b) => b.get(doc_id).await,
+        }
+    }
+}
+
+/// Projections with large texts moved to object storage.
+pub struct Projections {
+    backend: Backend,
+    objects: Objects,
+    inline_max_bytes: usize,
+}
+
+/// Where a text too large for an item is kept: one object per (document, version), so a
+/// reader holding an older pointer still finds its text.
+pub fn text_key(doc_id: &str, version: u64) -> Key {
+    Key::from_iter(["projections".to_string(), format!("doc={doc_id}"), format!("{version:020}.txt")])
+}
+
+impl Projections {
+    /// Opens the configured backend; `None` when `projection.url` is empty.
+    pub async fn open(config: &ProjectionConfig, objects: Objects) -> Result<Option<Projections>, SinkError> {
+        let backend = match ProjectionUrl::parse(&config.url)? {
+            ProjectionUrl::None => return Ok(None),
+            ProjectionUrl::Sqlite(url) => Backend::Sqlite(SqliteProjections::open(&url).await?),
+            ProjectionUrl::DynamoDb { table } => {
+                Backend::DynamoDb(DynamoProjections::open(config, &table).await)
+            }
+        };
+        Ok(Some(Projections { backend, objects, inline_max_bytes: config.inline_max_bytes }))
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Writes the items (texts over the inline limit first go to object storage).
+    pub async fn put(&self, mut items: Vec<Projection>) -> Result<Written, SinkError> {
+        for item in &mut items {
+            if let Body::Text(text) = &item.body
+                && text.len() > self.inline_max_bytes
+            {
+                let key = text_key(&item.doc_id, item.version);
+                self.objects.put(&key, Bytes::from(text.clone()), usize::MAX).await?;
+                item.body = Body::Pointer(key.to_string());
+            }
+        }
+        self.backend.put(&items).await
+    }
+
+    /// A document's projection with its text (fetched from object storage if needed).
+    pub async fn get_text(&self, doc_id: &str) -> Result<Option<(Projection, String)>, SinkError> {
+        let Some(item) = self.backend.get(doc_id).await? else { return Ok(None) };
+        let text = match &item.body {
+            Body::Text(text) => text.clone(),
+            Body::Pointer(key) => {
+                let bytes =
+                    self.objects.get(&Key::from(key.as_str())).await?.ok_or_else(|| SinkError::Corrupt {
+                        sink: "projections",
+                        message: format!("document {doc_id:?} points at {key}, which does not exist"),
+                    })?;
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|e| SinkError::Corrupt { sink: "projections", message: format!("{key}: {e}") })?
+            }
+        };
+        Ok(Some((item, text)))
+    }
+}

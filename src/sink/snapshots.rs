@@ -1,0 +1,133 @@
+//! Disaster-recovery snapshots in object storage: every `snapshots.interval_ms` a partition
+//! writes the documents changed since its last manifest as `snapshots/doc=<id>/<offset>`
+//! (the state encoding of `schemas/docfold/state/v1/snapshot.proto`, taken from the state
+//! store after a checkpoint), then a manifest
+//! `snapshots/manifests/partition=<P>/<next offset>.json` listing the latest object of
+//! every document of the partition. A manifest is written last, so it only names objects
+//! that exist; [`restore`] rebuilds a state store from the newest manifest of each
+//! partition, and the log replays the rest.
+
+use bytes::Bytes;
+use object_store::path::Path as Key;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::SinkError;
+use super::objects::Objects;
+use crate::store::{Checkpoint, DocWrite, Store, StoreError};
+
+/// The documents of a partition as of `next_offset`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub job: String,
+    pub partition: u32,
+    /// Every record before this offset is in the listed states.
+    pub next_offset: u64,
+    pub created_ms: i64,
+    pub docs: BTreeMap<String, ManifestDoc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDoc {
+    /// Object key of the state (relative to the object storage root).
+    pub key: String,
+    pub version: u64,
+    /// Log offset of the last record in the state.
+    pub offset: u64,
+}
+
+fn manifests(partition: u32) -> Key {
+    Key::from_iter(["snapshots".to_string(), "manifests".into(), format!("partition={partition}")])
+}
+
+fn doc_key(doc_id: &str, offset: u64) -> Key {
+    Key::from_iter(["snapshots".to_string(), format!("doc={doc_id}"), format!("{offset:020}")])
+}
+
+fn corrupt(message: String) -> SinkError {
+    SinkError::Corrupt { sink: "snapshots", message }
+}
+
+fn store_failed(error: StoreError) -> SinkError {
+    let retryable = error.is_retryable();
+    let message = error.to_string();
+    if retryable {
+        SinkError::Unavailable { sink: "snapshots", message }
+    } else {
+        SinkError::Refused { sink: "snapshots", message }
+    }
+}
+
+/// The newest manifest of a partition, if any.
+pub async fn latest_manifest(objects: &Objects, partition: u32) -> Result<Option<Manifest>, SinkError> {
+    let Some(key) = objects.list(&manifests(partition)).await?.pop() else { return Ok(None) };
+    let bytes = objects.get(&key).await?.ok_or_else(|| corrupt(format!("{key} vanished while read")))?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(format!("{key}: {e}")))
+}
+
+/// Writes the partition's documents changed since `last` (the previous manifest) and a new
+/// manifest at `next_offset`, the checkpoint just committed.
+pub async fn export(
+    objects: &Objects,
+    store: &Store,
+    job: &str,
+    partition: u32,
+    next_offset: u64,
+    last: Option<Manifest>,
+) -> Result<Manifest, SinkError> {
+    let mut manifest = last.unwrap_or_else(|| Manifest { job: job.into(), partition, ..Manifest::default() });
+    let since = manifest.next_offset;
+    for (doc_id, doc) in store.docs_changed(job, partition, since).await.map_err(store_failed)? {
+        let key = doc_key(&doc_id, doc.offset);
+        objects.put(&key, Bytes::from(doc.state), usize::MAX).await?;
+        manifest
+            .docs
+            .insert(doc_id, ManifestDoc { key: key.to_string(), version: doc.version, offset: doc.offset });
+    }
+    manifest.next_offset = next_offset;
+    manifest.created_ms = crate::store::now_ms();
+    let body = serde_json::to_vec_pretty(&manifest).expect("plain struct");
+    objects
+        .put(&manifests(partition).join(format!("{next_offset:020}.json")), body.into(), usize::MAX)
+        .await?;
+    Ok(manifest)
+}
+
+/// What [`restore`] did for one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub partition: u32,
+    pub next_offset: u64,
+    pub docs: usize,
+}
+
+/// Loads the newest manifest of each of `partitions` into `store` for `job`: the
+/// documents' states and a checkpoint at the manifest's offset (the archive restarts
+/// there too). A partition without a manifest is left alone. `progress` is called per
+/// partition.
+pub async fn restore(
+    objects: &Objects,
+    store: &Store,
+    job: &str,
+    partitions: u32,
+    mut progress: impl FnMut(&Restored),
+) -> Result<Vec<Restored>, SinkError> {
+    let mut restored = Vec::new();
+    for partition in 0..partitions {
+        let Some(manifest) = latest_manifest(objects, partition).await? else { continue };
+        let mut writes = Vec::with_capacity(manifest.docs.len());
+        for (doc_id, doc) in &manifest.docs {
+            let state = objects.get(&Key::from(doc.key.as_str())).await?.ok_or_else(|| {
+                corrupt(format!("manifest of partition {partition} names {}, which is missing", doc.key))
+            })?;
+            writes.push(DocWrite { doc_id, version: doc.version, offset: doc.offset, state: state.to_vec() });
+        }
+        let checkpoint =
+            Checkpoint { next_offset: manifest.next_offset, archived_offset: manifest.next_offset };
+        store.commit(job, partition, checkpoint, &writes).await.map_err(store_failed)?;
+        let done = Restored { partition, next_offset: manifest.next_offset, docs: writes.len() };
+        progress(&done);
+        restored.push(done);
+    }
+    Ok(restored)
+}

@@ -1,0 +1,360 @@
+//! Sink conformance: one body per sink, run against the embedded backend and the real one
+//! (DynamoDB Local, the S3 server, Redis, tansu). Also the archive as other languages read it.
+
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use bytes::Bytes;
+use docfold::config::{ArchiveConfig, InvalidationsConfig, JobConfig, ObjectsConfig, ProjectionConfig};
+use docfold::log::LogReader;
+use docfold::log::file::FileLog;
+use docfold::log::kafka::KafkaLog;
+use docfold::lseq::{Ident, InsertRun, Level, Op, OpId};
+use docfold::op::Envelope;
+use docfold::sink::archive::PartitionArchive;
+use docfold::sink::invalidate::{Invalidation, Invalidator};
+use docfold::sink::objects::Objects;
+use docfold::sink::projection::{Body, Projection, ProjectionStore, Projections, Written};
+use object_store::path::Path as Key;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::collections::BTreeSet;
+
+use crate::services;
+
+pub fn folder_objects(name: &str) -> ObjectsConfig {
+    ObjectsConfig {
+        url: format!("file://{}", services::temp_dir(name).display()),
+        ..ObjectsConfig::default()
+    }
+}
+
+pub fn s3_objects(name: &str) -> ObjectsConfig {
+    let (endpoint, bucket) = services::s3_bucket();
+    ObjectsConfig {
+        url: format!("s3://{bucket}/{name}-{}", services::unique()),
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+    }
+}
+
+async fn objects_conformance(config: ObjectsConfig) {
+    let objects = Objects::open(&config).expect("open");
+    let key = Key::from("a/b/one.txt");
+    assert_eq!(objects.get(&key).await.expect("get"), None, "missing is None");
+    objects.put(&key, Bytes::from_static(b"one"), 5 << 20).await.expect("put");
+    objects.put(&key, Bytes::from_static(b"uno"), 5 << 20).await.expect("replace");
+    assert_eq!(objects.get(&key).await.expect("get").as_deref(), Some(&b"uno"[..]));
+    // Larger than a part: a multipart upload, read back whole.
+    let big: Vec<u8> = (0..(11 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    let big_key = Key::from("a/big.bin");
+    objects.put(&big_key, Bytes::from(big.clone()), 5 << 20).await.expect("multipart");
+    assert!(objects.get(&big_key).await.expect("get").expect("exists") == big, "multipart round trip");
+    objects.put(&Key::from("c/other"), Bytes::new(), 5 << 20).await.expect("put");
+    let listed: Vec<String> =
+        objects.list(&Key::from("a")).await.expect("list").iter().map(|k| k.to_string()).collect();
+    assert_eq!(listed, ["a/b/one.txt", "a/big.bin"], "recursive, sorted, only under the prefix");
+}
+
+#[tokio::test]
+async fn objects_conformance_local_folder() {
+    objects_conformance(folder_objects("objects")).await;
+}
+
+#[tokio::test]
+async fn objects_conformance_s3() {
+    objects_conformance(s3_objects("objects")).await;
+}
+
+fn item(doc_id: &str, version: u64, text: &str) -> Projection {
+    Projection {
+        doc_id: doc_id.into(),
+        body: Body::Text(text.into()),
+        version,
+        chars: text.chars().count() as u64,
+        updated_ms: 1_700_000_000_000 + version as i64,
+        region: "eu-west-1".into(),
+    }
+}
+
+async fn projections_conformance(config: ProjectionConfig, objects: ObjectsConfig) {
+    let config = ProjectionConfig { inline_max_bytes: 1000, ..config };
+    let projections = Projections::open(&config, Objects::open(&objects).expect("objects"))
+        .await
+        .expect("open")
+        .expect("configured");
+    projections.backend().create().await.expect("create");
+    projections.backend().create().await.expect("create is idempotent");
+    assert_eq!(projections.get_text("a").await.expect("get"), None);
+
+    let wrote = projections.put(vec![item("a", 3, "héllo"), item("b", 1, "x")]).await.expect("put");
+    assert_eq!(wrote, Written { written: 2, stale: 0 });
+    // Older and equal versions never replace what is stored; newer ones do.
+    let wrote = projections.put(vec![item("a", 2, "old"), item("b", 1, "same")]).await.expect("put");
+    assert_eq!(wrote, Written { written: 0, stale: 2 });
+    let (a, text) = projections.get_text("a").await.expect("get").expect("stored");
+    assert_eq!((a.version, a.chars, a.region.as_str(), text.as_str()), (3, 5, "eu-west-1", "héllo"));
+    assert_eq!(projections.get_text("b").await.expect("get").expect("stored").1, "x");
+    projections.put(vec![item("a", 4, "newer")]).await.expect("put");
+    assert_eq!(projections.get_text("a").await.expect("get").expect("stored").1, "newer");
+
+    // Too large for an item: the text goes to object storage, the item points at it.
+    let big = "é".repeat(800); // 1,600 bytes > 1,000
+    projections.put(vec![item("a", 5, &big)]).await.expect("put big");
+    let (stored, text) = projections.get_text("a").await.expect("get").expect("stored");
+    assert!(
+        matches!(&stored.body, Body::Pointer(key) if key.ends_with("00000000000000000005.txt")),
+        "{stored:?}"
+    );
+    assert_eq!((text, stored.chars), (big, 800));
+}
+
+#[tokio::test]
+async fn projections_conformance_sqlite() {
+    let dir = services::temp_dir("projections");
+    let url = format!("sqlite://{}", dir.join("projections.db").display());
+    projections_conformance(ProjectionConfig { url, ..ProjectionConfig::default() }, folder_objects("proj"))
+        .await;
+}
+
+#[tokio::test]
+async fn projections_conformance_dynamodb() {
+    let url = format!("dynamodb://projections-{}", services::unique());
+    let config =
+        ProjectionConfig { url, endpoint: Some(services::dynamodb()), ..ProjectionConfig::default() };
+    projections_conformance(config, s3_objects("proj")).await;
+}
+
+fn envelope(doc: &str, counter: u64, text: &str, delete: bool) -> Envelope {
+    let ident = Ident(vec![Level { digit: 3, site: 7, counter }]);
+    let op = if delete {
+        Op { id: OpId { site: 7, counter }, inserts: vec![], deletes: vec![ident] }
+    } else {
+        Op {
+            id: OpId { site: 7, counter },
+            inserts: vec![InsertRun { start: ident, text: text.into() }],
+            deletes: vec![],
+        }
+    };
+    Envelope::new(doc, "us-east-1", 1_000 + counter as i64, op)
+}
+
+/// One archive row as analysts see it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Row {
+    pub partition: i32,
+    pub offset: i64,
+    pub item: i32,
+    pub doc_id: String,
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// Every row of every archive file under `ops/`.
+pub async fn read_archive(objects: &Objects) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for key in objects.list(&Key::from("ops")).await.expect("list archive") {
+        let bytes = objects.get(&key).await.expect("read").expect("listed");
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(bytes).expect("parquet").build().expect("reader");
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let column = |name: &str| batch.column_by_name(name).expect(name).clone();
+            let (partition, offset, item) = (column("partition"), column("offset"), column("item"));
+            let (doc_id, kind, text) = (column("doc_id"), column("kind"), column("text"));
+            for i in 0..batch.num_rows() {
+                let text = text.as_string::<i32>();
+                rows.push(Row {
+                    partition: partition.as_primitive::<Int32Type>().value(i),
+                    offset: offset.as_primitive::<Int64Type>().value(i),
+                    item: item.as_primitive::<Int32Type>().value(i),
+                    doc_id: doc_id.as_string::<i32>().value(i).to_string(),
+                    kind: kind.as_string::<i32>().value(i).to_string(),
+                    text: text.is_valid(i).then(|| text.value(i).to_string()),
+                });
+            }
+        }
+    }
+    rows
+}
+
+async fn archive_conformance(objects: ObjectsConfig) {
+    let objects = Objects::open(&objects).expect("open");
+    let settings = ArchiveConfig { max_file_bytes: 200, ..ArchiveConfig::default() };
+    let mut archive = PartitionArchive::new(2, objects.clone(), settings.clone(), 0);
+    assert_eq!(archive.write().await.expect("nothing to write"), None);
+    let day = 86_400_000 * 20_000; // 2024-10-04
+    for offset in 0..6u64 {
+        archive.skip_written(offset, day).await.expect("look");
+        let envelope = envelope(&format!("doc-{}", offset % 2), offset + 1, "ab", offset == 4);
+        // Offset 3 is not an op (a dead letter): it has no rows.
+        archive.push(offset, day, (offset != 3).then_some(&envelope));
+        if archive.is_due() {
+            archive.write().await.expect("write");
+        }
+    }
+    let last = archive.write().await.expect("write the rest").expect("rows were open");
+    assert_eq!(archive.progress(), 6, "everything before 6 is in files");
+    assert!(last.key.starts_with("ops/date=2024-10-04/partition=2/"), "{}", last.key);
+    let rows = read_archive(&objects).await;
+    let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, [0, 1, 2, 4, 5], "every op once, in order, across files");
+    assert_eq!((rows[3].kind.as_str(), rows[3].text.as_deref()), ("delete", None));
+    assert_eq!((rows[4].doc_id.as_str(), rows[4].text.as_deref()), ("doc-1", Some("ab")));
+
+    // A restart from an older checkpoint adopts the files already written, rows once.
+    let mut again = PartitionArchive::new(2, objects.clone(), settings, 0);
+    for offset in 0..6u64 {
+        again.skip_written(offset, day).await.expect("look");
+        again.push(offset, day, Some(&envelope("doc-0", offset + 1, "zz", false)));
+    }
+    assert_eq!(again.write().await.expect("write"), None, "all adopted, nothing rewritten");
+    assert_eq!(again.progress(), 6);
+    assert_eq!(read_archive(&objects).await, rows);
+}
+
+#[tokio::test]
+async fn archive_conformance_local_folder() {
+    archive_conformance(folder_objects("archive")).await;
+}
+
+#[tokio::test]
+async fn archive_conformance_s3() {
+    archive_conformance(s3_objects("archive")).await;
+}
+
+/// pyarrow (another language, another Parquet implementation) reads what docfold wrote.
+#[tokio::test]
+async fn pyarrow_reads_the_archive() {
+    let config = folder_objects("pyarrow");
+    let objects = Objects::open(&config).expect("open");
+    let mut archive = PartitionArchive::new(0, objects.clone(), ArchiveConfig::default(), 0);
+    for offset in 0..1000u64 {
+        let envelope = envelope(&format!("doc-{}", offset % 7), offset + 1, "é€x", offset % 10 == 9);
+        archive.push(offset, 1_700_000_000_000, Some(&envelope));
+    }
+    archive.write().await.expect("write");
+    let root = config.url.trim_start_matches("file://");
+    let out = std::process::Command::new(services::python())
+        .arg("tests/python/read_archive.py")
+        .arg(root)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "python failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    // rows, deletes, distinct docs, characters of inserted text, partitions
+    assert_eq!(stdout.trim(), "rows=1000 deletes=100 docs=7 chars=2700 partitions=[0]");
+}
+
+async fn invalidations_conformance(config: JobConfig, topic: Box<dyn FnOnce() -> Vec<Vec<u8>>>) {
+    let settings = &config.invalidations;
+    let redis_url = settings.redis.clone().expect("redis");
+    let client = redis::Client::open(redis_url.as_str()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to Redis");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(&settings.channel).await.expect("subscribe");
+    let key = |doc: &str| format!("{}{doc}", settings.key_prefix);
+    // The cache holds "old" at version 3 and "fresh" at version 9.
+    let _: () = redis::cmd("HSET")
+        .arg(key("old"))
+        .arg("version")
+        .arg(3)
+        .arg("text")
+        .arg("t")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let _: () = redis::cmd("HSET")
+        .arg(key("fresh"))
+        .arg("version")
+        .arg(9)
+        .arg("text")
+        .arg("t")
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+
+    let invalidator = Invalidator::open(&config).expect("open");
+    let items = [
+        Invalidation { doc_id: "old".into(), version: 4, region: "r1".into() },
+        Invalidation { doc_id: "fresh".into(), version: 8, region: "r1".into() },
+    ];
+    invalidator.send(&items).await.expect("send");
+    let exists = async |doc: &str| -> u32 {
+        redis::cmd("EXISTS").arg(key(doc)).query_async(&mut conn.clone()).await.expect("exists")
+    };
+    assert_eq!(exists("old").await, 0, "an older cached version is dropped");
+    assert_eq!(exists("fresh").await, 1, "a newer cached version stays");
+    use futures::StreamExt;
+    let mut messages = pubsub.on_message();
+    for expected in &items {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next())
+            .await
+            .expect("published in time")
+            .expect("message");
+        let got: Invalidation = serde_json::from_slice(message.get_payload_bytes()).expect("json");
+        assert_eq!(&got, expected);
+    }
+    let on_topic: Vec<Invalidation> =
+        topic().iter().map(|v| serde_json::from_slice(v).expect("json on the topic")).collect();
+    assert_eq!(on_topic, items, "the topic carries the same invalidations");
+}
+
+fn redis_settings(name: &str) -> InvalidationsConfig {
+    let prefix = format!("test:{name}:{}:", services::unique());
+    InvalidationsConfig {
+        redis: Some(services::redis()),
+        channel: format!("{prefix}channel"),
+        key_prefix: prefix,
+        ..InvalidationsConfig::default()
+    }
+}
+
+fn read_all(reader: &mut dyn LogReader) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for partition in 0..reader.partitions() {
+        let mut records = Vec::new();
+        reader.read(partition, 0, 1000, &mut records).expect("read");
+        out.extend(records.into_iter().map(|r| r.value));
+    }
+    out
+}
+
+#[tokio::test]
+async fn invalidations_conformance_file_log_and_redis() {
+    let dir = services::temp_dir("invalidate");
+    let mut config = JobConfig::in_dir(&dir);
+    config.log.partitions = 1;
+    config.invalidations = redis_settings("file");
+    let log_dir = dir.join("log");
+    invalidations_conformance(
+        config,
+        Box::new(move || {
+            read_all(&mut FileLog::open(&log_dir, "doc-invalidations").expect("topic").reader())
+        }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_conformance_kafka_and_redis() {
+    let brokers = services::kafka();
+    let topic = format!("inv-{}", services::unique());
+    KafkaLog::create_topic(&brokers, &topic, 1, 1, &[]).await.expect("create topic");
+    let mut config = JobConfig::in_dir(&services::temp_dir("kinvalidate"));
+    config.log.url = format!("kafka://{brokers}");
+    config.invalidations = InvalidationsConfig { topic: topic.clone(), ..redis_settings("kafka") };
+    let read = move || {
+        let log = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
+        tokio::task::block_in_place(|| read_all(&mut log.reader().expect("reader")))
+    };
+    invalidations_conformance(config, Box::new(read)).await;
+}
+
+/// Distinct (partition, offset) of rows, checking no (partition, offset, item) repeats.
+pub fn offsets_once(rows: &[Row]) -> BTreeSet<(i32, i64)> {
+    let mut seen = BTreeSet::new();
+    for row in rows {
+        assert!(seen.insert((row.partition, row.offset, row.item)), "row {row:?} archived twice");
+    }
+    seen.into_iter().map(|(p, o, _)| (p, o)).collect()
+}
