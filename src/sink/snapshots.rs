@@ -102,8 +102,8 @@ pub struct Restored {
 }
 
 /// Loads the newest manifest of each of `partitions` into `store` for `job`: the
-/// documents' states and a checkpoint at the manifest's offset (the archive restarts
-/// there too). A partition without a manifest is left alone. `progress` is called per
+/// documents' states and a checkpoint at the manifest's offset (the archive goes on after
+/// its last file). A partition without a manifest is left alone. `progress` is called per
 /// partition.
 pub async fn restore(
     objects: &Objects,

@@ -1,30 +1,38 @@
 //! The pipeline under crashes: `docfold run` children killed with SIGKILL at seeded random
-//! moments and restarted; afterwards every document in the store equals the reference fold
-//! of every op in the log, with nothing missing.
+//! moments and restarted; afterwards every document in the store and in the projections
+//! equals the reference fold of every op in the log, with nothing missing; projection
+//! versions never went back; every op is in the archive exactly once and every bad record
+//! in the dead letters.
 
+use docfold::config::JobConfig;
 use docfold::fold::{Doc, Folded, PartitionFold, snapshot};
 use docfold::log::file::{FileLog, Fsync};
 use docfold::log::kafka::KafkaLog;
 use docfold::log::{LogReader, LogWriter, Record};
 use docfold::lseq::{Rng, doc_seed};
+use docfold::sink::Sinks;
+use docfold::sink::dead_letter::DeadLetter;
 use docfold::store::Store;
 use docfold::trace::{Trace, publish, replay};
-use std::collections::BTreeMap;
-use std::path::Path;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::services;
+use crate::sinks::{offsets_once, read_archive};
 
 const PARTITIONS: u32 = 4;
 
 /// A job config; `flush_ops` small makes a run slow (a transaction per few ops), so a kill
-/// lands mid-stream.
-fn write_config(dir: &Path, name: &str, log: &str, store_url: &str, flush_ops: u64) -> std::path::PathBuf {
+/// lands mid-stream. Archive files rotate often, disaster-recovery snapshots too.
+fn write_config(dir: &Path, name: &str, log: &str, store_url: &str, flush_ops: u64, sinks: &str) -> PathBuf {
     let path = dir.join(name);
     let text = format!(
         "job = \"crash\"\n[log]\npartitions = {PARTITIONS}\n{log}\n[store]\nurl = \"{store_url}\"\n\
-         [pipeline]\nflush_interval_ms = 40\nflush_ops = {flush_ops}\nmax_docs_in_memory = 2\nbatch = 500\n"
+         [pipeline]\nflush_interval_ms = 40\nflush_ops = {flush_ops}\nmax_docs_in_memory = 2\nbatch = 500\n\
+         [archive]\nmax_file_bytes = 65536\nmax_file_age_ms = 150\n[snapshots]\ninterval_ms = 200\n{sinks}"
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -62,8 +70,14 @@ fn spawn_run(config: &Path, idle_ms: u64) -> Child {
 }
 
 /// Kills `runs` children at seeded random moments `min_ms + 1..=spread_ms` after their
-/// start; returns how many were still working.
-fn kill_at_random(config: &Path, runs: usize, seed: u64, (min_ms, spread_ms): (u64, u64)) -> usize {
+/// start, calling `after_kill` after each; returns how many were still working.
+fn kill_at_random(
+    config: &Path,
+    runs: usize,
+    seed: u64,
+    (min_ms, spread_ms): (u64, u64),
+    after_kill: &mut dyn FnMut(),
+) -> usize {
     let mut rng = Rng::new(seed);
     let mut killed_mid_run = 0;
     for _ in 0..runs {
@@ -74,6 +88,7 @@ fn kill_at_random(config: &Path, runs: usize, seed: u64, (min_ms, spread_ms): (u
         }
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
+        after_kill();
     }
     killed_mid_run
 }
@@ -85,9 +100,19 @@ fn run_to_completion(config: &Path, idle_ms: u64) {
 }
 
 /// Every document of the log folded in log order, without the pipeline.
-fn reference(reader: &mut dyn LogReader) -> (BTreeMap<String, Doc>, Vec<u64>) {
-    let mut docs = BTreeMap::new();
-    let mut ends = Vec::new();
+struct Reference {
+    docs: BTreeMap<String, Doc>,
+    /// Each partition's end offset.
+    ends: Vec<u64>,
+    /// (partition, offset) of the records that decode as ops (the archive's records)…
+    ops: BTreeSet<(i32, i64)>,
+    /// …and of the records the fold refuses or cannot decode (the dead letters).
+    bad: BTreeSet<(u32, u64)>,
+}
+
+fn reference(reader: &mut dyn LogReader) -> Reference {
+    let mut r =
+        Reference { docs: BTreeMap::new(), ends: Vec::new(), ops: BTreeSet::new(), bad: BTreeSet::new() };
     for partition in 0..reader.partitions() {
         let mut fold = PartitionFold::new();
         let mut ids = Vec::new();
@@ -99,31 +124,38 @@ fn reference(reader: &mut dyn LogReader) -> (BTreeMap<String, Doc>, Vec<u64>) {
             let Some(last) = records.last() else { break };
             next = last.offset + 1;
             for record in &records {
-                if let Ok(Folded::NeedDoc(id)) = fold.fold(record.offset, &record.value) {
+                if fold.decode(&record.value).is_ok() {
+                    r.ops.insert((partition as i32, record.offset as i64));
+                }
+                let mut folded = fold.fold(record.offset, &record.value);
+                if let Ok(Folded::NeedDoc(id)) = folded {
                     ids.push(id.clone());
                     fold.insert(id, Doc::default());
-                    fold.fold(record.offset, &record.value).expect("folds once loaded");
+                    folded = fold.fold(record.offset, &record.value);
+                }
+                if folded.is_err() {
+                    r.bad.insert((partition, record.offset));
                 }
             }
         }
-        ends.push(next);
+        r.ends.push(next);
         for id in ids {
             let doc = fold.get(&id).expect("folded").clone();
-            docs.insert(id, doc);
+            r.docs.insert(id, doc);
         }
     }
-    (docs, ends)
+    r
 }
 
-async fn assert_store_equals_reference(store_url: &str, reader: &mut dyn LogReader) {
-    let (expected, ends) = reference(reader);
+async fn assert_store_equals_reference(store_url: &str, expected: &Reference) {
+    let Reference { docs: expected, ends, .. } = expected;
     let store = Store::open(store_url).await.expect("open store");
     assert_eq!(
         store.doc_ids("crash").await.expect("ids"),
         expected.keys().cloned().collect::<Vec<_>>(),
         "no document missing"
     );
-    for (id, doc) in &expected {
+    for (id, doc) in expected {
         let stored = store.load_doc("crash", id).await.expect("load").expect("stored");
         let state = snapshot::decode(&stored.state).expect("decodes");
         let (text, expected_text) = (state.text(), doc.state.text());
@@ -138,8 +170,66 @@ async fn assert_store_equals_reference(store_url: &str, reader: &mut dyn LogRead
     }
     let checkpoints: Vec<u64> =
         store.checkpoints("crash").await.expect("checkpoints").iter().map(|c| c.1).collect();
-    assert_eq!(checkpoints, ends, "every partition checkpointed at its end");
+    assert_eq!(&checkpoints, ends, "every partition checkpointed at its end");
     store.close().await;
+}
+
+/// Every projection's version, by document.
+async fn projection_versions(sinks: &Sinks, docs: &[String]) -> BTreeMap<String, u64> {
+    let mut versions = BTreeMap::new();
+    for doc in docs {
+        if let Some((item, _)) =
+            sinks.projections.as_ref().expect("projections").get_text(doc).await.expect("read")
+        {
+            versions.insert(doc.clone(), item.version);
+        }
+    }
+    versions
+}
+
+/// After each kill: no projection version went back.
+fn versions_never_decrease(sinks: &Sinks, docs: Vec<String>) -> impl FnMut() {
+    let mut last = BTreeMap::new();
+    let handle = tokio::runtime::Handle::current();
+    move || {
+        let now = handle.block_on(projection_versions(sinks, &docs));
+        for (doc, version) in &last {
+            assert!(
+                now.get(doc).is_some_and(|v| v >= version),
+                "projection of {doc} went back from {version} to {:?}",
+                now.get(doc)
+            );
+        }
+        last = now;
+    }
+}
+
+/// Projections equal the fold; every op is archived exactly once; every bad record is a
+/// dead letter (at least once).
+async fn assert_sinks_equal_reference(sinks: &Sinks, expected: &Reference, dead_letters: &mut dyn LogReader) {
+    let projections = sinks.projections.as_ref().expect("projections");
+    for (id, doc) in &expected.docs {
+        let (item, text) = projections.get_text(id).await.expect("read").expect("projected");
+        assert!(text == doc.state.text(), "projection text of {id}");
+        assert_eq!((item.version, item.chars), (doc.version, doc.state.len() as u64), "projection of {id}");
+    }
+    let archived = offsets_once(&read_archive(&sinks.objects).await);
+    assert_eq!(archived, expected.ops, "the archive holds every op, each once");
+    let mut letters = BTreeSet::new();
+    for partition in 0..dead_letters.partitions() {
+        let mut records = Vec::new();
+        dead_letters.read(partition, 0, 10_000, &mut records).expect("read dead letters");
+        for record in records {
+            let letter = DeadLetter::decode(record.value.as_slice()).expect("a dead letter");
+            letters.insert((letter.source_partition, letter.source_offset));
+        }
+    }
+    assert_eq!(letters, expected.bad, "every bad record is a dead letter");
+}
+
+fn doc_names(svelte_copies: usize, friends_copies: usize) -> Vec<String> {
+    let svelte = (0..svelte_copies).map(|i| format!("sveltecomponent-{i}"));
+    svelte.chain((0..friends_copies).map(|i| format!("friendsforever-{i}"))).collect()
 }
 
 fn crash_runs() -> (usize, u64) {
@@ -154,58 +244,134 @@ async fn embedded_pipeline_survives_sigkill_at_random_moments() {
     let log = FileLog::create(&dir.join("log"), "doc-ops", PARTITIONS).expect("topic");
     fill(&mut log.writer(Fsync::Never, 1 << 20), 5, 3);
     let store_url = format!("sqlite://{}", dir.join("state.db").display());
-    let config = write_config(
-        &dir,
-        "job.toml",
-        &format!("url = \"file://{}\"", dir.join("log").display()),
-        &store_url,
-        3000,
+    let log_section = format!("url = \"file://{}\"", dir.join("log").display());
+    let sinks_section = format!(
+        "[objects]\nurl = \"file://{0}/objects\"\n[projection]\nurl = \"sqlite://{0}/projections.db\"\n",
+        dir.display()
     );
+    let config = write_config(&dir, "job.toml", &log_section, &store_url, 3000, &sinks_section);
+    let sinks = Sinks::open(&JobConfig::load(&config).expect("config")).await.expect("sinks");
     let (runs, seed) = crash_runs();
-    let killed = tokio::task::block_in_place(|| kill_at_random(&config, runs, seed, (0, 150)));
+    let mut check = versions_never_decrease(&sinks, doc_names(5, 3));
+    let killed = tokio::task::block_in_place(|| kill_at_random(&config, runs, seed, (0, 150), &mut check));
     assert!(killed * 2 >= runs, "most kills must land mid-run ({killed} of {runs})");
     tokio::task::block_in_place(|| run_to_completion(&config, 0));
-    assert_store_equals_reference(&store_url, &mut log.reader()).await;
+    tokio::task::block_in_place(&mut check);
+    let expected = reference(&mut log.reader());
+    assert_store_equals_reference(&store_url, &expected).await;
+    let mut dead_letters = FileLog::open(&dir.join("log"), "doc-ops-dlq").expect("dead letters").reader();
+    assert_sinks_equal_reference(&sinks, &expected, &mut dead_letters).await;
+
+    // Disaster recovery: the state store is lost. Restore it from the snapshots of an
+    // earlier moment (the newest manifest of each partition removed), replay the log.
+    for partition in (0..PARTITIONS).filter(|&p| expected.ends[p as usize] > 0) {
+        let manifests = dir.join(format!("objects/snapshots/manifests/partition={partition}"));
+        let mut names: Vec<PathBuf> =
+            std::fs::read_dir(&manifests).expect("manifests").map(|e| e.expect("entry").path()).collect();
+        names.sort();
+        assert!(names.len() >= 2, "partition {partition} wrote several manifests: {names:?}");
+        std::fs::remove_file(names.last().expect("one")).expect("drop the newest");
+    }
+    let restored_url = format!("sqlite://{}", dir.join("restored.db").display());
+    let restored = write_config(&dir, "restored.toml", &log_section, &restored_url, 3000, &sinks_section);
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["snapshots", "restore", "--config"])
+        .arg(&restored)
+        .output()
+        .expect("restore");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("restored {PARTITIONS} of {PARTITIONS} partitions")), "{stdout}");
+    tokio::task::block_in_place(|| run_to_completion(&restored, 0));
+    assert_store_equals_reference(&restored_url, &expected).await;
+    assert_sinks_equal_reference(&sinks, &expected, &mut dead_letters).await;
 }
 
-/// A Kafka topic filled like the embedded one, a fresh PostgreSQL database, and the log
-/// section of a config for a fresh consumer group.
-async fn kafka_setup(name: &str) -> (KafkaLog, String, String) {
+/// A Kafka topic filled like the embedded one (with topics for invalidations and dead
+/// letters), a fresh PostgreSQL database, a DynamoDB table, an S3 prefix and Redis keys,
+/// and the sections of a config for a fresh consumer group.
+struct KafkaSetup {
+    log: KafkaLog,
+    dead_letters: KafkaLog,
+    store_url: String,
+    log_section: String,
+    sinks_section: String,
+}
+
+async fn kafka_setup(name: &str) -> KafkaSetup {
     let brokers = services::kafka();
     let topic = format!("{name}-{}", services::unique());
-    KafkaLog::create_topic(&brokers, &topic, PARTITIONS, 1, &[]).await.expect("create topic");
+    for (t, partitions) in
+        [(topic.clone(), PARTITIONS), (format!("{topic}-inv"), PARTITIONS), (format!("{topic}-dlq"), 1)]
+    {
+        KafkaLog::create_topic(&brokers, &t, partitions, 1, &[]).await.expect("create topic");
+    }
     let log = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
     let mut writer = log.writer().expect("producer");
     tokio::task::block_in_place(|| fill(&mut writer, 3, 1));
     let store_url = services::postgres_database(name).await;
     // tansu needs a short session timeout to rebalance in seconds (SERVICES.md).
-    let section = format!(
+    let log_section = format!(
         "url = \"kafka://{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{topic}\"\n\
          [log.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\""
     );
-    (log, store_url, section)
+    let (s3, bucket) = services::s3_bucket();
+    let sinks_section = format!(
+        "[objects]\nurl = \"s3://{bucket}/{topic}\"\nendpoint = \"{s3}\"\n\
+         [projection]\nurl = \"dynamodb://{topic}\"\nendpoint = \"{}\"\n\
+         [invalidations]\ntopic = \"{topic}-inv\"\nredis = \"{}\"\nkey_prefix = \"test:{topic}:\"\nchannel = \"test:{topic}\"\n\
+         [dead_letters]\ntopic = \"{topic}-dlq\"\n",
+        services::dynamodb(),
+        services::redis()
+    );
+    let dead_letters = KafkaLog::connect(&brokers, &format!("{topic}-dlq"), &[]).expect("connect");
+    KafkaSetup { log, dead_letters, store_url, log_section, sinks_section }
+}
+
+/// The slow and fast configs of a Kafka test, its table created with the CLI, its sinks.
+async fn kafka_configs(setup: &KafkaSetup, name: &str) -> (PathBuf, PathBuf, Sinks) {
+    let dir = services::temp_dir(name);
+    let config = |file, flush_ops| {
+        write_config(&dir, file, &setup.log_section, &setup.store_url, flush_ops, &setup.sinks_section)
+    };
+    let (slow, fast) = (config("slow.toml", 20), config("fast.toml", 5000));
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["projections", "create", "--config"])
+        .arg(&fast)
+        .output()
+        .expect("projections create");
+    assert!(out.status.success(), "projections create: {}", String::from_utf8_lossy(&out.stderr));
+    let sinks = Sinks::open(&JobConfig::load(&fast).expect("config")).await.expect("sinks");
+    (slow, fast, sinks)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_and_postgres_pipeline_survives_sigkill() {
-    let (log, store_url, section) = kafka_setup("kcrash").await;
-    let dir = services::temp_dir("kcrash");
-    let slow = write_config(&dir, "slow.toml", &section, &store_url, 20);
-    let fast = write_config(&dir, "fast.toml", &section, &store_url, 5000);
+    let setup = kafka_setup("kcrash").await;
+    let (slow, fast, sinks) = kafka_configs(&setup, "kcrash").await;
     let (_, seed) = crash_runs();
+    let mut check = versions_never_decrease(&sinks, doc_names(3, 1));
     // The group join takes ~3 s on tansu: kill between 3.5 and 7 s after the start.
-    let killed = tokio::task::block_in_place(|| kill_at_random(&slow, 3, seed, (3500, 3500)));
+    let killed = tokio::task::block_in_place(|| kill_at_random(&slow, 3, seed, (3500, 3500), &mut check));
     assert!(killed >= 2, "kills must land mid-run ({killed} of 3)");
     tokio::task::block_in_place(|| run_to_completion(&fast, 8000));
-    assert_store_equals_reference(&store_url, &mut log.reader().expect("reader")).await;
+    tokio::task::block_in_place(&mut check);
+    let expected = reference(&mut setup.log.reader().expect("reader"));
+    assert_store_equals_reference(&setup.store_url, &expected).await;
+    let mut dead_letters = setup.dead_letters.reader().expect("reader");
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(assert_sinks_equal_reference(
+            &sinks,
+            &expected,
+            &mut dead_letters,
+        ))
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_a_group_and_one_is_killed_mid_stream() {
-    let (log, store_url, section) = kafka_setup("kgroup").await;
-    let dir = services::temp_dir("kgroup");
-    let slow = write_config(&dir, "slow.toml", &section, &store_url, 20);
-    let fast = write_config(&dir, "fast.toml", &section, &store_url, 5000);
+    let setup = kafka_setup("kgroup").await;
+    let (slow, fast, _) = kafka_configs(&setup, "kgroup").await;
     tokio::task::block_in_place(|| {
         let mut doomed = spawn_run(&slow, 60_000);
         // Long enough idle time to outlive the dead member's session and the rebalance.
@@ -217,5 +383,6 @@ async fn two_processes_share_a_group_and_one_is_killed_mid_stream() {
         let status = survivor.wait_with_output().expect("survivor").status;
         assert!(matches!(status.code(), Some(0 | 1)), "survivor failed: {status}");
     });
-    assert_store_equals_reference(&store_url, &mut log.reader().expect("reader")).await;
+    let expected = reference(&mut setup.log.reader().expect("reader"));
+    assert_store_equals_reference(&setup.store_url, &expected).await;
 }

@@ -38,6 +38,19 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     Some((first.parse().ok()?, last.parse().ok()?))
 }
 
+/// The offset after the last record the partition's archive files cover (`None` when
+/// it has none). Lists the whole archive: for disaster recovery, not the hot path.
+pub async fn written_through(objects: &Objects, partition: u32) -> Result<Option<u64>, SinkError> {
+    let folder = format!("partition={partition}");
+    let keys = objects.list(&Key::from("ops")).await?;
+    Ok(keys
+        .iter()
+        .filter(|key| key.parts().any(|part| part.as_ref() == folder))
+        .filter_map(|key| parse_file_name(key.filename()?))
+        .map(|(_, last)| last + 1)
+        .max())
+}
+
 /// An encoded file waiting for its upload (kept across failed attempts).
 struct Pending {
     key: Key,
