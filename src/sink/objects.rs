@@ -8,8 +8,11 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::SinkError;
 use crate::config::ObjectsConfig;
@@ -62,7 +65,20 @@ impl Objects {
                 )
             }
             ObjectsUrl::S3 { bucket, prefix } => {
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket);
+                // Fail a request within seconds so the pipeline's own backoff takes over (the
+                // default retries for up to three minutes, with the partition waiting).
+                let retry = RetryConfig {
+                    backoff: BackoffConfig::default(),
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(10),
+                };
+                let client = ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(3))
+                    .with_timeout(Duration::from_secs(60));
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(&bucket)
+                    .with_retry(retry)
+                    .with_client_options(client);
                 if let Some(endpoint) = &config.endpoint {
                     builder = builder
                         .with_endpoint(endpoint)

@@ -6,6 +6,7 @@ mod fold;
 mod jobs;
 mod log;
 mod lseq_props;
+mod outage;
 mod pipeline;
 mod services;
 mod sinks;

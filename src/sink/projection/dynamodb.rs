@@ -107,12 +107,16 @@ impl DynamoProjections {
         }
         let shared = loader.load().await;
         let sdk = aws_sdk_dynamodb::config::Builder::from(&shared)
-            .retry_config(RetryConfig::standard().with_max_attempts(5))
+            // Throttling is retried here with backoff and jitter; an outage fails the flush
+            // within seconds and the pipeline's own backoff takes over.
+            .retry_config(
+                RetryConfig::standard().with_max_attempts(4).with_max_backoff(Duration::from_secs(2)),
+            )
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
                     .operation_attempt_timeout(Duration::from_secs(5))
-                    .operation_timeout(Duration::from_secs(20))
+                    .operation_timeout(Duration::from_secs(15))
                     .build(),
             )
             .build();
