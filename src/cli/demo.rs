@@ -114,7 +114,17 @@ impl DemoArgs {
         println!("\nwhere the data is:");
         println!("    log (segment files)   {}", config.log.url);
         println!("    state store (SQLite)  {}", config.store.url);
+        println!("    projections (SQLite)  {}", config.projection.url);
+        println!("    Parquet archive       {}/ops", config.objects.url);
+        println!("    DR snapshots          {}/snapshots", config.objects.url);
+        println!(
+            "    dead letters, invalidations: topics doc-ops-dlq and doc-invalidations in the log folder"
+        );
         println!("    look at a document:   docfold doc show automerge-paper-0 --config {}", job.display());
+        println!(
+            "    its projection:       docfold projections show automerge-paper-0 --config {}",
+            job.display()
+        );
         Ok(all_ok)
     }
 }

@@ -123,6 +123,7 @@ impl PartitionWorker {
                 .collect();
             let written = projections.put(items).await?;
             counter!(PROJECTION_WRITES, "outcome" => "written").increment(written.written);
+            self.summary.projection_writes += written.written;
             counter!(PROJECTION_WRITES, "outcome" => "stale").increment(written.stale);
         }
         if !self.sinks.invalidator.is_off() && !changed.is_empty() {

@@ -31,6 +31,8 @@ pub struct PartitionSummary {
     /// Flush attempts that failed on an unavailable backend and were retried.
     pub retries: u64,
     pub archive_files: u64,
+    /// Projection items written (stale ones skipped by the condition not counted).
+    pub projection_writes: u64,
 }
 
 pub struct PartitionWorker {

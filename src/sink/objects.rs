@@ -45,8 +45,6 @@ impl ObjectsUrl {
 #[derive(Clone, Debug)]
 pub struct Objects {
     store: Arc<dyn ObjectStore>,
-    /// Where it is, for messages.
-    url: String,
 }
 
 fn failed(action: &str, key: &Key) -> impl FnOnce(object_store::Error) -> SinkError {
@@ -91,11 +89,7 @@ impl Objects {
                 if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix.as_str())) }
             }
         };
-        Ok(Objects { store, url: config.url.clone() })
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
+        Ok(Objects { store })
     }
 
     /// Writes `bytes` at `key` (replacing it): in one request, or in parts of `part_bytes`

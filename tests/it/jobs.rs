@@ -13,8 +13,8 @@ fn the_shipped_job_configs_load() {
     assert_eq!(local.log_location(), Ok(LogLocation::File("docfold-data/log".into())));
     let defaults = JobConfig::default();
     assert_eq!(
-        (local.log.url, local.store.url),
-        (defaults.log.url, defaults.store.url),
+        (local.log.url, local.store.url, &local.objects, local.projection.url),
+        (defaults.log.url, defaults.store.url, &defaults.objects, defaults.projection.url),
         "local.toml is the default"
     );
     let kafka = JobConfig::load(Path::new("jobs/kafka.toml")).expect("kafka.toml");
@@ -29,6 +29,9 @@ fn a_wrong_config_names_the_file_and_the_field() {
         ("[pipeline]\nbatch = 0\n", "pipeline.batch"),
         ("[store]\nurl = \"mysql://x\"\n", "store.url"),
         ("[log]\npartitons = 3\n", "partitons"),
+        ("[objects]\nurl = \"gs://bucket\"\n", "objects.url"),
+        ("[projection]\nurl = \"mongodb://x\"\n", "projection.url"),
+        ("[archive]\npart_bytes = 1024\n", "archive.part_bytes"),
     ];
     for (i, (text, field)) in cases.into_iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));
@@ -68,6 +71,10 @@ fn produce_run_and_doc_show_on_the_embedded_default() {
     let (code, out, err) = docfold(&dir, &["doc", "show", "greeting"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("version:   2") && out.ends_with("---\nhi\n"), "{out}");
+    // The projection (embedded: SQLite) says the same.
+    let (code, out, err) = docfold(&dir, &["projections", "show", "greeting"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version: 2") && out.ends_with("---\nhi\n"), "{out}");
     let (code, _, err) = docfold(&dir, &["doc", "show", "nobody"]);
     assert_eq!(code, 2);
     assert!(err.contains("no document \"nobody\""), "{err}");

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use object_store::path::Path as Key;
 use std::time::{Duration, Instant};
 
-pub use rows::{Rows, SCHEMA, encode};
+pub use rows::SCHEMA;
+use rows::{Rows, encode};
 
 use super::SinkError;
 use super::objects::Objects;

@@ -52,6 +52,8 @@ pub struct Rows {
     /// Bytes of the rows' values (before encoding and compression).
     bytes: u64,
     ident_buf: Vec<u8>,
+    /// The last site seen and its hex form (consecutive ops are mostly one editor's).
+    site_hex: (u64, String),
 }
 
 impl Rows {
@@ -70,7 +72,10 @@ impl Rows {
     /// Adds the rows of one record. Returns how many.
     pub fn push(&mut self, partition: u32, offset: u64, ingest_ms: i64, envelope: &Envelope) -> usize {
         let op = &envelope.op;
-        let site = format!("{:016x}", op.id.site);
+        if self.site_hex.1.is_empty() || self.site_hex.0 != op.id.site {
+            self.site_hex = (op.id.site, format!("{:016x}", op.id.site));
+        }
+        let site = self.site_hex.1.as_str();
         let mut item = 0;
         let inserts = op.inserts.iter().map(|run| (&run.start, Some(run.text.as_str())));
         let deletes = op.deletes.iter().map(|ident| (ident, None));
@@ -81,7 +86,7 @@ impl Rows {
             self.partition.append_value(partition as i32);
             self.offset.append_value(offset as i64);
             self.item.append_value(item);
-            self.site.append_value(&site);
+            self.site.append_value(site);
             self.counter.append_value(op.id.counter as i64);
             self.origin_region.append_value(&envelope.origin_region);
             self.kind.append_value(if text.is_some() { "insert" } else { "delete" });

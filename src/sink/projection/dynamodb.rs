@@ -55,7 +55,12 @@ fn failed<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::De
             Some(code) => format!("{code}: {}", error.message().unwrap_or_default()),
             None => aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string(),
         };
-        let message = format!("{what}: {detail}");
+        let hint = if error.code() == Some("ResourceNotFoundException") {
+            "; create the table with `docfold projections create`"
+        } else {
+            ""
+        };
+        let message = format!("{what}: {detail}{hint}");
         if retryable {
             SinkError::Unavailable { sink: "projections", message }
         } else {
@@ -230,16 +235,7 @@ impl ProjectionStore for DynamoProjections {
             .await
             .map_err(failed(&format!("reading document {doc_id:?} from table {}", self.table)))?;
         let Some(item) = got.item() else { return Ok(None) };
-        let body = match (string(item, "text"), string(item, "text_ref")) {
-            (Some(text), None) => Body::Text(text),
-            (None, Some(key)) => Body::Pointer(key),
-            _ => {
-                return Err(SinkError::Corrupt {
-                    sink: "projections",
-                    message: format!("document {doc_id:?} has neither or both of text and text_ref"),
-                });
-            }
-        };
+        let body = Body::stored(doc_id, string(item, "text"), string(item, "text_ref"))?;
         Ok(Some(Projection {
             doc_id: doc_id.into(),
             body,

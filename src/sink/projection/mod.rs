@@ -38,6 +38,20 @@ pub enum Body {
     Pointer(String),
 }
 
+impl Body {
+    /// The body from an item's `text` and `text_ref` attributes (exactly one is set).
+    fn stored(doc_id: &str, text: Option<String>, text_ref: Option<String>) -> Result<Body, SinkError> {
+        match (text, text_ref) {
+            (Some(text), None) => Ok(Body::Text(text)),
+            (None, Some(key)) => Ok(Body::Pointer(key)),
+            _ => Err(SinkError::Corrupt {
+                sink: "projections",
+                message: format!("document {doc_id:?} has neither or both of text and text_ref"),
+            }),
+        }
+    }
+}
+
 /// What a conditional write did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Written {
@@ -45,13 +59,6 @@ pub struct Written {
     pub written: u64,
     /// Items skipped because the stored version was already at least as new.
     pub stale: u64,
-}
-
-impl std::ops::AddAssign for Written {
-    fn add_assign(&mut self, other: Written) {
-        self.written += other.written;
-        self.stale += other.stale;
-    }
 }
 
 /// A projection backend.

@@ -98,16 +98,7 @@ impl ProjectionStore for SqliteProjections {
         let Some(row) = row else { return Ok(None) };
         let text: Option<String> = row.try_get(0).map_err(failed)?;
         let text_ref: Option<String> = row.try_get(1).map_err(failed)?;
-        let body = match (text, text_ref) {
-            (Some(text), None) => Body::Text(text),
-            (None, Some(key)) => Body::Pointer(key),
-            _ => {
-                return Err(SinkError::Corrupt {
-                    sink: "projections",
-                    message: format!("document {doc_id:?} has neither or both of text and text_ref"),
-                });
-            }
-        };
+        let body = Body::stored(doc_id, text, text_ref)?;
         Ok(Some(Projection {
             doc_id: doc_id.into(),
             body,
