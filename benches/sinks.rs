@@ -144,10 +144,10 @@ async fn hot_documents(dir: &Path) {
         let mut sent: Vec<(String, u64, Instant)> = Vec::new();
         let tick = Duration::from_micros(1_000_000 / RATE);
         let started = Instant::now();
-        for i in 0..(RATE * SECONDS) as usize {
+        for (i, op) in ops.iter().take((RATE * SECONDS) as usize).enumerate() {
             for d in 0..DOCS {
                 let doc = format!("hot-{d}");
-                let envelope = Envelope::new(&doc, "eu-west-1", 0, ops[i].clone());
+                let envelope = Envelope::new(&doc, "eu-west-1", 0, op.clone());
                 writer.append(doc.as_bytes(), &encode(&envelope)).expect("append");
                 sent.push((doc, i as u64 + 1, Instant::now()));
             }

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::services;
+use crate::services::{self, host_port};
 use crate::sinks::{offsets_once, read_archive};
 
 /// A TCP proxy to `target` on its own port. While down, the port refuses connections and
@@ -81,11 +81,6 @@ async fn serve(
             }
         }
     }
-}
-
-fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split('/').next().unwrap_or(rest).to_string()
 }
 
 /// Appends a trace's ops for `docs` documents to the log (in a blocking thread).

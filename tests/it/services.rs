@@ -61,19 +61,19 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// DynamoDB Local's endpoint, e.g. `http://127.0.0.1:8000`.
 pub fn dynamodb() -> String {
-    require("DynamoDB Local", "DOCFOLD_TEST_DYNAMODB", "http://127.0.0.1:8000", |v| host_port(v))
+    require("DynamoDB Local", "DOCFOLD_TEST_DYNAMODB", "http://127.0.0.1:8000", host_port)
 }
 
 /// The Redis URL, e.g. `redis://127.0.0.1:6379`.
 pub fn redis() -> String {
-    require("Redis", "DOCFOLD_TEST_REDIS", "redis://127.0.0.1:6379", |v| host_port(v))
+    require("Redis", "DOCFOLD_TEST_REDIS", "redis://127.0.0.1:6379", host_port)
 }
 
 /// The S3 server's endpoint and a bucket the tests share (created if missing; each test
 /// writes under its own prefix).
 pub fn s3_bucket() -> (String, String) {
     use std::io::{Read, Write};
-    let endpoint = require("the S3 server", "DOCFOLD_TEST_S3", "http://127.0.0.1:9000", |v| host_port(v));
+    let endpoint = require("the S3 server", "DOCFOLD_TEST_S3", "http://127.0.0.1:9000", host_port);
     let bucket = "docfold-test";
     let mut stream = TcpStream::connect(host_port(&endpoint)).expect("connect to the S3 server");
     let request = format!(
@@ -105,7 +105,7 @@ pub fn python() -> String {
 }
 
 /// `host:port` of a URL like `scheme://host:port/…`.
-fn host_port(url: &str) -> String {
+pub fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     rest.split('/').next().unwrap_or(rest).to_string()
 }
