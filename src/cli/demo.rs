@@ -87,16 +87,27 @@ impl DemoArgs {
             folded as f64 / seconds
         );
 
-        println!("3/3 checking each document in the state store against the trace's endContent");
+        println!("3/3 checking each document in the state store and its projection against the trace's endContent");
         let mut all_ok = true;
         rt.block_on(async {
             let store = Store::open(&config.store.url).await?;
+            let objects = docfold::sink::objects::Objects::open(&config.objects)?;
+            let projections = docfold::sink::projection::Projections::open(&config.projection, objects)
+                .await?
+                .context("the demo's projections")?;
             for (name, end_content, ops, doc_ids) in &expected {
                 let mut matching = 0;
                 for doc_id in doc_ids {
                     let stored = store.load_doc(&config.job, doc_id).await?.context("document missing")?;
                     let text = snapshot::decode(&stored.state)?.text();
-                    matching += usize::from(text == *end_content && stored.version == *ops as u64);
+                    let (projected, projected_text) =
+                        projections.get_text(doc_id).await?.context("projection missing")?;
+                    matching += usize::from(
+                        text == *end_content
+                            && stored.version == *ops as u64
+                            && projected_text == *end_content
+                            && projected.version == stored.version,
+                    );
                 }
                 let ok = matching == doc_ids.len();
                 all_ok &= ok;
