@@ -87,7 +87,9 @@ impl DemoArgs {
             folded as f64 / seconds
         );
 
-        println!("3/3 checking each document in the state store and its projection against the trace's endContent");
+        println!(
+            "3/3 checking each document in the state store and its projection against the trace's endContent"
+        );
         let mut all_ok = true;
         rt.block_on(async {
             let store = Store::open(&config.store.url).await?;
