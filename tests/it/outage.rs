@@ -1,10 +1,13 @@
-//! Backends going away: DynamoDB, S3 and Redis are reached through TCP proxies the test
+//! Backends going away. DynamoDB, S3 and Redis are reached through TCP proxies the test
 //! cuts (connections dropped, the port refusing) one after the other while ops keep
-//! arriving. The pipeline keeps folding, retries with backoff, catches up, and loses
+//! arriving; Kafka is a broker of the test's own (tansu storing in S3) killed and
+//! restarted. The pipeline keeps folding, retries with backoff, catches up, and loses
 //! nothing. `DOCFOLD_OUTAGE_SECS` sets each outage (default 3; the issue's figure is 30).
 
 use docfold::config::JobConfig;
 use docfold::log::file::{FileLog, Fsync};
+use docfold::log::kafka::KafkaLog;
+use docfold::log::{LogReader, LogWriter, partition_for};
 use docfold::lseq::doc_seed;
 use docfold::pipeline::{self, Until};
 use docfold::sink::Sinks;
@@ -13,6 +16,7 @@ use docfold::store::Store;
 use docfold::trace::{Trace, publish, replay};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -83,40 +87,103 @@ async fn serve(
     }
 }
 
-/// Appends a trace's ops for `docs` documents to the log (in a blocking thread).
-async fn produce(log: &FileLog, name: &str, docs: &[String]) {
-    let mut writer = log.writer(Fsync::Never, 1 << 20);
-    let (name, docs) = (name.to_string(), docs.to_vec());
+fn outage() -> Duration {
+    Duration::from_secs(std::env::var("DOCFOLD_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3))
+}
+
+fn svelte_ops() -> Vec<docfold::lseq::Op> {
+    let trace = Trace::read(Path::new("tests/data/traces/sveltecomponent.json.gz")).expect("trace");
+    replay(&trace, doc_seed("sveltecomponent")).expect("replays").ops
+}
+
+/// Publishes the sveltecomponent trace to `docs` (in a blocking thread).
+async fn produce(mut writer: Box<dyn LogWriter>, docs: &[String]) {
+    let docs = docs.to_vec();
     tokio::task::spawn_blocking(move || {
-        let trace = Trace::read(Path::new(&format!("tests/data/traces/{name}.json.gz"))).expect("trace");
-        let ops = replay(&trace, doc_seed(&name)).expect("replays").ops;
-        publish(&mut writer, &ops, &docs, "eu", |_| {}).expect("publish");
-        drop(writer);
+        publish(writer.as_mut(), &svelte_ops(), &docs, "eu", |_| {}).expect("publish");
+        writer.flush().expect("flush");
     })
     .await
     .expect("producer");
 }
 
-/// Whether both the fold and the archive have passed every record.
-async fn caught_up(store: &Store, log: &FileLog) -> bool {
-    let mut reader = log.reader();
-    for partition in 0..log.partitions() {
-        let end = docfold::log::LogReader::end_offset(&mut reader, partition).expect("end");
-        let held = store.checkpoint("outage", partition).await.expect("checkpoint");
-        let (next, archived) = held.map_or((0, 0), |c| (c.next_offset, c.archived_offset));
-        if (next, archived) != (end, end) {
+/// Whether both the fold and the archive have reached `ends` in every partition.
+async fn caught_up(store: &Store, ends: &[u64]) -> bool {
+    for (partition, &end) in ends.iter().enumerate() {
+        let held = store.checkpoint("outage", partition as u32).await.expect("checkpoint");
+        if held.map_or((0, 0), |c| (c.next_offset, c.archived_offset)) != (end, end) {
             return false;
         }
     }
     true
 }
 
+type Run = tokio::task::JoinHandle<
+    Result<Vec<docfold::pipeline::PartitionSummary>, docfold::pipeline::PipelineError>,
+>;
+
+/// Waits (at most a minute) until the pipeline has caught up with `ends`.
+async fn wait_caught_up(store: &Store, ends: &[u64], run: &Run, after: &str) {
+    let since = Instant::now();
+    while !caught_up(store, ends).await {
+        assert!(!run.is_finished(), "the pipeline stopped after {after}");
+        if since.elapsed() > Duration::from_secs(60) {
+            let held: Vec<_> =
+                futures::future::join_all((0..ends.len() as u32).map(|p| store.checkpoint("outage", p)))
+                    .await;
+            panic!("not caught up a minute after {after}: checkpoints {held:?}, ends {ends:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts the pipeline on `config_text` (a job called "outage"); its sinks and store.
+async fn start(dir: &Path, config_text: &str) -> (JobConfig, Sinks, Store, Run, CancellationToken) {
+    let path = dir.join("job.toml");
+    std::fs::write(&path, config_text).expect("config");
+    let config = JobConfig::load(&path).expect("config");
+    let sinks = Sinks::open(&config).await.expect("sinks");
+    sinks.projections.as_ref().expect("projections").backend().create().await.expect("table");
+    let store = Store::open(&config.store.url).await.expect("store");
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (config, cancel) = (config.clone(), cancel.clone());
+        async move { pipeline::run(&config, Until::Cancelled, cancel).await }
+    });
+    (config, sinks, store, run, cancel)
+}
+
+/// Stops the pipeline; then nothing is lost: it retried at least `retries` flushes,
+/// projections equal the store, every op of the `ends` is archived exactly once.
+async fn assert_nothing_lost(
+    run: Run,
+    cancel: CancellationToken,
+    sinks: &Sinks,
+    store: &Store,
+    docs: &[String],
+    ends: &[u64],
+    retries: u64,
+) {
+    cancel.cancel();
+    let summaries = run.await.expect("joined").expect("the pipeline never stopped");
+    let retried: u64 = summaries.iter().map(|s| s.retries).sum();
+    assert!(retried >= retries, "outages made flushes fail and retry ({retried} retries)");
+    let projections = sinks.projections.as_ref().expect("projections");
+    for doc in docs {
+        let stored = store.load_doc("outage", doc).await.expect("load").expect("folded");
+        let state = docfold::fold::snapshot::decode(&stored.state).expect("decodes");
+        let (item, text) = projections.get_text(doc).await.expect("read").expect("projected");
+        assert_eq!(item.version, stored.version, "projection version of {doc}");
+        assert!(text == state.text(), "projection text of {doc}");
+    }
+    let archived = offsets_once(&read_archive(&sinks.objects).await);
+    assert_eq!(archived.len() as u64, ends.iter().sum::<u64>(), "every op archived exactly once");
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_rides_out_backend_outages() {
     docfold::telemetry::init_logs("warn"); // what failed and what was retried, in the test output
-    let outage = Duration::from_secs(
-        std::env::var("DOCFOLD_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3),
-    );
     let dir = services::temp_dir("outage");
     let (s3, bucket) = services::s3_bucket();
     let (dynamodb, s3_proxy, redis) = (
@@ -136,64 +203,101 @@ async fn the_pipeline_rides_out_backend_outages() {
         ddb = dynamodb.addr,
         rds = redis.addr,
     );
-    let path = dir.join("job.toml");
-    std::fs::write(&path, text).expect("config");
-    let config = JobConfig::load(&path).expect("config");
     let log = FileLog::create(&dir.join("log"), "doc-ops", 2).expect("topic");
-    let sinks = Sinks::open(&config).await.expect("sinks");
-    sinks.projections.as_ref().expect("projections").backend().create().await.expect("table");
-
+    let writer = || Box::new(log.writer(Fsync::Never, 1 << 20)) as Box<dyn LogWriter>;
+    let ends = || {
+        let mut reader = log.reader();
+        (0..2).map(|p| reader.end_offset(p).expect("end")).collect::<Vec<u64>>()
+    };
     // Documents on both partitions.
     let docs: Vec<String> = ["svelte-0", "svelte-5", "svelte-1", "svelte-2"].map(String::from).to_vec();
-    produce(&log, "sveltecomponent", &docs[..2]).await;
-    let store = Store::open(&config.store.url).await.expect("store");
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn({
-        let (config, cancel) = (config.clone(), cancel.clone());
-        async move { pipeline::run(&config, Until::Cancelled, cancel).await }
-    });
+    produce(writer(), &docs[..2]).await;
+    let (_, sinks, store, run, cancel) = start(&dir, &text).await;
     for (proxy, name) in [(&dynamodb, "DynamoDB"), (&s3_proxy, "S3"), (&redis, "Redis")] {
         proxy.set_up(false);
         // Ops keep arriving during the outage; the checkpoint cannot pass them.
-        produce(&log, "sveltecomponent", &docs[2..]).await;
-        tokio::time::sleep(outage).await;
+        produce(writer(), &docs[2..]).await;
+        tokio::time::sleep(outage()).await;
         assert!(
-            !caught_up(&store, &log).await,
+            !caught_up(&store, &ends()).await,
             "{name} down: the checkpoint (or the archive's) must wait for it"
         );
         proxy.set_up(true);
-        let since = Instant::now();
-        while !caught_up(&store, &log).await {
-            assert!(!run.is_finished(), "the pipeline stopped: {:?}", run.await);
-            if since.elapsed() > Duration::from_secs(60) {
-                let held: Vec<_> =
-                    futures::future::join_all((0..2).map(|p| store.checkpoint("outage", p))).await;
-                let mut reader = log.reader();
-                let ends: Vec<u64> = (0..2)
-                    .map(|p| docfold::log::LogReader::end_offset(&mut reader, p).expect("end"))
-                    .collect();
-                panic!("not caught up a minute after {name} came back: checkpoints {held:?}, ends {ends:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_caught_up(&store, &ends(), &run, &format!("{name} came back")).await;
     }
-    cancel.cancel();
-    let summaries = run.await.expect("joined").expect("the pipeline never stopped");
-    let retries: u64 = summaries.iter().map(|s| s.retries).sum();
-    assert!(retries >= 3, "each outage made flushes fail and retry ({retries} retries)");
+    assert_nothing_lost(run, cancel, &sinks, &store, &docs, &ends(), 3).await;
+}
 
-    // Nothing lost: projections equal the store, every op archived once.
-    let projections = sinks.projections.as_ref().expect("projections");
-    for doc in &docs {
-        let stored = store.load_doc("outage", doc).await.expect("load").expect("folded");
-        let state = docfold::fold::snapshot::decode(&stored.state).expect("decodes");
-        let (item, text) = projections.get_text(doc).await.expect("read").expect("projected");
-        assert_eq!(item.version, stored.version, "projection version of {doc}");
-        assert!(text == state.text(), "projection text of {doc}");
+/// A tansu broker of the test's own on `port`, keeping its log in the S3 server's `bucket`
+/// so that a restart loses nothing.
+fn start_broker(port: u16, s3: &str, bucket: &str) -> Child {
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(services::tansu())
+        .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+        .args(["--storage-engine", &format!("s3://{bucket}/")])
+        .env("AWS_ENDPOINT", s3)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let since = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(since.elapsed() < Duration::from_secs(10), "tansu did not open port {port}");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let archived = offsets_once(&read_archive(&sinks.objects).await);
-    let mut reader = log.reader();
-    let total: u64 = (0..2).map(|p| docfold::log::LogReader::end_offset(&mut reader, p).expect("end")).sum();
-    assert_eq!(archived.len() as u64, total, "every op archived exactly once");
-    store.close().await;
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_rides_out_a_kafka_outage() {
+    docfold::telemetry::init_logs("warn");
+    let dir = services::temp_dir("koutage");
+    let (s3, _) = services::s3_bucket();
+    let bucket = format!("tansu-{}", services::unique());
+    services::create_bucket(&s3, &bucket);
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let mut broker = start_broker(port, &s3, &bucket);
+    let brokers = format!("127.0.0.1:{port}");
+    for (topic, partitions) in [("doc-ops", 2), ("doc-invalidations", 2), ("doc-ops-dlq", 1)] {
+        KafkaLog::create_topic(&brokers, topic, partitions, 1, &[]).await.expect("create topic");
+    }
+    let writer = || {
+        Box::new(KafkaLog::connect(&brokers, "doc-ops", &[]).expect("connect").writer().expect("producer"))
+            as Box<dyn LogWriter>
+    };
+    let docs: Vec<String> = ["svelte-0", "svelte-5", "svelte-1", "svelte-2"].map(String::from).to_vec();
+    // What the log holds: the trace once per document, each on its key's partition.
+    let mut ends = vec![0u64; 2];
+    let mut count = |docs: &[String]| {
+        for doc in docs {
+            ends[partition_for(doc.as_bytes(), 2) as usize] += svelte_ops().len() as u64;
+        }
+        ends.clone()
+    };
+    produce(writer(), &docs[..2]).await;
+    let first = count(&docs[..2]);
+    let text = format!(
+        "job = \"outage\"\n[log]\nurl = \"kafka://{brokers}\"\ngroup = \"outage\"\n\
+         [log.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [store]\nurl = \"sqlite://{d}/state.db\"\n[pipeline]\nflush_interval_ms = 100\n[archive]\nmax_file_age_ms = 300\n\
+         [objects]\nurl = \"file://{d}/objects\"\n[projection]\nurl = \"sqlite://{d}/projections.db\"\n",
+        d = dir.display(),
+    );
+    let (_, sinks, store, run, cancel) = start(&dir, &text).await;
+    wait_caught_up(&store, &first, &run, "the start").await;
+    // More ops, then the broker dies mid-stream and comes back after the outage.
+    produce(writer(), &docs[2..]).await;
+    let all = count(&docs[2..]);
+    broker.kill().expect("SIGKILL tansu");
+    broker.wait().expect("reap");
+    tokio::time::sleep(outage()).await;
+    assert!(!caught_up(&store, &all).await, "Kafka down: the checkpoint waits");
+    let mut broker = start_broker(port, &s3, &bucket);
+    wait_caught_up(&store, &all, &run, "Kafka came back").await;
+    assert_nothing_lost(run, cancel, &sinks, &store, &docs, &all, 0).await;
+    broker.kill().expect("stop tansu");
+    broker.wait().expect("reap");
 }

@@ -72,13 +72,18 @@ pub fn redis() -> String {
 /// The S3 server's endpoint and a bucket the tests share (created if missing; each test
 /// writes under its own prefix).
 pub fn s3_bucket() -> (String, String) {
-    use std::io::{Read, Write};
     let endpoint = require("the S3 server", "DOCFOLD_TEST_S3", "http://127.0.0.1:9000", host_port);
-    let bucket = "docfold-test";
-    let mut stream = TcpStream::connect(host_port(&endpoint)).expect("connect to the S3 server");
+    create_bucket(&endpoint, "docfold-test");
+    (endpoint, "docfold-test".into())
+}
+
+/// Creates `bucket` on the S3 server at `endpoint` unless it exists.
+pub fn create_bucket(endpoint: &str, bucket: &str) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(host_port(endpoint)).expect("connect to the S3 server");
     let request = format!(
         "PUT /{bucket} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        host_port(&endpoint)
+        host_port(endpoint)
     );
     stream.write_all(request.as_bytes()).expect("create bucket");
     let mut answer = String::new();
@@ -87,7 +92,18 @@ pub fn s3_bucket() -> (String, String) {
         answer.starts_with("HTTP/1.1 200") || answer.contains("BucketAlreadyOwnedByYou"),
         "create bucket: {answer}"
     );
-    (endpoint, bucket.into())
+}
+
+/// The tansu binary scripts/services installed (the outage test runs a broker of its own).
+pub fn tansu() -> PathBuf {
+    let path =
+        PathBuf::from(std::env::var("DOCFOLD_TEST_TANSU").unwrap_or_else(|_| ".services/bin/tansu".into()));
+    assert!(
+        path.is_file(),
+        "no tansu at {} (DOCFOLD_TEST_TANSU); ./scripts/services up installs it",
+        path.display()
+    );
+    path
 }
 
 /// The Python with pyarrow and DuckDB that scripts/services installs.
