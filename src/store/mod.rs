@@ -114,6 +114,23 @@ fn stored_doc(row: &sqlx::any::AnyRow, at: usize) -> Result<StoredDoc, StoreErro
     })
 }
 
+/// SQLite has no advisory lock for sqlx's migrator: two processes opening a fresh store
+/// at once can both run a migration, and the loser's transaction fails (and rolls back).
+/// Running the migrator again then finds it applied.
+async fn migrate_sqlite(pool: &AnyPool) -> Result<(), StoreError> {
+    let migrator = sqlx::migrate!("./migrations/sqlite");
+    let mut attempt = 0;
+    loop {
+        match migrator.run(pool).await {
+            Err(sqlx::migrate::MigrateError::ExecuteMigration(..)) if attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            done => return Ok(done?),
+        }
+    }
+}
+
 impl Store {
     /// Connects (creating an SQLite file if needed) and applies the migrations.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
@@ -137,7 +154,7 @@ impl Store {
         }
         let pool = options.connect(&url).await?;
         match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Sqlite => migrate_sqlite(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         Ok(Store { pool })
