@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use docfold::config::JobConfig;
@@ -22,7 +22,9 @@ const TRACES: [(&str, &[u8]); 4] = [
     ("sveltecomponent", include_bytes!("../../tests/data/traces/sveltecomponent.json.gz")),
     ("friendsforever", include_bytes!("../../tests/data/traces/friendsforever.json.gz")),
 ];
-const MARKER: &str = "job.toml";
+const JOB_FILE: &str = "job.toml";
+/// The demo deletes `--dir` on its next run only when this file says the demo made it.
+const MADE_BY_DEMO: &str = ".docfold-demo";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -39,22 +41,25 @@ impl DemoArgs {
         anyhow::ensure!(self.copies > 0, "--copies must be at least 1");
         if self.dir.exists() {
             anyhow::ensure!(
-                self.dir.join(MARKER).exists(),
-                "{} exists and is not a demo folder (no {MARKER}); pick another --dir",
+                self.dir.join(MADE_BY_DEMO).exists(),
+                "{} exists and is not a folder docfold demo made (no {MADE_BY_DEMO}); pick another --dir",
                 self.dir.display()
             );
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("clearing {}", self.dir.display()))?;
         }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let config = JobConfig::in_dir(&self.dir);
         std::fs::write(
-            self.dir.join(MARKER),
+            self.dir.join(MADE_BY_DEMO),
+            "docfold demo made this folder and replaces it on each run.\n",
+        )?;
+        let config = JobConfig::in_dir(&self.dir);
+        // The job file's paths are relative to its folder, so it works from anywhere.
+        let job_file = toml::to_string(&JobConfig::in_dir(Path::new("")))?;
+        std::fs::write(
+            self.dir.join(JOB_FILE),
             format!(
-                "# Written by `docfold demo`: the demo's job, for `docfold doc show ID --config {}`.\n\
-                 job = \"main\"\n[log]\nurl = \"{}\"\n[store]\nurl = \"{}\"\n",
-                self.dir.join(MARKER).display(),
-                config.log.url,
-                config.store.url
+                "# Written by `docfold demo`: the demo's job, for `docfold doc show ID --config {}`.\n{job_file}",
+                self.dir.join(JOB_FILE).display(),
             ),
         )?;
 
@@ -123,7 +128,7 @@ impl DemoArgs {
             store.close().await;
             anyhow::Ok(())
         })?;
-        let job = self.dir.join(MARKER);
+        let job = self.dir.join(JOB_FILE);
         println!("\nwhere the data is:");
         println!("    log (segment files)   {}", config.log.url);
         println!("    state store (SQLite)  {}", config.store.url);

@@ -1,7 +1,9 @@
 //! The command line: one file per command.
 
+mod dead_letters;
 mod demo;
 mod doc;
+mod log;
 mod produce;
 mod run;
 mod sinks;
@@ -51,6 +53,12 @@ enum Command {
     /// Disaster-recovery snapshots in object storage.
     #[command(subcommand)]
     Snapshots(sinks::SnapshotsCommand),
+    /// The embedded log's files: repair damaged segments.
+    #[command(subcommand)]
+    Log(log::LogCommand),
+    /// Records the fold could not take: re-publish them where they belong.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
 }
 
 /// `--config`, shared by the commands that touch the log or the store.
@@ -85,6 +93,8 @@ impl Cli {
             Command::Trace(command) => command.run(),
             Command::Projections(command) => command.run(),
             Command::Snapshots(command) => command.run(),
+            Command::Log(command) => command.run(),
+            Command::DeadLetters(command) => command.run(),
         }
     }
 }

@@ -3,9 +3,8 @@
 use anyhow::Context;
 use clap::Subcommand;
 
-use docfold::config::{JobConfig, LogLocation};
-use docfold::log::file::FileLog;
-use docfold::log::kafka::KafkaLog;
+use docfold::config::JobConfig;
+use docfold::log::Topic;
 use docfold::sink::objects::Objects;
 use docfold::sink::projection::{Body, ProjectionStore, Projections};
 use docfold::sink::snapshots;
@@ -81,12 +80,7 @@ impl ProjectionsCommand {
 
 /// How many partitions the job's topic has.
 fn partitions(config: &JobConfig) -> anyhow::Result<u32> {
-    Ok(match config.log_location().map_err(anyhow::Error::msg)? {
-        LogLocation::File(dir) => FileLog::open(&dir, &config.log.topic)?.partitions(),
-        LogLocation::Kafka(brokers) => {
-            KafkaLog::connect(&brokers, &config.log.topic, &config.kafka_overrides())?.partitions()
-        }
-    })
+    Ok(Topic::open(config, &config.log.topic, false)?.partitions())
 }
 
 impl SnapshotsCommand {

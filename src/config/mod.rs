@@ -2,7 +2,7 @@
 //! Every field has a default, so an empty file (or none) is the embedded setup under
 //! `./docfold-data`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ pub use sinks::{
     ArchiveConfig, DeadLettersConfig, InvalidationsConfig, ObjectsConfig, ProjectionConfig, SnapshotsConfig,
 };
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobConfig {
     /// The job's name: checkpoints and snapshots are kept per job.
@@ -32,7 +32,7 @@ pub struct JobConfig {
     pub dead_letters: DeadLettersConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `file://DIR` (embedded) or `kafka://HOST:PORT[,HOST:PORT…]`.
@@ -50,14 +50,14 @@ pub struct LogConfig {
     pub kafka: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sqlite://PATH` (embedded) or `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
     pub url: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Write snapshots + checkpoint at least this often while there is work…
@@ -68,13 +68,18 @@ pub struct PipelineConfig {
     pub max_docs_in_memory: usize,
     /// Records read per batch.
     pub batch: usize,
+    /// Kafka: a partition's records are handed to its worker at least this often, however
+    /// busy the other partitions are.
+    pub batch_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9898`); off when absent.
     pub listen: Option<SocketAddr>,
+    /// Allow `listen` on an address other hosts reach (by default only loopback).
+    pub allow_remote: bool,
 }
 
 impl Default for JobConfig {
@@ -110,6 +115,7 @@ impl Default for PipelineConfig {
             flush_ops: 100_000,
             max_docs_in_memory: 10_000,
             batch: 2048,
+            batch_ms: 20,
         }
     }
 }
@@ -159,10 +165,34 @@ impl JobConfig {
     pub fn load(path: &Path) -> Result<JobConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: JobConfig = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let parse_error =
+            |e: toml::de::Error| ConfigError::Parse { path: path.into(), message: e.to_string() };
+        let mut config: JobConfig = toml::from_str(&text).map_err(parse_error)?;
         config.validate(path)?;
+        let written: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        config.rebase(&written, path.parent().unwrap_or(Path::new("")));
         Ok(config)
+    }
+
+    /// Makes the relative paths of the `file://` and `sqlite://` URLs written in a config
+    /// file relative to `dir`, the file's folder, so a job runs the same from any working
+    /// folder. Defaults (not written) stay relative to the working folder.
+    fn rebase(&mut self, written: &toml::Table, dir: &Path) {
+        let urls = [
+            ("log", &mut self.log.url),
+            ("store", &mut self.store.url),
+            ("objects", &mut self.objects.url),
+            ("projection", &mut self.projection.url),
+        ];
+        for (section, url) in urls {
+            if written.get(section).and_then(|s| s.get("url")).is_none() {
+                continue;
+            }
+            let Some((scheme @ ("file" | "sqlite"), path)) = url.split_once("://") else { continue };
+            if !path.is_empty() && Path::new(path).is_relative() && !path.starts_with(':') {
+                *url = format!("{scheme}://{}", dir.join(path).display());
+            }
+        }
     }
 
     /// Checks values (no I/O). `path` names the file in errors.
@@ -199,6 +229,18 @@ impl JobConfig {
         }
         if self.pipeline.batch == 0 {
             return invalid("pipeline.batch", "must be at least 1");
+        }
+        if self.pipeline.batch_ms == 0 {
+            return invalid("pipeline.batch_ms", "must be at least 1");
+        }
+        if let Some(addr) = self.metrics.listen
+            && !addr.ip().is_loopback()
+            && !self.metrics.allow_remote
+        {
+            return invalid(
+                "metrics.listen",
+                &format!("{addr} is reachable from other hosts; set metrics.allow_remote = true to mean it"),
+            );
         }
         sinks::validate(&self.objects, &self.archive, &self.projection)
             .or_else(|(field, message)| invalid(field, &message))

@@ -1,11 +1,11 @@
 //! Config of the sinks: where projections, the archive, disaster-recovery snapshots,
 //! invalidations and dead letters go. Defaults are the embedded setup.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Object storage shared by the archive, the disaster-recovery snapshots and projection
 /// texts too large for a DynamoDB item.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectsConfig {
     /// `file://DIR` (embedded) or `s3://BUCKET[/PREFIX]`.
@@ -18,7 +18,7 @@ pub struct ObjectsConfig {
 }
 
 /// The Parquet archive of every op (`ops/date=…/partition=…/<first>-<last>.parquet`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     pub enabled: bool,
@@ -31,7 +31,7 @@ pub struct ArchiveConfig {
 }
 
 /// Full document states written to object storage for disaster recovery and audit.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotsConfig {
     /// How often each partition writes the documents changed since its last manifest;
@@ -40,7 +40,7 @@ pub struct SnapshotsConfig {
 }
 
 /// The read model: one item per document with its text and version.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectionConfig {
     /// `sqlite://PATH` (embedded), `dynamodb://TABLE`, or empty for none.
@@ -57,7 +57,7 @@ pub struct ProjectionConfig {
 }
 
 /// Cache invalidations after each projection write.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InvalidationsConfig {
     /// Topic on the job's log (compacted on Kafka); empty for none.
@@ -71,7 +71,7 @@ pub struct InvalidationsConfig {
 }
 
 /// Records that cannot be folded, with the reason, source partition and offset.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeadLettersConfig {
     /// Topic on the job's log; empty to only log and count them.

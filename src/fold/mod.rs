@@ -6,6 +6,7 @@ pub mod snapshot;
 
 use rustc_hash::FxHashMap;
 
+use crate::log::partition_for;
 use crate::lseq::{ApplyError, Sequence};
 use crate::op::{DecodeError, Decoder, Envelope};
 
@@ -39,11 +40,31 @@ pub enum BadRecord {
     Decode(#[from] DecodeError),
     #[error("op refused by the document: {0}")]
     Refused(#[from] ApplyError),
+    /// Another partitioner put this op here: folding it would fold the document in two
+    /// partitions, each overwriting the other's state.
+    #[error(
+        "op of document {doc_id:?} on partition {partition}, but the document belongs to partition {belongs} (murmur2 of its id); `docfold dead-letters replay` re-publishes it there"
+    )]
+    Misrouted { doc_id: String, partition: u32, belongs: u32 },
+}
+
+impl BadRecord {
+    /// The dead letter's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BadRecord::Decode(_) => "undecodable",
+            BadRecord::Refused(_) => "refused",
+            BadRecord::Misrouted { .. } => "misrouted",
+        }
+    }
 }
 
 /// The documents of one partition in memory.
 #[derive(Default)]
 pub struct PartitionFold {
+    /// (this partition, the topic's partitions) when ops of other partitions' documents
+    /// must be refused; `None` folds whatever comes.
+    home: Option<(u32, u32)>,
     docs: FxHashMap<String, Entry>,
     decoder: Decoder,
     /// Bumped per record; entries remember when they were last touched.
@@ -59,6 +80,12 @@ struct Entry {
 impl PartitionFold {
     pub fn new() -> PartitionFold {
         PartitionFold::default()
+    }
+
+    /// The fold of `partition` of a topic with `partitions`: an op whose document belongs
+    /// to another partition (by the key rule, [`partition_for`]) is [`BadRecord::Misrouted`].
+    pub fn for_partition(partition: u32, partitions: u32) -> PartitionFold {
+        PartitionFold { home: Some((partition, partitions)), ..PartitionFold::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -81,6 +108,12 @@ impl PartitionFold {
     /// Folds the record at `offset`.
     pub fn fold(&mut self, offset: u64, bytes: &[u8]) -> Result<Folded, BadRecord> {
         let envelope = self.decoder.decode(bytes)?;
+        if let Some((partition, partitions)) = self.home {
+            let belongs = partition_for(envelope.doc_id.as_bytes(), partitions);
+            if belongs != partition {
+                return Err(BadRecord::Misrouted { doc_id: envelope.doc_id.clone(), partition, belongs });
+            }
+        }
         let Some(entry) = self.docs.get_mut(envelope.doc_id.as_str()) else {
             return Ok(Folded::NeedDoc(envelope.doc_id.clone()));
         };

@@ -237,4 +237,10 @@ impl LogReader for KafkaReader {
             self.consumer.fetch_watermarks(&self.log.topic, partition as i32, TIMEOUT).map_err(kafka)?;
         Ok(high as u64)
     }
+
+    fn earliest_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        let (low, _) =
+            self.consumer.fetch_watermarks(&self.log.topic, partition as i32, TIMEOUT).map_err(kafka)?;
+        Ok(low as u64)
+    }
 }

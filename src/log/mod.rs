@@ -9,6 +9,56 @@ mod murmur2;
 
 pub use murmur2::{murmur2, partition_for};
 
+use crate::config::{JobConfig, LogLocation};
+use file::FileLog;
+use kafka::KafkaLog;
+
+/// A topic of the job's log (`log.url`): the embedded file log or Kafka.
+#[derive(Clone, Debug)]
+pub enum Topic {
+    File(FileLog),
+    Kafka(KafkaLog),
+}
+
+impl Topic {
+    /// Opens topic `name` of the job's log. A missing embedded topic is created with
+    /// `log.partitions` when `create` is set.
+    pub fn open(config: &JobConfig, name: &str, create: bool) -> Result<Topic, LogError> {
+        Ok(match config.log_location().map_err(LogError::BadUrl)? {
+            LogLocation::File(dir) => Topic::File(match FileLog::open(&dir, name) {
+                Err(LogError::NoSuchTopic { .. }) if create => {
+                    FileLog::create(&dir, name, config.log.partitions)?
+                }
+                opened => opened?,
+            }),
+            LogLocation::Kafka(brokers) => {
+                Topic::Kafka(KafkaLog::connect(&brokers, name, &config.kafka_overrides())?)
+            }
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        match self {
+            Topic::File(log) => log.partitions(),
+            Topic::Kafka(log) => log.partitions(),
+        }
+    }
+
+    pub fn writer(&self, config: &JobConfig) -> Result<Box<dyn LogWriter>, LogError> {
+        Ok(match self {
+            Topic::File(log) => Box::new(log.writer(config.log.fsync, config.log.segment_bytes)),
+            Topic::Kafka(log) => Box::new(log.writer()?),
+        })
+    }
+
+    pub fn reader(&self) -> Result<Box<dyn LogReader>, LogError> {
+        Ok(match self {
+            Topic::File(log) => Box::new(log.reader()),
+            Topic::Kafka(log) => Box::new(log.reader()?),
+        })
+    }
+}
+
 /// One record of a partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -36,13 +86,18 @@ pub trait LogReader: Send {
     fn read(&mut self, partition: u32, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), LogError>;
     /// The offset the next appended record of `partition` will get.
     fn end_offset(&mut self, partition: u32) -> Result<u64, LogError>;
+    /// The offset of the oldest record `partition` still holds (retention removes older
+    /// ones); the end offset when it holds none.
+    fn earliest_offset(&mut self, partition: u32) -> Result<u64, LogError>;
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("log I/O on {path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("partition {partition} is corrupt at offset {offset} ({path}): {reason}")]
+    #[error(
+        "partition {partition} is corrupt at offset {offset} ({path}): {reason}; `docfold log repair` keeps every valid record"
+    )]
     Corrupt { partition: u32, offset: u64, path: String, reason: String },
     #[error("partition {partition} does not exist (the topic has {partitions})")]
     NoSuchPartition { partition: u32, partitions: u32 },

@@ -6,42 +6,34 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{PartitionSummary, PartitionWorker, PipelineError, Until};
-use crate::config::JobConfig;
+use super::{Job, PartitionSummary, PartitionWorker, PipelineError, Until};
 use crate::log::LogReader;
 use crate::log::file::{FileLog, FileReader};
-use crate::sink::Sinks;
-use crate::store::Store;
 use crate::telemetry::CONSUMER_LAG;
 
 /// How long a caught-up partition waits before looking for new records.
 const POLL: Duration = Duration::from_millis(50);
 
 pub(super) async fn run(
-    config: &JobConfig,
+    job: Job,
     log: FileLog,
-    store: Store,
-    sinks: Sinks,
     until: Until,
-    cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let mut tasks = JoinSet::new();
-    for partition in 0..log.partitions() {
-        let worker = PartitionWorker::start(
-            store.clone(),
-            sinks.clone(),
-            &config.job,
-            partition,
-            config.pipeline.clone(),
-        )
-        .await?;
-        tasks.spawn(partition_loop(worker, log.reader(), config.pipeline.batch, until, cancel.clone()));
+    let partitions = log.partitions();
+    let cancel = job.cancel.clone();
+    for partition in 0..partitions {
+        let worker = PartitionWorker::start(&job, (partition, partitions)).await?;
+        let mut reader = log.reader();
+        worker.check_in_log(reader.earliest_offset(partition)?, reader.end_offset(partition)?)?;
+        tasks.spawn(partition_loop(worker, reader, job.settings.batch, until, cancel.clone()));
     }
     let mut summaries = Vec::new();
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         match joined.map_err(|e| PipelineError::Task(e.to_string())).and_then(|r| r) {
             Ok(summary) => summaries.push(summary),
+            Err(error) if error.is_fenced() => tracing::warn!(%error, "partition stepped down"),
             Err(error) => {
                 tracing::error!(%error, "partition stopped; stopping the others");
                 cancel.cancel();

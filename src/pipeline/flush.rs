@@ -39,9 +39,9 @@ impl PartitionWorker {
         }
         let moved = self.summary.next_offset != self.flushed_offset;
         let due = moved
-            && (self.ops_since_flush >= self.settings.flush_ops
-                || age >= Duration::from_millis(self.settings.flush_interval_ms))
-            || self.fold.len() > self.settings.max_docs_in_memory
+            && (self.ops_since_flush >= self.job.settings.flush_ops
+                || age >= Duration::from_millis(self.job.settings.flush_interval_ms))
+            || self.fold.len() > self.job.settings.max_docs_in_memory
             || self.archive.as_ref().is_some_and(|a| a.is_due())
             || self.retry_at.is_some();
         if due { self.flush().await } else { Ok(()) }
@@ -49,7 +49,7 @@ impl PartitionWorker {
 
     /// Memory held for unflushed work is past its bound: reading must wait.
     fn over_bound(&self) -> bool {
-        self.fold.len() > 2 * self.settings.max_docs_in_memory
+        self.fold.len() > 2 * self.job.settings.max_docs_in_memory
             || self.archive.as_ref().is_some_and(|a| a.is_over_bound())
     }
 
@@ -61,10 +61,10 @@ impl PartitionWorker {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retryable() => {
                     let delay = self.retry_later(&error);
-                    if !self.over_bound() {
+                    if !self.over_bound() || self.job.cancel.is_cancelled() {
                         return Ok(());
                     }
-                    tokio::time::sleep(delay).await;
+                    self.pause(delay).await;
                 }
                 Err(error) => return Err(error),
             }
@@ -101,12 +101,14 @@ impl PartitionWorker {
     async fn try_flush(&mut self, last: bool) -> Result<(), PipelineError> {
         let started = Instant::now();
         let partition = self.summary.partition;
+        // A stale owner writes no effect (its checkpoint would be refused anyway).
+        self.job.store.check_owner(&self.owner).await?;
         if !self.dead.is_empty() {
-            self.sinks.dead_letters.send(&self.dead).await?;
+            self.job.sinks.dead_letters.send(&self.dead).await?;
             self.dead.clear();
         }
         let changed: Vec<(&str, &crate::fold::Doc)> = self.fold.dirty().collect();
-        if let Some(projections) = &self.sinks.projections
+        if let Some(projections) = &self.job.sinks.projections
             && !changed.is_empty()
         {
             let updated_ms = now_ms();
@@ -126,7 +128,7 @@ impl PartitionWorker {
             self.summary.projection_writes += written.written;
             counter!(PROJECTION_WRITES, "outcome" => "stale").increment(written.stale);
         }
-        if !self.sinks.invalidator.is_off() && !changed.is_empty() {
+        if !self.job.sinks.invalidator.is_off() && !changed.is_empty() {
             let items: Vec<Invalidation> = changed
                 .iter()
                 .map(|(doc_id, doc)| Invalidation {
@@ -135,7 +137,7 @@ impl PartitionWorker {
                     region: doc.region.clone(),
                 })
                 .collect();
-            self.sinks.invalidator.send(&items).await?;
+            self.job.sinks.invalidator.send(&items).await?;
             if let Some(since) = self.unflushed_since {
                 histogram!(INVALIDATION_DELAY).record(since.elapsed().as_secs_f64());
             }
@@ -149,8 +151,14 @@ impl PartitionWorker {
                 state: snapshot::encode(&doc.state),
             })
             .collect();
+        let archive_due = self.archive.as_ref().is_some_and(|a| last || a.is_due());
+        if archive_due {
+            // Checked again just before the upload: a file with other boundaries than the
+            // new owner's would duplicate rows.
+            self.job.store.check_owner(&self.owner).await?;
+        }
         if let Some(archive) = &mut self.archive
-            && (last || archive.is_due())
+            && archive_due
             && let Some(file) = archive.write().await?
         {
             tracing::debug!(
@@ -167,7 +175,7 @@ impl PartitionWorker {
         let next_offset = self.summary.next_offset;
         let archived_offset = self.archive.as_ref().map_or(next_offset, |a| a.progress());
         let checkpoint = Checkpoint { next_offset, archived_offset };
-        self.store.commit(&self.job, partition, checkpoint, &docs).await?;
+        self.job.store.commit(&self.owner, checkpoint, &docs).await?;
         tracing::debug!(
             partition,
             offset = next_offset,
@@ -178,7 +186,7 @@ impl PartitionWorker {
         drop(docs);
         drop(changed);
         self.fold.mark_clean();
-        self.fold.evict(self.settings.max_docs_in_memory);
+        self.fold.evict(self.job.settings.max_docs_in_memory);
         self.ops_since_flush = 0;
         self.unflushed_since = None;
         self.flushed_offset = next_offset;
@@ -195,25 +203,25 @@ impl PartitionWorker {
     /// Writes a disaster-recovery snapshot when one is due (a failure is retried at the
     /// next flush; the checkpoint is already safe).
     async fn export_if_due(&mut self, last: bool) -> Result<(), PipelineError> {
-        let Some(interval) = self.sinks.snapshot_interval else { return Ok(()) };
+        let Some(interval) = self.job.sinks.snapshot_interval else { return Ok(()) };
         if self.last_export.elapsed() < interval && !last {
             return Ok(());
         }
         let partition = self.summary.partition;
         let previous = match self.manifest.take() {
             Some(manifest) => Some(manifest),
-            None => snapshots::latest_manifest(&self.sinks.objects, partition).await?,
+            None => snapshots::latest_manifest(&self.job.sinks.objects, partition).await?,
         };
         if previous.as_ref().is_some_and(|m| m.next_offset == self.flushed_offset) {
             self.manifest = previous;
             self.last_export = Instant::now();
             return Ok(());
         }
-        let store = &self.store;
+        let store = &self.job.store;
         let manifest = snapshots::export(
-            &self.sinks.objects,
+            &self.job.sinks.objects,
             store,
-            &self.job,
+            &self.job.name,
             partition,
             self.flushed_offset,
             previous.clone(),

@@ -5,111 +5,122 @@
 //! assigned at exactly that offset. Offsets are never auto-committed: the store is the truth.
 
 use metrics::gauge;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{PartitionSummary, PartitionWorker, PipelineError, Until};
-use crate::config::{JobConfig, PipelineConfig};
+use super::batches::Batches;
+use super::{Job, PartitionSummary, PartitionWorker, PipelineError, Until};
+use crate::config::JobConfig;
 use crate::log::kafka::KafkaLog;
 use crate::log::{LogError, Record};
-use crate::sink::Sinks;
-use crate::store::Store;
 use crate::telemetry::CONSUMER_LAG;
 
 /// Batches in flight per partition: the consumer blocks (backpressure) beyond this.
 const QUEUE: usize = 8;
 const LAG_EVERY: Duration = Duration::from_secs(5);
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(
     config: &JobConfig,
-    brokers: &str,
-    store: Store,
-    sinks: Sinks,
+    job: Job,
+    log: KafkaLog,
     until: Until,
-    cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
-    let log = KafkaLog::connect(brokers, &config.log.topic, &config.kafka_overrides())?;
+    let cancel = job.cancel.clone();
     let group = Group {
+        partitions: log.partitions(),
         handle: Handle::current(),
-        store,
-        sinks,
-        job: config.job.clone(),
-        settings: config.pipeline.clone(),
+        job,
         topic: config.log.topic.clone(),
         workers: Mutex::new(HashMap::new()),
+        flushed: Flushed::default(),
         done: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
-        cancel: cancel.clone(),
     };
     let consumer: BaseConsumer<Group> = log
         .config()
         .set("group.id", &config.log.group)
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+        // An assigned offset outside the log is an error to report, never a silent reset.
+        .set("auto.offset.reset", "error")
         .create_with_context(group)
         .map_err(|e| LogError::Kafka(e.to_string()))?;
     consumer.subscribe(&[&config.log.topic]).map_err(|e| LogError::Kafka(e.to_string()))?;
-    let batch = config.pipeline.batch;
-    let join = tokio::task::spawn_blocking(move || consume(consumer, batch, until, cancel));
+    let batching = (config.pipeline.batch, config.pipeline.batch_ms);
+    let join = tokio::task::spawn_blocking(move || consume(consumer, batching, until, cancel));
     join.await.map_err(|e| PipelineError::Task(e.to_string()))?
 }
 
 struct Worker {
     records: mpsc::Sender<Vec<Record>>,
     task: JoinHandle<Result<PartitionSummary, PipelineError>>,
+    /// The offset the partition was assigned at (its checkpoint).
+    start: u64,
 }
+
+/// Each partition's last stored checkpoint, committed to the consumer group for the
+/// ecosystem's lag tools (`kafka-consumer-groups`, Burrow); informational, the store is
+/// the truth.
+type Flushed = Arc<Mutex<HashMap<u32, u64>>>;
 
 /// The group's state, reached from the rebalance callback.
 struct Group {
     handle: Handle,
-    store: Store,
-    sinks: Sinks,
-    job: String,
-    settings: PipelineConfig,
+    job: Job,
     topic: String,
+    /// The topic's partition count (an op's document belongs to one of them).
+    partitions: u32,
     workers: Mutex<HashMap<u32, Worker>>,
+    flushed: Flushed,
     done: Mutex<Vec<PartitionSummary>>,
     failure: Mutex<Option<PipelineError>>,
-    cancel: CancellationToken,
 }
 
 impl Group {
     fn fail(&self, error: PipelineError) {
         tracing::error!(%error, "stopping");
         self.failure.lock().expect("failure lock").get_or_insert(error);
-        self.cancel.cancel();
+        self.job.cancel.cancel();
     }
 
-    /// Starts workers for `partitions` and returns the offsets to consume them from.
-    fn assign(&self, partitions: &[u32]) -> Result<TopicPartitionList, PipelineError> {
+    /// Starts workers for `partitions` and returns the offsets to consume them from. A
+    /// checkpoint before the log's start is refused here; one past its end is found by the
+    /// consumer (`auto.offset.reset=error`, see [`Group::out_of_range`]).
+    fn assign(
+        &self,
+        consumer: &BaseConsumer<Group>,
+        partitions: &[u32],
+    ) -> Result<TopicPartitionList, PipelineError> {
         let mut list = TopicPartitionList::new();
         for &partition in partitions {
-            let worker = self.handle.block_on(PartitionWorker::start(
-                self.store.clone(),
-                self.sinks.clone(),
-                &self.job,
-                partition,
-                self.settings.clone(),
-            ))?;
-            list.add_partition_offset(
-                &self.topic,
-                partition as i32,
-                Offset::Offset(worker.next_offset() as i64),
-            )
-            .map_err(|e| LogError::Kafka(e.to_string()))?;
+            let worker =
+                self.handle.block_on(PartitionWorker::start(&self.job, (partition, self.partitions)))?;
+            let (low, _) = consumer
+                .fetch_watermarks(&self.topic, partition as i32, WATERMARKS_TIMEOUT)
+                .map_err(|e| LogError::Kafka(e.to_string()))?;
+            worker.check_in_log(low as u64, u64::MAX)?;
+            let start = worker.next_offset();
+            list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(start as i64))
+                .map_err(|e| LogError::Kafka(e.to_string()))?;
             let (records, queue) = mpsc::channel(QUEUE);
-            let task = self.handle.spawn(partition_task(worker, queue, self.settings.flush_interval_ms));
-            self.workers.lock().expect("workers lock").insert(partition, Worker { records, task });
+            let task = self.handle.spawn(partition_task(
+                worker,
+                queue,
+                self.job.settings.flush_interval_ms,
+                self.flushed.clone(),
+            ));
+            self.workers.lock().expect("workers lock").insert(partition, Worker { records, task, start });
         }
         Ok(list)
     }
@@ -121,19 +132,101 @@ impl Group {
             drop(worker.records);
             match self.handle.block_on(worker.task) {
                 Ok(Ok(summary)) => self.done.lock().expect("done lock").push(summary),
+                Ok(Err(error)) if error.is_fenced() => tracing::warn!(%error, "partition stepped down"),
                 Ok(Err(error)) => self.fail(error),
                 Err(e) => self.fail(PipelineError::Task(format!("partition {partition}: {e}"))),
             }
         }
     }
 
-    fn send(&self, partition: u32, records: Vec<Record>) {
+    /// Commits the checkpoints stored since the last call to the consumer group.
+    fn commit_flushed(&self, consumer: &BaseConsumer<Group>, mode: CommitMode) {
+        let flushed: Vec<(u32, u64)> = self.flushed.lock().expect("flushed lock").drain().collect();
+        if flushed.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in flushed {
+            if let Err(e) =
+                list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset as i64))
+            {
+                tracing::debug!(partition, error = %e, "group commit skipped");
+            }
+        }
+        if let Err(e) = consumer.commit(&list, mode) {
+            tracing::debug!(error = %e, "group commit failed (informational; the store holds the checkpoint)");
+        }
+    }
+
+    /// The consumer found an assigned offset outside the log: which partition's checkpoint
+    /// it is, as an error naming both offsets.
+    fn out_of_range(&self, consumer: &BaseConsumer<Group>, error: &KafkaError) -> PipelineError {
+        let starts: Vec<(u32, u64)> =
+            self.workers.lock().expect("workers lock").iter().map(|(&p, w)| (p, w.start)).collect();
+        for (partition, start) in starts {
+            if let Ok((low, high)) =
+                consumer.fetch_watermarks(&self.topic, partition as i32, WATERMARKS_TIMEOUT)
+                && let Err(error) = super::check_in_log(partition, [start], low as u64, high as u64)
+            {
+                return error;
+            }
+        }
+        LogError::Kafka(format!("{error}: a checkpoint is outside the log; see `docfold snapshots restore`"))
+            .into()
+    }
+
+    /// Hands a batch to its partition's worker; gives it back when the worker's queue is
+    /// full (never blocks: a slow partition must not stop the others or the polling).
+    fn offer(&self, partition: u32, records: Vec<Record>) -> Result<(), Vec<Record>> {
         let sender = self.workers.lock().expect("workers lock").get(&partition).map(|w| w.records.clone());
         // No worker: a message fetched before the partition was revoked; its new owner reads it.
-        if let Some(sender) = sender
-            && sender.blocking_send(records).is_err()
-        {
-            tracing::warn!(partition, "partition worker stopped early");
+        let Some(sender) = sender else { return Ok(()) };
+        match sender.try_send(records) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(records)) => Err(records),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!(partition, "partition worker stopped early");
+                Ok(())
+            }
+        }
+    }
+
+    /// Pauses or resumes fetching `partition`.
+    fn set_paused(&self, consumer: &BaseConsumer<Group>, partition: u32, paused: bool) {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition as i32);
+        let done = if paused { consumer.pause(&list) } else { consumer.resume(&list) };
+        match done {
+            Ok(()) => {
+                tracing::debug!(partition, paused, "partition's worker is busy: fetching paused or resumed")
+            }
+            Err(e) => tracing::warn!(partition, paused, error = %e, "pausing or resuming a partition failed"),
+        }
+    }
+
+    /// Offers every due batch; a refused one is held and its partition paused until a
+    /// later offer succeeds.
+    fn hand_over(
+        &self,
+        consumer: &BaseConsumer<Group>,
+        batches: &mut Batches,
+        paused: &mut HashSet<u32>,
+        all: bool,
+    ) {
+        for (partition, records) in batches.due(Instant::now(), all) {
+            match self.offer(partition, records) {
+                Ok(()) => {
+                    if paused.remove(&partition) {
+                        self.set_paused(consumer, partition, false);
+                    }
+                }
+                Err(records) => {
+                    batches.hold(partition, records);
+                    if paused.insert(partition) {
+                        self.set_paused(consumer, partition, true);
+                    }
+                }
+            }
         }
     }
 }
@@ -146,9 +239,10 @@ impl ConsumerContext for Group {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions: Vec<u32> = tpl.elements().iter().map(|e| e.partition() as u32).collect();
                 tracing::info!(?partitions, "partitions assigned");
-                match self.assign(&partitions) {
+                match self.assign(consumer, &partitions) {
                     Ok(list) => {
-                        if let Err(e) = consumer.assign(&list) {
+                        // Fetching starts unpaused, whatever an earlier owner of the partition did.
+                        if let Err(e) = consumer.assign(&list).and_then(|()| consumer.resume(&list)) {
                             self.fail(LogError::Kafka(e.to_string()).into());
                         }
                     }
@@ -158,6 +252,7 @@ impl ConsumerContext for Group {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!("partitions revoked: draining");
                 self.stop_all();
+                self.commit_flushed(consumer, CommitMode::Sync);
                 if let Err(e) = consumer.unassign() {
                     self.fail(LogError::Kafka(e.to_string()).into());
                 }
@@ -171,8 +266,10 @@ async fn partition_task(
     mut worker: PartitionWorker,
     mut queue: mpsc::Receiver<Vec<Record>>,
     flush_interval_ms: u64,
+    flushed: Flushed,
 ) -> Result<PartitionSummary, PipelineError> {
     let tick = Duration::from_millis(flush_interval_ms);
+    let partition = worker.summary().partition;
     loop {
         tokio::select! {
             batch = queue.recv() => match batch {
@@ -181,8 +278,10 @@ async fn partition_task(
             },
             () = tokio::time::sleep(tick) => worker.flush_if_due().await?,
         }
+        flushed.lock().expect("flushed lock").insert(partition, worker.flushed_offset());
     }
     worker.flush_final().await?;
+    flushed.lock().expect("flushed lock").insert(partition, worker.flushed_offset());
     tracing::info!(
         partition = worker.summary().partition,
         offset = worker.next_offset(),
@@ -194,16 +293,19 @@ async fn partition_task(
 /// The consumer thread: polls, batches per partition, hands batches to the workers.
 fn consume(
     consumer: BaseConsumer<Group>,
-    batch: usize,
+    (batch, batch_ms): (usize, u64),
     until: Until,
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
-    let mut pending: HashMap<u32, Vec<Record>> = HashMap::new();
+    let max_wait = Duration::from_millis(batch_ms);
+    let mut batches = Batches::new(batch, max_wait);
+    let mut paused: HashSet<u32> = HashSet::new();
     let mut positions: HashMap<u32, i64> = HashMap::new();
     let mut last_message = Instant::now();
     let mut last_lag = Instant::now();
+    let mut last_commit = Instant::now();
     while !cancel.is_cancelled() {
-        let polled = consumer.poll(Duration::from_millis(100));
+        let polled = consumer.poll(max_wait.min(Duration::from_millis(100)));
         if consumer.context().workers.lock().expect("workers lock").is_empty() {
             // Idle time counts only while partitions are assigned (a join can take seconds).
             last_message = Instant::now();
@@ -215,41 +317,51 @@ fn consume(
                     last_message = Instant::now();
                     let partition = m.partition() as u32;
                     positions.insert(partition, m.offset() + 1);
-                    let records = pending.entry(partition).or_default();
-                    records.push(Record {
+                    let record = Record {
                         offset: m.offset() as u64,
                         timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
                         key: m.key().unwrap_or_default().to_vec(),
                         value: m.payload().unwrap_or_default().to_vec(),
-                    });
-                    if records.len() >= batch {
-                        let records = std::mem::take(records);
-                        consumer.context().send(partition, records);
-                    }
+                    };
+                    batches.push(partition, record, last_message);
+                }
+                Err(
+                    e @ KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                    ),
+                ) => {
+                    let group = consumer.context();
+                    group.fail(group.out_of_range(&consumer, &e));
                 }
                 Err(e) => tracing::warn!(error = %e, "kafka consumer"),
             }
         }
-        if idle {
-            for (partition, records) in pending.iter_mut().filter(|(_, r)| !r.is_empty()) {
-                consumer.context().send(*partition, std::mem::take(records));
-            }
-            if let Until::Idle { idle_ms } = until
-                && last_message.elapsed() >= Duration::from_millis(idle_ms)
-            {
-                break;
-            }
+        consumer.context().hand_over(&consumer, &mut batches, &mut paused, idle);
+        if idle
+            && let Until::Idle { idle_ms } = until
+            && last_message.elapsed() >= Duration::from_millis(idle_ms)
+        {
+            break;
+        }
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            last_commit = Instant::now();
+            consumer.context().commit_flushed(&consumer, CommitMode::Async);
         }
         if last_lag.elapsed() >= LAG_EVERY {
             last_lag = Instant::now();
             report_lag(&consumer, &positions);
         }
     }
-    for (partition, records) in pending.into_iter().filter(|(_, r)| !r.is_empty()) {
-        consumer.context().send(partition, records);
-    }
+    // What is left goes to the workers before they drain (waiting for room, now).
     let group = consumer.context();
+    for (partition, records) in batches.due(Instant::now(), true) {
+        let sender = group.workers.lock().expect("workers lock").get(&partition).map(|w| w.records.clone());
+        if let Some(sender) = sender {
+            let _ = sender.blocking_send(records);
+        }
+    }
     group.stop_all();
+    group.commit_flushed(&consumer, CommitMode::Sync);
     consumer.unsubscribe();
     if let Some(error) = group.failure.lock().expect("failure lock").take() {
         return Err(error);

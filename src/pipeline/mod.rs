@@ -2,6 +2,7 @@
 //! embedded file log (every partition in this process) and Kafka (partitions assigned by the
 //! consumer group; a partition moves with its checkpoint on a rebalance).
 
+mod batches;
 mod file;
 mod flush;
 mod kafka;
@@ -9,9 +10,9 @@ mod worker;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{JobConfig, LogLocation};
+use crate::config::{JobConfig, PipelineConfig};
 use crate::fold::snapshot::SnapshotError;
-use crate::log::LogError;
+use crate::log::{LogError, Topic};
 use crate::sink::{SinkError, Sinks};
 use crate::store::{Store, StoreError};
 
@@ -31,6 +32,42 @@ pub enum PipelineError {
     Config(String),
     #[error("partition task failed: {0}")]
     Task(String),
+    /// The stored checkpoint and the log disagree: folding on would skip records or fold
+    /// offsets that now hold other records. The partition stops; nothing is skipped.
+    #[error("{}", out_of_range(*.partition, *.checkpoint, *.earliest, *.end))]
+    CheckpointOutOfRange { partition: u32, checkpoint: u64, earliest: u64, end: u64 },
+}
+
+fn out_of_range(partition: u32, checkpoint: u64, earliest: u64, end: u64) -> String {
+    if checkpoint > end {
+        format!(
+            "partition {partition}: the checkpoint is at offset {checkpoint} but the log ends at {end}: records \
+             the store has folded are gone from the log (a truncated file log, an unclean leader election, a \
+             recreated topic). Nothing was skipped. Restore the state store from the snapshots (`docfold \
+             snapshots restore`) into a fresh store, or rebuild it, before running again"
+        )
+    } else {
+        format!(
+            "partition {partition}: the checkpoint is at offset {checkpoint} but the log starts at {earliest}: \
+             records {checkpoint}..{earliest} were removed (retention, a recreated topic) before they were \
+             folded and archived. Nothing was skipped. Rebuild them from the Parquet archive, or restore from \
+             the snapshots (`docfold snapshots restore`), before running again"
+        )
+    }
+}
+
+/// Checks that `offsets` (a worker's checkpoints) lie within the partition's log,
+/// `earliest..=end`.
+pub(crate) fn check_in_log(
+    partition: u32,
+    offsets: impl IntoIterator<Item = u64>,
+    earliest: u64,
+    end: u64,
+) -> Result<(), PipelineError> {
+    match offsets.into_iter().find(|&offset| offset < earliest || offset > end) {
+        Some(checkpoint) => Err(PipelineError::CheckpointOutOfRange { partition, checkpoint, earliest, end }),
+        None => Ok(()),
+    }
 }
 
 impl PipelineError {
@@ -41,6 +78,12 @@ impl PipelineError {
             PipelineError::Sink(e) => e.is_retryable(),
             _ => false,
         }
+    }
+
+    /// A newer owner claimed the partition: this worker steps down (not a failure of the
+    /// process; the new owner goes on).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, PipelineError::Store(StoreError::Fenced { .. }))
     }
 
     /// Which backend failed, for logs and metrics.
@@ -64,6 +107,18 @@ pub enum Until {
     Idle { idle_ms: u64 },
 }
 
+/// What every partition worker of a job shares (cheap to clone).
+#[derive(Clone)]
+pub struct Job {
+    /// The job's name: checkpoints and documents are kept per job.
+    pub name: String,
+    pub store: Store,
+    pub sinks: Sinks,
+    pub settings: PipelineConfig,
+    /// Cancelled on shutdown: ends every wait and retry loop.
+    pub cancel: CancellationToken,
+}
+
 /// Runs the job until `until`; drains and writes final checkpoints on the way out.
 pub async fn run(
     config: &JobConfig,
@@ -71,16 +126,16 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let store = Store::open(&config.store.url).await?;
-    let sinks = Sinks::open(config).await?;
-    let location = config.log_location().map_err(PipelineError::Config)?;
-    let summaries = match location {
-        LogLocation::File(dir) => {
-            let log = crate::log::file::FileLog::open(&dir, &config.log.topic)?;
-            file::run(config, log, store.clone(), sinks, until, cancel).await
-        }
-        LogLocation::Kafka(brokers) => {
-            kafka::run(config, &brokers, store.clone(), sinks, until, cancel).await
-        }
+    let job = Job {
+        name: config.job.clone(),
+        store: store.clone(),
+        sinks: Sinks::open(config).await?,
+        settings: config.pipeline.clone(),
+        cancel,
+    };
+    let summaries = match crate::log::Topic::open(config, &config.log.topic, false)? {
+        Topic::File(log) => file::run(job, log, until).await,
+        Topic::Kafka(log) => kafka::run(config, job, log, until).await,
     };
     store.close().await;
     let mut summaries = summaries?;

@@ -4,17 +4,16 @@
 //! transaction (`flush.rs`).
 
 use metrics::{counter, histogram};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::PipelineError;
-use crate::config::PipelineConfig;
+use super::{Job, PipelineError};
 use crate::fold::{BadRecord, Doc, Folded, PartitionFold, snapshot};
 use crate::log::Record;
+use crate::sink::Backoff;
 use crate::sink::archive::PartitionArchive;
 use crate::sink::dead_letter::DeadLetter;
 use crate::sink::snapshots::Manifest;
-use crate::sink::{Backoff, Sinks};
-use crate::store::Store;
+use crate::store::Owner;
 use crate::telemetry::{BAD_MESSAGES, FOLD_SECONDS, OPS_FOLDED};
 
 /// What a partition's worker did in this process.
@@ -36,10 +35,9 @@ pub struct PartitionSummary {
 }
 
 pub struct PartitionWorker {
-    pub(super) job: String,
-    pub(super) store: Store,
-    pub(super) sinks: Sinks,
-    pub(super) settings: PipelineConfig,
+    pub(super) job: Job,
+    /// This worker's claim of the partition: every commit carries it.
+    pub(super) owner: Owner,
     pub(super) fold: PartitionFold,
     pub(super) summary: PartitionSummary,
     pub(super) label: String,
@@ -62,26 +60,19 @@ pub struct PartitionWorker {
 impl PartitionWorker {
     /// Loads the partition's checkpoint: the worker folds from there (and the archive from
     /// its own progress, which may be behind).
-    pub async fn start(
-        store: Store,
-        sinks: Sinks,
-        job: &str,
-        partition: u32,
-        settings: PipelineConfig,
-    ) -> Result<Self, PipelineError> {
-        let checkpoint = store.checkpoint(job, partition).await?;
+    pub async fn start(job: &Job, (partition, partitions): (u32, u32)) -> Result<Self, PipelineError> {
+        let owner = job.store.claim(&job.name, partition).await?;
+        let checkpoint = job.store.checkpoint(&job.name, partition).await?;
         let start = checkpoint.map_or(0, |c| c.next_offset);
-        let archive = sinks.archive.clone().map(|archive| {
+        let archive = job.sinks.archive.clone().map(|archive| {
             let progress = checkpoint.map_or(0, |c| c.archived_offset);
-            PartitionArchive::new(partition, sinks.objects.clone(), archive, progress)
+            PartitionArchive::new(partition, job.sinks.objects.clone(), archive, progress)
         });
-        tracing::info!(partition, offset = start, archive = ?archive.as_ref().map(|a| a.progress()), "partition starts at its checkpoint");
+        tracing::info!(partition, offset = start, epoch = owner.epoch, archive = ?archive.as_ref().map(|a| a.progress()), "partition starts at its checkpoint");
         Ok(PartitionWorker {
-            job: job.into(),
-            store,
-            sinks,
-            settings,
-            fold: PartitionFold::new(),
+            job: job.clone(),
+            owner,
+            fold: PartitionFold::for_partition(partition, partitions),
             summary: PartitionSummary {
                 partition,
                 start_offset: start,
@@ -97,7 +88,7 @@ impl PartitionWorker {
             dead: Vec::new(),
             manifest: None,
             last_export: Instant::now(),
-            backoff: Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(10)),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             retry_at: None,
         })
     }
@@ -106,6 +97,28 @@ impl PartitionWorker {
     pub fn next_offset(&self) -> u64 {
         let fold = self.summary.next_offset;
         self.archive.as_ref().map_or(fold, |a| a.next_offset().min(fold))
+    }
+
+    /// Refuses to go on when the checkpoints (fold and archive) are not within the log's
+    /// `earliest..=end`: records were removed before they were folded, or the log lost
+    /// records the store has folded.
+    pub fn check_in_log(&self, earliest: u64, end: u64) -> Result<(), PipelineError> {
+        let archived = self.archive.as_ref().map(|a| a.next_offset());
+        let offsets = [self.summary.next_offset].into_iter().chain(archived);
+        super::check_in_log(self.summary.partition, offsets, earliest, end)
+    }
+
+    /// Waits `delay`, or less when the job is cancelled.
+    pub(super) async fn pause(&self, delay: Duration) {
+        tokio::select! {
+            () = self.job.cancel.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    /// The offset the stored checkpoint holds.
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset
     }
 
     pub fn summary(&self) -> &PartitionSummary {
@@ -173,15 +186,12 @@ impl PartitionWorker {
 
     fn dead_letter(&mut self, record: &Record, error: BadRecord) {
         let partition = self.summary.partition;
-        let reason = match error {
-            BadRecord::Decode(_) => "undecodable",
-            BadRecord::Refused(_) => "refused",
-        };
+        let reason = error.reason();
         tracing::warn!(partition, offset = record.offset, %error, "bad message sent to the dead letters");
         counter!(BAD_MESSAGES, "partition" => self.label.clone(), "reason" => reason).increment(1);
         self.summary.bad += 1;
         self.dead.push(DeadLetter::new(
-            &self.sinks.source_topic,
+            &self.job.sinks.source_topic,
             partition,
             record,
             reason,
@@ -189,8 +199,23 @@ impl PartitionWorker {
         ));
     }
 
+    /// Loads a cold document; an unavailable store is retried with backoff (the partition
+    /// waits) until it answers or the job is cancelled.
     async fn load(&mut self, doc_id: &str) -> Result<Doc, PipelineError> {
-        let Some(stored) = self.store.load_doc(&self.job, doc_id).await? else {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let stored = loop {
+            match self.job.store.load_doc(&self.job.name, doc_id).await {
+                Ok(stored) => break stored,
+                Err(error) if error.is_retryable() && !self.job.cancel.is_cancelled() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(partition = self.summary.partition, %error, retry_in_ms = delay.as_millis() as u64, "loading a document failed; retrying");
+                    self.summary.retries += 1;
+                    self.pause(delay).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        let Some(stored) = stored else {
             return Ok(Doc::default());
         };
         self.summary.docs_loaded += 1;

@@ -36,7 +36,17 @@ return dropped
 
 fn redis_failed(error: redis::RedisError) -> SinkError {
     let message = error.to_string();
-    if error.is_io_error()
+    use redis::ServerErrorKind as Reply;
+    // A server loading its dataset, a replica during failover, a cluster mid-resharding:
+    // routine, so retried like a dropped connection.
+    let routine = matches!(
+        error.kind(),
+        redis::ErrorKind::Server(
+            Reply::BusyLoading | Reply::ReadOnly | Reply::TryAgain | Reply::ClusterDown | Reply::MasterDown
+        )
+    );
+    if routine
+        || error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()
         || error.is_connection_refusal()

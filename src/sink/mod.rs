@@ -16,10 +16,8 @@ use std::time::Duration;
 
 pub use topic::TopicSink;
 
-use crate::config::{JobConfig, LogLocation};
+use crate::config::JobConfig;
 use crate::log::LogWriter;
-use crate::log::file::FileLog;
-use crate::log::kafka::KafkaLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -107,20 +105,7 @@ impl Backoff {
 /// A writer for `topic` on the job's log (a missing embedded topic is created with the
 /// log's partition count).
 pub fn topic_writer(config: &JobConfig, topic: &str) -> Result<Box<dyn LogWriter>, crate::log::LogError> {
-    Ok(match config.log_location().map_err(crate::log::LogError::BadUrl)? {
-        LogLocation::File(dir) => {
-            let log = match FileLog::open(&dir, topic) {
-                Err(crate::log::LogError::NoSuchTopic { .. }) => {
-                    FileLog::create(&dir, topic, config.log.partitions)?
-                }
-                opened => opened?,
-            };
-            Box::new(log.writer(config.log.fsync, config.log.segment_bytes))
-        }
-        LogLocation::Kafka(brokers) => {
-            Box::new(KafkaLog::connect(&brokers, topic, &config.kafka_overrides())?.writer()?)
-        }
-    })
+    crate::log::Topic::open(config, topic, true)?.writer(config)
 }
 
 /// Every configured sink, shared by the partitions' workers (cheap to clone).

@@ -41,6 +41,13 @@ impl ObjectsUrl {
     }
 }
 
+/// A key as docfold stored it (`Key::to_string`, already percent-encoded) parsed back;
+/// `Key::from` would encode it a second time.
+pub fn stored_key(sink: &'static str, key: &str) -> Result<Key, SinkError> {
+    Key::parse(key)
+        .map_err(|e| SinkError::Corrupt { sink, message: format!("stored object key {key:?}: {e}") })
+}
+
 /// Object storage, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Objects {

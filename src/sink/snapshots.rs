@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::SinkError;
-use super::objects::Objects;
+use super::objects::{Objects, stored_key};
 use crate::store::{Checkpoint, DocWrite, Store, StoreError};
 
 /// The documents of a partition as of `next_offset`.
@@ -102,9 +102,10 @@ pub struct Restored {
 }
 
 /// Loads the newest manifest of each of `partitions` into `store` for `job`: the
-/// documents' states and a checkpoint at the manifest's offset (the archive goes on after
-/// its last file). A partition without a manifest is left alone. `progress` is called per
-/// partition.
+/// documents' states and a checkpoint at the manifest's offset, with the archive's
+/// progress where its files end (a manifest's offset is rarely a file boundary; the
+/// archive goes on after its last file, so no row is written twice). A partition without
+/// a manifest is left alone. `progress` is called per partition.
 pub async fn restore(
     objects: &Objects,
     store: &Store,
@@ -113,18 +114,20 @@ pub async fn restore(
     mut progress: impl FnMut(&Restored),
 ) -> Result<Vec<Restored>, SinkError> {
     let mut restored = Vec::new();
+    let archived = super::archive::written_through(objects).await?;
     for partition in 0..partitions {
         let Some(manifest) = latest_manifest(objects, partition).await? else { continue };
         let mut writes = Vec::with_capacity(manifest.docs.len());
         for (doc_id, doc) in &manifest.docs {
-            let state = objects.get(&Key::from(doc.key.as_str())).await?.ok_or_else(|| {
+            let state = objects.get(&stored_key("snapshots", &doc.key)?).await?.ok_or_else(|| {
                 corrupt(format!("manifest of partition {partition} names {}, which is missing", doc.key))
             })?;
             writes.push(DocWrite { doc_id, version: doc.version, offset: doc.offset, state: state.to_vec() });
         }
-        let checkpoint =
-            Checkpoint { next_offset: manifest.next_offset, archived_offset: manifest.next_offset };
-        store.commit(job, partition, checkpoint, &writes).await.map_err(store_failed)?;
+        let archived_offset = archived.get(&partition).copied().unwrap_or(0);
+        let checkpoint = Checkpoint { next_offset: manifest.next_offset, archived_offset };
+        let owner = store.claim(job, partition).await.map_err(store_failed)?;
+        store.commit(&owner, checkpoint, &writes).await.map_err(store_failed)?;
         let done = Restored { partition, next_offset: manifest.next_offset, docs: writes.len() };
         progress(&done);
         restored.push(done);

@@ -27,6 +27,15 @@ pub struct Checkpoint {
     pub archived_offset: u64,
 }
 
+/// The right to write one partition's checkpoint: whoever claimed it last holds the
+/// highest epoch, and only the holder of the current epoch may commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub job: String,
+    pub partition: u32,
+    pub epoch: u64,
+}
+
 /// A document to write with a checkpoint.
 #[derive(Clone, Debug)]
 pub struct DocWrite<'a> {
@@ -50,17 +59,52 @@ pub enum StoreError {
         "checkpoint of job {job} partition {partition} is at {held}, past {ours}: another worker owns it"
     )]
     Superseded { job: String, partition: u32, held: u64, ours: u64 },
+    /// A later claim of the partition fenced this owner off: its write is refused whole, and
+    /// it must stop working on the partition.
+    #[error(
+        "partition {partition} of job {job} was claimed by a newer owner (epoch {held}, ours {ours}): this worker steps down"
+    )]
+    Fenced { job: String, partition: u32, held: u64, ours: u64 },
     #[error("stored value out of range: {0}")]
     Corrupt(String),
+    /// The database did not answer in time (black-holed, overloaded): retried.
+    #[error("state store: {what} took longer than {seconds} s")]
+    Timeout { what: &'static str, seconds: u64 },
 }
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
-        )
+        match self {
+            StoreError::Database(error) => is_transient(error),
+            StoreError::Timeout { .. } => true,
+            _ => false,
+        }
     }
+}
+
+/// Whether a database error is routine and worth retrying: the connection is gone, or the
+/// server answered with a SQLSTATE that a restart, a failover or contention produces.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
+        _ => false,
+    }
+}
+
+/// PostgreSQL SQLSTATEs (appendix A of its manual) and SQLite result codes that mean "try
+/// again": the server shutting down or starting (57P01, 57P02, 57P03), a connection failure
+/// (class 08), a serialization failure or deadlock (40001, 40P01), a read-only replica
+/// during failover (25006), too many connections (53300), a cancelled statement (57014,
+/// the statement timeout); SQLite busy or locked (5, 6 and their extended codes).
+fn transient_code(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25006" | "53300" | "57014")
+        // SQLite's codes are numbers of up to four digits; SQLSTATEs always have five characters.
+        || (code.len() < 5 && code.parse::<u32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6)))
 }
 
 /// Which database a URL names.
@@ -89,6 +133,19 @@ pub struct Store {
     pool: AnyPool,
 }
 
+/// How long a load or a commit may take before it counts as failed (and is retried): a
+/// black-holed database fails a flush instead of hanging it.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn timed<T>(
+    what: &'static str,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .unwrap_or(Err(StoreError::Timeout { what, seconds: TIMEOUT.as_secs() }))
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -112,6 +169,18 @@ fn stored_doc(row: &sqlx::any::AnyRow, at: usize) -> Result<StoredDoc, StoreErro
         state: row.try_get(at + 3)?,
         updated_ms: row.try_get(at + 4)?,
     })
+}
+
+/// Creates the folder of an SQLite URL's file (`sqlite://PATH[?…]`) if it is missing.
+pub fn create_folder_of(url: &str) -> Result<(), String> {
+    let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !path.starts_with(":") => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// SQLite has no advisory lock for sqlx's migrator: two processes opening a fresh store
@@ -139,6 +208,7 @@ impl Store {
         let mut options = AnyPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30));
         let mut url = url.to_string();
         if backend == Backend::Sqlite {
+            create_folder_of(&url).map_err(|e| StoreError::BadUrl { url: url.clone(), reason: e })?;
             if !url.contains('?') {
                 url.push_str("?mode=rwc");
             }
@@ -177,6 +247,10 @@ impl Store {
     }
 
     pub async fn load_doc(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
+        timed("loading a document", self.load_doc_now(job, doc_id)).await
+    }
+
+    async fn load_doc_now(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
         let row = sqlx::query(
             "SELECT partition_id, version, log_offset, state, updated_ms FROM doc_snapshots WHERE job = $1 AND doc_id = $2",
         )
@@ -187,34 +261,84 @@ impl Store {
         row.map(|row| stored_doc(&row, 0)).transpose()
     }
 
-    /// Writes `docs` and moves the checkpoint of (job, partition), in one transaction.
-    /// Refused whole ([`StoreError::Superseded`]) when the stored checkpoint is already past
-    /// `checkpoint.next_offset`.
+    /// Claims (job, partition) for a new owner: the epoch goes up by one, which fences off
+    /// every earlier owner ([`StoreError::Fenced`] on their next commit or check). A
+    /// partition never written gets a checkpoint at offset 0.
+    pub async fn claim(&self, job: &str, partition: u32) -> Result<Owner, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO checkpoints (job, partition_id, next_offset, updated_ms, owner_epoch) VALUES ($1, $2, 0, $3, 1) \
+             ON CONFLICT (job, partition_id) DO UPDATE SET owner_epoch = checkpoints.owner_epoch + 1 \
+             RETURNING owner_epoch",
+        )
+        .bind(job)
+        .bind(i64::from(partition))
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Owner { job: job.into(), partition, epoch: to_u64(row.try_get(0)?)? })
+    }
+
+    /// Fails with [`StoreError::Fenced`] when `owner` is no longer the partition's owner:
+    /// checked before effects that a stale owner must not write.
+    pub async fn check_owner(&self, owner: &Owner) -> Result<(), StoreError> {
+        let held = timed("an owner check", self.epoch(&owner.job, owner.partition)).await?;
+        if held == owner.epoch { Ok(()) } else { Err(self.fenced(owner, held)) }
+    }
+
+    async fn epoch(&self, job: &str, partition: u32) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT owner_epoch FROM checkpoints WHERE job = $1 AND partition_id = $2")
+            .bind(job)
+            .bind(i64::from(partition))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map_or(Ok(0), |row| to_u64(row.try_get(0)?))
+    }
+
+    fn fenced(&self, owner: &Owner, held: u64) -> StoreError {
+        StoreError::Fenced { job: owner.job.clone(), partition: owner.partition, held, ours: owner.epoch }
+    }
+
+    /// Writes `docs` and moves the owner's partition's checkpoint, in one transaction.
+    /// Refused whole when a newer owner claimed the partition ([`StoreError::Fenced`]) or
+    /// the stored checkpoint is already past `checkpoint.next_offset`
+    /// ([`StoreError::Superseded`]).
     pub async fn commit(
         &self,
-        job: &str,
-        partition: u32,
+        owner: &Owner,
         checkpoint: Checkpoint,
         docs: &[DocWrite<'_>],
     ) -> Result<(), StoreError> {
+        timed("a commit", self.commit_now(owner, checkpoint, docs)).await
+    }
+
+    async fn commit_now(
+        &self,
+        owner: &Owner,
+        checkpoint: Checkpoint,
+        docs: &[DocWrite<'_>],
+    ) -> Result<(), StoreError> {
+        let (job, partition) = (owner.job.as_str(), owner.partition);
         let next_offset = checkpoint.next_offset;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
-            "INSERT INTO checkpoints (job, partition_id, next_offset, archived_offset, updated_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (job, partition_id) DO UPDATE SET next_offset = excluded.next_offset, \
-             archived_offset = excluded.archived_offset, updated_ms = excluded.updated_ms \
-             WHERE checkpoints.next_offset <= excluded.next_offset",
+            "UPDATE checkpoints SET next_offset = $3, archived_offset = $4, updated_ms = $5 \
+             WHERE job = $1 AND partition_id = $2 AND owner_epoch = $6 AND next_offset <= $3",
         )
         .bind(job)
         .bind(i64::from(partition))
         .bind(to_i64(next_offset)?)
         .bind(to_i64(checkpoint.archived_offset)?)
         .bind(now)
+        .bind(to_i64(owner.epoch)?)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() == 0 {
             drop(tx);
+            let held = self.epoch(job, partition).await?;
+            if held != owner.epoch {
+                return Err(self.fenced(owner, held));
+            }
             let held = self.checkpoint(job, partition).await?.map_or(0, |c| c.next_offset);
             return Err(StoreError::Superseded { job: job.into(), partition, held, ours: next_offset });
         }

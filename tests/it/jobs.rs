@@ -3,18 +3,20 @@
 
 use docfold::config::{ConfigError, JobConfig, LogLocation};
 use std::path::Path;
-use std::process::Command;
 
 use crate::services;
+use crate::spine::docfold;
 
 #[test]
 fn the_shipped_job_configs_load() {
     let local = JobConfig::load(Path::new("jobs/local.toml")).expect("local.toml");
-    assert_eq!(local.log_location(), Ok(LogLocation::File("docfold-data/log".into())));
+    // Relative paths in a config file are relative to its folder.
+    assert_eq!(local.log_location(), Ok(LogLocation::File("jobs/../docfold-data/log".into())));
     let defaults = JobConfig::default();
+    let from_root = |url: &str| url.replace("jobs/../", "");
     assert_eq!(
-        (local.log.url, local.store.url, &local.objects, local.projection.url),
-        (defaults.log.url, defaults.store.url, &defaults.objects, defaults.projection.url),
+        [&local.log.url, &local.store.url, &local.objects.url, &local.projection.url].map(|u| from_root(u)),
+        [defaults.log.url, defaults.store.url, defaults.objects.url, defaults.projection.url],
         "local.toml is the default"
     );
     let kafka = JobConfig::load(Path::new("jobs/kafka.toml")).expect("kafka.toml");
@@ -32,6 +34,7 @@ fn a_wrong_config_names_the_file_and_the_field() {
         ("[objects]\nurl = \"gs://bucket\"\n", "objects.url"),
         ("[projection]\nurl = \"mongodb://x\"\n", "projection.url"),
         ("[archive]\npart_bytes = 1024\n", "archive.part_bytes"),
+        ("[metrics]\nlisten = \"0.0.0.0:9898\"\n", "metrics.listen"),
     ];
     for (i, (text, field)) in cases.into_iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));
@@ -41,12 +44,6 @@ fn a_wrong_config_names_the_file_and_the_field() {
         assert!(message.contains(&path.display().to_string()) && message.contains(field), "{message}");
         assert!(matches!(error, ConfigError::Invalid { .. } | ConfigError::Parse { .. }));
     }
-}
-
-fn docfold(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_docfold")).args(args).current_dir(dir).output().expect("runs");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (out.status.code().expect("exit code"), text(out.stdout), text(out.stderr))
 }
 
 #[test]

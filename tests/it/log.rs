@@ -192,6 +192,19 @@ fn a_flipped_bit_is_reported_as_corruption_with_its_offset() {
     let error = log.reader().read(0, 0, 10, &mut got).expect_err("corruption is an error");
     assert!(matches!(error, LogError::Corrupt { partition: 0, offset: 2, .. }), "{error}");
     assert_eq!(got.len(), 2, "records before the damage are delivered");
+    drop(writer);
+
+    // Valid records follow the damage: it is no torn tail, so a writer must not cut it off.
+    let len = std::fs::metadata(&segment).expect("segment").len();
+    let mut writer = log.writer(Fsync::Never, 1 << 20);
+    let error = writer.append_to(0, b"key", b"more").expect_err("the writer refuses a damaged partition");
+    let message = error.to_string();
+    assert!(matches!(error, LogError::Corrupt { partition: 0, offset: 2, .. }), "{message}");
+    assert!(
+        message.contains("00000000000000000000.seg") && message.contains("docfold log repair"),
+        "{message}"
+    );
+    assert_eq!(std::fs::metadata(&segment).expect("segment").len(), len, "not a byte cut");
 }
 
 #[test]

@@ -10,5 +10,6 @@ mod outage;
 mod pipeline;
 mod services;
 mod sinks;
+mod spine;
 mod store;
 mod traces;

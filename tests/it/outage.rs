@@ -301,3 +301,108 @@ async fn the_pipeline_rides_out_a_kafka_outage() {
     broker.kill().expect("stop tansu");
     broker.wait().expect("reap");
 }
+
+/// One slow partition stops only itself: partition A's flushes fail (its large texts go to
+/// an S3 that is down) until its unflushed work is over the bound and its worker stops
+/// taking records; partition B (small texts, no S3) must still be fed and checkpointed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_partition_does_not_stop_the_others() {
+    docfold::telemetry::init_logs("warn");
+    let dir = services::temp_dir("stall");
+    let brokers = services::kafka();
+    let topic = format!("stall-{}", services::unique());
+    KafkaLog::create_topic(&brokers, &topic, 2, 1, &[]).await.expect("create topic");
+    let (s3, bucket) = services::s3_bucket();
+    let s3_proxy = Proxy::start(host_port(&s3)).await;
+    s3_proxy.set_up(false);
+    let names = |partition: u32, n: usize| -> Vec<String> {
+        (0..)
+            .map(|i| format!("doc-{i}"))
+            .filter(|d| partition_for(d.as_bytes(), 2) == partition)
+            .take(n)
+            .collect()
+    };
+    let (slow, quick) = (names(0, 3), names(1, 2));
+    let log = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
+    // Enough typing that partition A's texts pass the inline limit (1,000 bytes).
+    let publish_to = |docs: Vec<String>, ops: usize| {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut writer = log.writer().expect("producer");
+            let count = publish(&mut writer, &svelte_ops()[..ops], &docs, "eu", |_| {}).expect("publish");
+            writer.flush().expect("flush");
+            count
+        })
+    };
+    let slow_end = publish_to(slow.clone(), 4000).await.expect("producer");
+    let text = format!(
+        "job = \"outage\"\n[log]\nurl = \"kafka://{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{topic}\"\n\
+         [log.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [store]\nurl = \"sqlite://{d}/state.db\"\n\
+         [pipeline]\nflush_interval_ms = 100\nmax_docs_in_memory = 1\nbatch = 20\n\
+         [archive]\nenabled = false\n[snapshots]\ninterval_ms = 0\n\
+         [objects]\nurl = \"s3://{bucket}/stall-{topic}\"\nendpoint = \"http://{s3p}\"\n\
+         [projection]\nurl = \"sqlite://{d}/projections.db\"\ninline_max_bytes = 1000\n\
+         [invalidations]\ntopic = \"\"\n[dead_letters]\ntopic = \"\"\n",
+        d = dir.display(),
+        s3p = s3_proxy.addr,
+    );
+    let (_, sinks, store, run, cancel) = start(&dir, &text).await;
+    let _stop_on_failure = cancel.clone().drop_guard();
+    // Partition B: a few small ops, after A has stalled.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Partition B: a few one-letter ops (digits 1..=30 of level 0: its texts stay small).
+    let quick_end = tokio::task::spawn_blocking({
+        let (log, quick) = (log.clone(), quick.clone());
+        move || {
+            let mut writer = log.writer().expect("producer");
+            for (i, doc) in (0..30u64).flat_map(|i| quick.iter().map(move |d| (i, d))) {
+                let start = docfold::lseq::Ident(vec![docfold::lseq::Level {
+                    digit: i + 1,
+                    site: 3,
+                    counter: i + 1,
+                }]);
+                let op = docfold::lseq::Op {
+                    id: docfold::lseq::OpId { site: 3, counter: i + 1 },
+                    inserts: vec![docfold::lseq::InsertRun { start, text: "b".into() }],
+                    deletes: vec![],
+                };
+                writer
+                    .append(
+                        doc.as_bytes(),
+                        &docfold::op::encode(&docfold::op::Envelope::new(doc.as_str(), "eu", 0, op)),
+                    )
+                    .expect("append");
+            }
+            writer.flush().expect("flush");
+            30 * quick.len() as u64
+        }
+    })
+    .await
+    .expect("producer");
+    let since = Instant::now();
+    loop {
+        let held = store.checkpoint("outage", 1).await.expect("checkpoint").map_or(0, |c| c.next_offset);
+        if held == quick_end {
+            break;
+        }
+        assert!(!run.is_finished(), "the pipeline stopped");
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "partition 1 starved behind partition 0: at {held} of {quick_end}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ends = [slow_end, quick_end];
+    assert!(!caught_up(&store, &ends).await, "partition 0 is still stalled");
+    s3_proxy.set_up(true);
+    wait_caught_up(&store, &ends, &run, "S3 came back").await;
+    cancel.cancel();
+    run.await.expect("joined").expect("the pipeline never stopped");
+    let projections = sinks.projections.as_ref().expect("projections");
+    for doc in slow.iter().chain(&quick) {
+        let stored = store.load_doc("outage", doc).await.expect("load").expect("folded");
+        let (item, _) = projections.get_text(doc).await.expect("read").expect("projected");
+        assert_eq!(item.version, stored.version, "projection of {doc}");
+    }
+}

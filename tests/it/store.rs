@@ -19,8 +19,10 @@ async fn conformance(url: &str) {
     assert_eq!(store.checkpoint("job", 0).await.expect("read"), None);
     assert_eq!(store.load_doc("job", "a").await.expect("read"), None);
 
+    let owner = store.claim("job", 0).await.expect("claim");
+    assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(at(0)), "a claim starts at 0");
     store
-        .commit("job", 0, at(10), &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])])
+        .commit(&owner, at(10), &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])])
         .await
         .expect("commit");
     assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(at(10)));
@@ -30,12 +32,12 @@ async fn conformance(url: &str) {
     assert_eq!(b.state, [0, 255, 7], "binary states round-trip");
 
     // Same offset again (a flush with nothing new) and a later one that rewrites a document.
-    store.commit("job", 0, at(10), &[]).await.expect("same offset");
-    store.commit("job", 0, at(25), &[doc("a", 5, 24, b"state a'")]).await.expect("later commit");
+    store.commit(&owner, at(10), &[]).await.expect("same offset");
+    store.commit(&owner, at(25), &[doc("a", 5, 24, b"state a'")]).await.expect("later commit");
     assert_eq!(store.load_doc("job", "a").await.expect("read").expect("stored").version, 5);
 
     // A worker behind the checkpoint (the partition moved on): refused whole.
-    let stale = store.commit("job", 0, at(20), &[doc("a", 4, 19, b"stale")]).await;
+    let stale = store.commit(&owner, at(20), &[doc("a", 4, 19, b"stale")]).await;
     assert!(
         matches!(stale, Err(StoreError::Superseded { held: 25, ours: 20, partition: 0, .. })),
         "{stale:?}"
@@ -47,9 +49,30 @@ async fn conformance(url: &str) {
         "the refused write left nothing"
     );
 
+    // A newer claim fences the old owner off: its commits and checks are refused whole,
+    // even ahead of the checkpoint, and the new owner goes on from the checkpoint.
+    let newer = store.claim("job", 0).await.expect("claim again");
+    assert_eq!(newer.epoch, owner.epoch + 1);
+    let zombie = store.commit(&owner, at(40), &[doc("a", 9, 39, b"zombie")]).await;
+    assert!(
+        matches!(zombie, Err(StoreError::Fenced { held, ours, .. }) if held == newer.epoch && ours == owner.epoch),
+        "{zombie:?}"
+    );
+    assert!(matches!(store.check_owner(&owner).await, Err(StoreError::Fenced { .. })));
+    store.check_owner(&newer).await.expect("the newest owner holds the partition");
+    assert_eq!(
+        store.checkpoint("job", 0).await.expect("read"),
+        Some(at(25)),
+        "the claim kept the checkpoint"
+    );
+    assert_eq!(store.load_doc("job", "a").await.expect("read").expect("stored").version, 5);
+    let owner = newer;
+
     // Jobs and partitions are independent.
-    store.commit("job", 3, at(7), &[doc("c", 1, 6, b"c")]).await.expect("partition 3");
-    store.commit("other", 0, at(1), &[doc("a", 1, 0, b"other a")]).await.expect("other job");
+    let three = store.claim("job", 3).await.expect("claim");
+    store.commit(&three, at(7), &[doc("c", 1, 6, b"c")]).await.expect("partition 3");
+    let other = store.claim("other", 0).await.expect("claim");
+    store.commit(&other, at(1), &[doc("a", 1, 0, b"other a")]).await.expect("other job");
     assert_eq!(store.checkpoints("job").await.expect("list"), [(0, 25), (3, 7)]);
     assert_eq!(store.doc_ids("job").await.expect("list"), ["a", "b", "c"]);
     assert_eq!(store.load_doc("other", "a").await.expect("read").expect("stored").state, b"other a");
@@ -57,7 +80,7 @@ async fn conformance(url: &str) {
 
     // The archive's progress travels with the checkpoint, behind the fold's.
     let behind = Checkpoint { next_offset: 30, archived_offset: 12 };
-    store.commit("job", 0, behind, &[doc("d", 1, 29, b"d")]).await.expect("archive behind");
+    store.commit(&owner, behind, &[doc("d", 1, 29, b"d")]).await.expect("archive behind");
     assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(behind));
     // Documents changed at or after an offset, for disaster-recovery exports.
     let changed = store.docs_changed("job", 0, 10).await.expect("changed");

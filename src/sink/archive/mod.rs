@@ -13,6 +13,7 @@ mod rows;
 
 use bytes::Bytes;
 use object_store::path::Path as Key;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use rows::SCHEMA;
@@ -39,17 +40,19 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
     Some((first.parse().ok()?, last.parse().ok()?))
 }
 
-/// The offset after the last record the partition's archive files cover (`None` when
-/// it has none). Lists the whole archive: for disaster recovery, not the hot path.
-pub async fn written_through(objects: &Objects, partition: u32) -> Result<Option<u64>, SinkError> {
-    let folder = format!("partition={partition}");
-    let keys = objects.list(&Key::from("ops")).await?;
-    Ok(keys
-        .iter()
-        .filter(|key| key.parts().any(|part| part.as_ref() == folder))
-        .filter_map(|key| parse_file_name(key.filename()?))
-        .map(|(_, last)| last + 1)
-        .max())
+/// For each partition with archive files, the offset after the last record they cover.
+/// Lists the whole archive: for disaster recovery, not the hot path.
+pub async fn written_through(objects: &Objects) -> Result<BTreeMap<u32, u64>, SinkError> {
+    let mut ends = BTreeMap::new();
+    for key in objects.list(&Key::from("ops")).await? {
+        let partition =
+            key.parts().find_map(|part| part.as_ref().strip_prefix("partition=")?.parse::<u32>().ok());
+        if let (Some(partition), Some((_, last))) = (partition, key.filename().and_then(parse_file_name)) {
+            let end = ends.entry(partition).or_insert(0);
+            *end = (*end).max(last + 1);
+        }
+    }
+    Ok(ends)
 }
 
 /// An encoded file waiting for its upload (kept across failed attempts).

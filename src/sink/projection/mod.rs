@@ -11,7 +11,7 @@ use object_store::path::Path as Key;
 use std::future::Future;
 
 use super::SinkError;
-use super::objects::Objects;
+use super::objects::{Objects, stored_key};
 use crate::config::ProjectionConfig;
 
 pub use dynamodb::DynamoProjections;
@@ -172,11 +172,12 @@ impl Projections {
         let text = match &item.body {
             Body::Text(text) => text.clone(),
             Body::Pointer(key) => {
-                let bytes =
-                    self.objects.get(&Key::from(key.as_str())).await?.ok_or_else(|| SinkError::Corrupt {
+                let bytes = self.objects.get(&stored_key("projections", key)?).await?.ok_or_else(|| {
+                    SinkError::Corrupt {
                         sink: "projections",
                         message: format!("document {doc_id:?} points at {key}, which does not exist"),
-                    })?;
+                    }
+                })?;
                 String::from_utf8(bytes.to_vec())
                     .map_err(|e| SinkError::Corrupt { sink: "projections", message: format!("{key}: {e}") })?
             }

@@ -16,16 +16,17 @@ pub struct SqliteProjections {
 
 fn failed(error: sqlx::Error) -> SinkError {
     let message = error.to_string();
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            SinkError::Unavailable { sink: "projections", message }
-        }
-        _ => SinkError::Refused { sink: "projections", message },
+    if crate::store::is_transient(&error) {
+        SinkError::Unavailable { sink: "projections", message }
+    } else {
+        SinkError::Refused { sink: "projections", message }
     }
 }
 
 impl SqliteProjections {
     pub async fn open(url: &str) -> Result<SqliteProjections, SinkError> {
+        crate::store::create_folder_of(url)
+            .map_err(|e| SinkError::Config(format!("projection URL {url:?}: {e}")))?;
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| SinkError::Config(format!("projection URL {url:?}: {e}")))?
             .create_if_missing(true)

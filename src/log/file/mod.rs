@@ -2,7 +2,8 @@
 //! their first offset (`00000000000000000000.seg`). Each record is a frame
 //! `[body length u32][crc32c of body u32][timestamp i64][key length u32][key][value]`
 //! (little endian); offsets are implicit (segment base + position). A writer holds a lock
-//! file per partition; on opening it truncates a torn tail (a crash mid-write) and reports it.
+//! file per partition; on opening it truncates a torn tail (a crash mid-write) and reports it,
+//! and refuses a partition whose damage has valid records after it (`repair.rs`).
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -11,6 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{LogError, LogReader, LogWriter, Record, partition_for};
+
+mod repair;
+
+pub use repair::{Damage, Repair};
 
 const HEADER: usize = 8;
 /// Largest frame body: a 4 MiB op plus a 256-byte key fit with room to spare.
@@ -124,6 +129,26 @@ impl FileLog {
         }
         bases.sort_unstable();
         Ok(bases)
+    }
+
+    /// Takes the partition's writer lock (held while the returned file is open).
+    fn lock_partition(&self, partition: u32) -> Result<File, LogError> {
+        let dir = self.partition_dir(partition)?;
+        let lock_path = dir.join("writer.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_at(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(LogError::Locked {
+                partition,
+                path: dir.display().to_string(),
+                lock: lock_path.display().to_string(),
+            });
+        }
+        Ok(lock)
     }
 
     fn segment_path(&self, partition: u32, base: u64) -> PathBuf {
@@ -271,21 +296,7 @@ impl FileWriter {
     }
 
     fn open_partition(&mut self, partition: u32) -> Result<PartitionWriter, LogError> {
-        let dir = self.log.partition_dir(partition)?;
-        let lock_path = dir.join("writer.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_at(&lock_path))?;
-        if lock.try_lock().is_err() {
-            return Err(LogError::Locked {
-                partition,
-                path: dir.display().to_string(),
-                lock: lock_path.display().to_string(),
-            });
-        }
+        let lock = self.log.lock_partition(partition)?;
         let base = self.log.segments(partition)?.last().copied().unwrap_or(0);
         let path = self.log.segment_path(partition, base);
         let file = OpenOptions::new()
@@ -303,6 +314,14 @@ impl FileWriter {
         }
         let len = file.metadata().map_err(io_at(&path))?.len();
         if len > valid {
+            // Only a torn tail may be cut: damage with valid records after it is corruption.
+            let mut tail = Vec::with_capacity((len - valid) as usize);
+            input.seek(SeekFrom::Start(valid)).map_err(io_at(&path))?;
+            input.read_to_end(&mut tail).map_err(io_at(&path))?;
+            if let Some(at) = repair::next_valid_frame(&tail) {
+                let reason = format!("a damaged frame of {at} bytes with valid records after it");
+                return Err(corrupt(partition, base + count, &path, reason));
+            }
             file.set_len(valid).map_err(io_at(&path))?;
             file.sync_all().map_err(io_at(&path))?;
             let truncation =
@@ -447,6 +466,13 @@ impl LogReader for FileReader {
             cursor.next_offset += 1;
         }
         Ok(cursor.next_offset)
+    }
+
+    fn earliest_offset(&mut self, partition: u32) -> Result<u64, LogError> {
+        match self.log.segments(partition)?.first() {
+            Some(&base) => Ok(base),
+            None => Ok(0),
+        }
     }
 }
 
