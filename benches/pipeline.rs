@@ -97,11 +97,11 @@ fn kafka(rt: &tokio::runtime::Runtime, brokers: &str, histories: &[(String, Vec<
     let postgres =
         std::env::var("DOCFOLD_BENCH_POSTGRES").expect("DOCFOLD_BENCH_POSTGRES with DOCFOLD_BENCH_KAFKA");
     let mut config = JobConfig { job: topic.clone(), ..JobConfig::default() };
-    config.log.url = format!("kafka://{brokers}");
+    config.log.url = format!("kafka://{brokers}").into();
     config.log.topic = topic.clone();
     config.log.group = format!("{topic}-docfold");
-    config.log.kafka.insert("session.timeout.ms".into(), "6000".into());
-    config.store.url = postgres;
+    config.log.kafka.insert("session.timeout.ms", "6000");
+    config.store.url = postgres.into();
     let started = Instant::now();
     let summaries = rt
         .block_on(pipeline::run(&config, Until::Idle { idle_ms: IDLE_MS }, CancellationToken::new()))

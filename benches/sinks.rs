@@ -46,9 +46,11 @@ fn main() {
 /// per `max_file_bytes`; returns (rows, seconds, bytes written).
 async fn archive_ops(dir: &Path, name: &str, ops: &[Op]) -> (u64, f64, u64) {
     let folder = dir.join(format!("archive-{name}"));
-    let objects =
-        Objects::open(&ObjectsConfig { url: format!("file://{}", folder.display()), ..Default::default() })
-            .expect("objects");
+    let objects = Objects::open(&ObjectsConfig {
+        url: format!("file://{}", folder.display()).into(),
+        ..Default::default()
+    })
+    .expect("objects");
     let envelopes: Vec<Envelope> = ops
         .iter()
         .enumerate()
@@ -102,12 +104,12 @@ async fn hot_documents(dir: &Path) {
     config.snapshots.interval_ms = 0;
     let unique = std::process::id();
     if let Ok(endpoint) = std::env::var("DOCFOLD_BENCH_DYNAMODB") {
-        config.projection.url = format!("dynamodb://bench-hot-{unique}");
+        config.projection.url = format!("dynamodb://bench-hot-{unique}").into();
         config.projection.endpoint = Some(endpoint);
     }
     let redis = std::env::var("DOCFOLD_BENCH_REDIS").ok();
     if let Some(url) = &redis {
-        config.invalidations.redis = Some(url.clone());
+        config.invalidations.redis = Some(url.as_str().into());
         config.invalidations.channel = format!("bench:{unique}");
         config.invalidations.key_prefix = format!("bench:{unique}:");
     }

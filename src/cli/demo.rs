@@ -97,7 +97,7 @@ impl DemoArgs {
         );
         let mut all_ok = true;
         rt.block_on(async {
-            let store = Store::open(&config.store.url).await?;
+            let store = Store::open(config.store.url.expose()).await?;
             let objects = docfold::sink::objects::Objects::open(&config.objects)?;
             let projections = docfold::sink::projection::Projections::open(&config.projection, objects)
                 .await?

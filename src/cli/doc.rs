@@ -26,7 +26,7 @@ impl DocCommand {
         let DocCommand::Show { doc_id, config, text_only } = self;
         let config = config.load()?;
         let stored = runtime()?.block_on(async {
-            let store = Store::open(&config.store.url).await?;
+            let store = Store::open(config.store.url.expose()).await?;
             let doc = store.load_doc(&config.job, &doc_id).await;
             store.close().await;
             doc

@@ -90,7 +90,7 @@ impl SnapshotsCommand {
         let partitions = partitions(&config)?;
         let restored = runtime()?.block_on(async {
             let objects = Objects::open(&config.objects)?;
-            let store = Store::open(&config.store.url).await?;
+            let store = Store::open(config.store.url.expose()).await?;
             let restored = snapshots::restore(&objects, &store, &config.job, partitions, |done| {
                 println!(
                     "partition {}: {} documents, checkpoint at offset {}",

@@ -3,14 +3,15 @@
 //! `./docfold-data`.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::log::file::Fsync;
 
+mod secret;
 mod sinks;
 
+pub use secret::{ClientSettings, Url, is_secret_setting, redact_url};
 pub use sinks::{
     ArchiveConfig, DeadLettersConfig, InvalidationsConfig, ObjectsConfig, ProjectionConfig, SnapshotsConfig,
 };
@@ -36,7 +37,7 @@ pub struct JobConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `file://DIR` (embedded) or `kafka://HOST:PORT[,HOST:PORT…]`.
-    pub url: String,
+    pub url: Url,
     pub topic: String,
     /// Partitions of the embedded log's topic when docfold creates it.
     pub partitions: u32,
@@ -46,15 +47,17 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Kafka consumer group of `docfold run`.
     pub group: String,
-    /// Extra librdkafka properties (e.g. `"security.protocol" = "SSL"`).
-    pub kafka: BTreeMap<String, String>,
+    /// Extra librdkafka properties (e.g. `"security.protocol" = "SSL"`); secret ones
+    /// (`sasl.password`, …) are never printed.
+    pub kafka: ClientSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (embedded) or `postgres://USER[:PASSWORD]@HOST:PORT/DB`.
-    pub url: String,
+    /// `sqlite://PATH` (embedded) or `postgres://USER[:PASSWORD]@HOST:PORT/DB` (the password
+    /// is never printed).
+    pub url: Url,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -97,7 +100,7 @@ impl Default for LogConfig {
             fsync: Fsync::IntervalMs(200),
             segment_bytes: 64 << 20,
             group: "docfold".into(),
-            kafka: BTreeMap::new(),
+            kafka: ClientSettings::default(),
         }
     }
 }
@@ -142,18 +145,21 @@ impl JobConfig {
     pub fn in_dir(dir: &Path) -> JobConfig {
         JobConfig {
             job: "main".into(),
-            log: LogConfig { url: format!("file://{}", dir.join("log").display()), ..LogConfig::default() },
-            store: StoreConfig { url: format!("sqlite://{}", dir.join("state.db").display()) },
+            log: LogConfig {
+                url: format!("file://{}", dir.join("log").display()).into(),
+                ..LogConfig::default()
+            },
+            store: StoreConfig { url: format!("sqlite://{}", dir.join("state.db").display()).into() },
             pipeline: PipelineConfig::default(),
             metrics: MetricsConfig::default(),
             objects: ObjectsConfig {
-                url: format!("file://{}", dir.join("objects").display()),
+                url: format!("file://{}", dir.join("objects").display()).into(),
                 ..ObjectsConfig::default()
             },
             archive: ArchiveConfig::default(),
             snapshots: SnapshotsConfig::default(),
             projection: ProjectionConfig {
-                url: format!("sqlite://{}", dir.join("projections.db").display()),
+                url: format!("sqlite://{}", dir.join("projections.db").display()).into(),
                 ..ProjectionConfig::default()
             },
             invalidations: InvalidationsConfig::default(),
@@ -188,9 +194,9 @@ impl JobConfig {
             if written.get(section).and_then(|s| s.get("url")).is_none() {
                 continue;
             }
-            let Some((scheme @ ("file" | "sqlite"), path)) = url.split_once("://") else { continue };
+            let Some((scheme @ ("file" | "sqlite"), path)) = url.scheme() else { continue };
             if !path.is_empty() && Path::new(path).is_relative() && !path.starts_with(':') {
-                *url = format!("{scheme}://{}", dir.join(path).display());
+                *url = format!("{scheme}://{}", dir.join(path).display()).into();
             }
         }
     }
@@ -215,7 +221,7 @@ impl JobConfig {
         if self.log.segment_bytes < 4096 {
             return invalid("log.segment_bytes", "must be at least 4096");
         }
-        if let Err(e) = crate::store::Backend::of(&self.store.url) {
+        if let Err(e) = crate::store::Backend::of(self.store.url.expose()) {
             return invalid("store.url", &e.to_string());
         }
         if self.pipeline.flush_interval_ms == 0 || self.pipeline.flush_ops == 0 {
@@ -247,7 +253,7 @@ impl JobConfig {
     }
 
     pub fn log_location(&self) -> Result<LogLocation, String> {
-        match self.log.url.split_once("://") {
+        match self.log.url.scheme() {
             Some(("file", dir)) if !dir.is_empty() => Ok(LogLocation::File(dir.into())),
             Some(("kafka", brokers)) if !brokers.is_empty() => Ok(LogLocation::Kafka(brokers.into())),
             _ => Err(format!("{:?}: expected file://DIR or kafka://HOST:PORT", self.log.url)),
@@ -256,6 +262,6 @@ impl JobConfig {
 
     /// The librdkafka overrides as pairs.
     pub fn kafka_overrides(&self) -> Vec<(String, String)> {
-        self.log.kafka.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.log.kafka.pairs()
     }
 }

@@ -3,13 +3,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Url;
+
 /// Object storage shared by the archive, the disaster-recovery snapshots and projection
 /// texts too large for a DynamoDB item.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectsConfig {
     /// `file://DIR` (embedded) or `s3://BUCKET[/PREFIX]`.
-    pub url: String,
+    pub url: Url,
     /// S3: endpoint override, e.g. `http://127.0.0.1:9000` for a local S3 server.
     /// Credentials and region come from the environment (`AWS_ACCESS_KEY_ID`, …).
     pub endpoint: Option<String>,
@@ -44,7 +46,7 @@ pub struct SnapshotsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProjectionConfig {
     /// `sqlite://PATH` (embedded), `dynamodb://TABLE`, or empty for none.
-    pub url: String,
+    pub url: Url,
     /// DynamoDB: endpoint override, e.g. `http://127.0.0.1:8000` for DynamoDB Local.
     pub endpoint: Option<String>,
     /// DynamoDB: region (default from the environment, else `us-east-1`).
@@ -63,7 +65,7 @@ pub struct InvalidationsConfig {
     /// Topic on the job's log (compacted on Kafka); empty for none.
     pub topic: String,
     /// `redis://HOST:PORT[/DB]` of the regional cache; absent for none.
-    pub redis: Option<String>,
+    pub redis: Option<Url>,
     /// The cache keeps document `D` at `<key_prefix>D` (a hash with `text` and `version`).
     pub key_prefix: String,
     /// Invalidations are published on this channel.
@@ -136,7 +138,8 @@ pub(super) fn validate(
     archive: &ArchiveConfig,
     projection: &ProjectionConfig,
 ) -> Result<(), (&'static str, String)> {
-    crate::sink::objects::ObjectsUrl::parse(&objects.url).map_err(|e| ("objects.url", e.to_string()))?;
+    crate::sink::objects::ObjectsUrl::parse(objects.url.expose())
+        .map_err(|e| ("objects.url", e.to_string()))?;
     if archive.max_file_bytes == 0 || archive.max_file_age_ms == 0 {
         return Err((
             "archive.max_file_bytes",
@@ -146,7 +149,7 @@ pub(super) fn validate(
     if archive.part_bytes < 5 << 20 {
         return Err(("archive.part_bytes", "must be at least 5 MiB (S3's smallest part)".into()));
     }
-    crate::sink::projection::ProjectionUrl::parse(&projection.url)
+    crate::sink::projection::ProjectionUrl::parse(projection.url.expose())
         .map_err(|e| ("projection.url", e.to_string()))?;
     if projection.inline_max_bytes == 0 || projection.inline_max_bytes > 380_000 {
         return Err(("projection.inline_max_bytes", "must be between 1 and 380000".into()));

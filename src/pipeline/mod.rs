@@ -125,7 +125,7 @@ pub async fn run(
     until: Until,
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
-    let store = Store::open(&config.store.url).await?;
+    let store = Store::open(config.store.url.expose()).await?;
     let job = Job {
         name: config.job.clone(),
         store: store.clone(),

@@ -129,7 +129,8 @@ impl Invalidator {
         let topic = (!settings.topic.is_empty())
             .then(|| TopicSink::open(config, &settings.topic, "invalidations topic"))
             .transpose()?;
-        let redis = settings.redis.as_deref().map(|url| RedisCache::open(url, settings)).transpose()?;
+        let redis =
+            settings.redis.as_ref().map(|url| RedisCache::open(url.expose(), settings)).transpose()?;
         Ok(Invalidator { topic, redis })
     }
 

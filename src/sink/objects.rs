@@ -61,7 +61,7 @@ fn failed(action: &str, key: &Key) -> impl FnOnce(object_store::Error) -> SinkEr
 
 impl Objects {
     pub fn open(config: &ObjectsConfig) -> Result<Objects, SinkError> {
-        let store: Arc<dyn ObjectStore> = match ObjectsUrl::parse(&config.url)? {
+        let store: Arc<dyn ObjectStore> = match ObjectsUrl::parse(config.url.expose())? {
             ObjectsUrl::Folder(dir) => {
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| SinkError::Config(format!("object folder {}: {e}", dir.display())))?;

@@ -4,6 +4,8 @@
 //! migration folder per backend (`migrations/sqlite`, `migrations/postgres`).
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
+
+use crate::config::redact_url;
 use sqlx::{AnyPool, Executor, Row};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,7 +122,7 @@ impl Backend {
             Some("sqlite") => Ok(Backend::Sqlite),
             Some("postgres" | "postgresql") => Ok(Backend::Postgres),
             _ => Err(StoreError::BadUrl {
-                url: url.into(),
+                url: redact_url(url),
                 reason: "expected sqlite://PATH or postgres://…".into(),
             }),
         }
@@ -208,7 +210,7 @@ impl Store {
         let mut options = AnyPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30));
         let mut url = url.to_string();
         if backend == Backend::Sqlite {
-            create_folder_of(&url).map_err(|e| StoreError::BadUrl { url: url.clone(), reason: e })?;
+            create_folder_of(&url).map_err(|e| StoreError::BadUrl { url: redact_url(&url), reason: e })?;
             if !url.contains('?') {
                 url.push_str("?mode=rwc");
             }

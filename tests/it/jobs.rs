@@ -15,8 +15,10 @@ fn the_shipped_job_configs_load() {
     let defaults = JobConfig::default();
     let from_root = |url: &str| url.replace("jobs/../", "");
     assert_eq!(
-        [&local.log.url, &local.store.url, &local.objects.url, &local.projection.url].map(|u| from_root(u)),
-        [defaults.log.url, defaults.store.url, defaults.objects.url, defaults.projection.url],
+        [&local.log.url, &local.store.url, &local.objects.url, &local.projection.url]
+            .map(|u| from_root(u.expose())),
+        [defaults.log.url, defaults.store.url, defaults.objects.url, defaults.projection.url]
+            .map(|u| u.expose().to_string()),
         "local.toml is the default"
     );
     let kafka = JobConfig::load(Path::new("jobs/kafka.toml")).expect("kafka.toml");

@@ -144,7 +144,7 @@ async fn start(dir: &Path, config_text: &str) -> (JobConfig, Sinks, Store, Run, 
     let config = JobConfig::load(&path).expect("config");
     let sinks = Sinks::open(&config).await.expect("sinks");
     sinks.projections.as_ref().expect("projections").backend().create().await.expect("table");
-    let store = Store::open(&config.store.url).await.expect("store");
+    let store = Store::open(config.store.url.expose()).await.expect("store");
     let cancel = CancellationToken::new();
     let run = tokio::spawn({
         let (config, cancel) = (config.clone(), cancel.clone());

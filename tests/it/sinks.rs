@@ -27,7 +27,7 @@ use crate::services;
 
 pub fn folder_objects(name: &str) -> ObjectsConfig {
     ObjectsConfig {
-        url: format!("file://{}", services::temp_dir(name).display()),
+        url: format!("file://{}", services::temp_dir(name).display()).into(),
         ..ObjectsConfig::default()
     }
 }
@@ -35,7 +35,7 @@ pub fn folder_objects(name: &str) -> ObjectsConfig {
 pub fn s3_objects(name: &str) -> ObjectsConfig {
     let (endpoint, bucket) = services::s3_bucket();
     ObjectsConfig {
-        url: format!("s3://{bucket}/{name}-{}", services::unique()),
+        url: format!("s3://{bucket}/{name}-{}", services::unique()).into(),
         endpoint: Some(endpoint),
         region: Some("us-east-1".into()),
     }
@@ -164,15 +164,21 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
 async fn projections_conformance_sqlite() {
     let dir = services::temp_dir("projections");
     let url = format!("sqlite://{}", dir.join("projections.db").display());
-    projections_conformance(ProjectionConfig { url, ..ProjectionConfig::default() }, folder_objects("proj"))
-        .await;
+    projections_conformance(
+        ProjectionConfig { url: url.into(), ..ProjectionConfig::default() },
+        folder_objects("proj"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn projections_conformance_dynamodb() {
     let url = format!("dynamodb://projections-{}", services::unique());
-    let config =
-        ProjectionConfig { url, endpoint: Some(services::dynamodb()), ..ProjectionConfig::default() };
+    let config = ProjectionConfig {
+        url: url.into(),
+        endpoint: Some(services::dynamodb()),
+        ..ProjectionConfig::default()
+    };
     projections_conformance(config, s3_objects("proj")).await;
 }
 
@@ -285,7 +291,7 @@ async fn pyarrow_reads_the_archive() {
         archive.push(offset, 1_700_000_000_000, Some(&envelope));
     }
     archive.write().await.expect("write");
-    let root = config.url.trim_start_matches("file://");
+    let root = config.url.expose().trim_start_matches("file://");
     let out = std::process::Command::new(services::python())
         .arg("tests/python/read_archive.py")
         .arg(root)
@@ -300,7 +306,7 @@ async fn pyarrow_reads_the_archive() {
 async fn invalidations_conformance(config: JobConfig, topic: Box<dyn FnOnce() -> Vec<Vec<u8>>>) {
     let settings = &config.invalidations;
     let redis_url = settings.redis.clone().expect("redis");
-    let client = redis::Client::open(redis_url.as_str()).expect("redis url");
+    let client = redis::Client::open(redis_url.expose()).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("connect to Redis");
     let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
     pubsub.subscribe(&settings.channel).await.expect("subscribe");
@@ -354,7 +360,7 @@ async fn invalidations_conformance(config: JobConfig, topic: Box<dyn FnOnce() ->
 fn redis_settings(name: &str) -> InvalidationsConfig {
     let prefix = format!("test:{name}:{}:", services::unique());
     InvalidationsConfig {
-        redis: Some(services::redis()),
+        redis: Some(services::redis().into()),
         channel: format!("{prefix}channel"),
         key_prefix: prefix,
         ..InvalidationsConfig::default()
@@ -393,7 +399,7 @@ async fn invalidations_conformance_kafka_and_redis() {
     let topic = format!("inv-{}", services::unique());
     KafkaLog::create_topic(&brokers, &topic, 1, 1, &[]).await.expect("create topic");
     let mut config = JobConfig::in_dir(&services::temp_dir("kinvalidate"));
-    config.log.url = format!("kafka://{brokers}");
+    config.log.url = format!("kafka://{brokers}").into();
     config.invalidations = InvalidationsConfig { topic: topic.clone(), ..redis_settings("kafka") };
     let read = move || {
         let log = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");

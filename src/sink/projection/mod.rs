@@ -138,7 +138,7 @@ pub fn text_key(doc_id: &str, version: u64) -> Key {
 impl Projections {
     /// Opens the configured backend; `None` when `projection.url` is empty.
     pub async fn open(config: &ProjectionConfig, objects: Objects) -> Result<Option<Projections>, SinkError> {
-        let backend = match ProjectionUrl::parse(&config.url)? {
+        let backend = match ProjectionUrl::parse(config.url.expose())? {
             ProjectionUrl::None => return Ok(None),
             ProjectionUrl::Sqlite(url) => Backend::Sqlite(SqliteProjections::open(&url).await?),
             ProjectionUrl::DynamoDb { table } => {
