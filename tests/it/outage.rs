@@ -406,3 +406,41 @@ async fn a_stalled_partition_does_not_stop_the_others() {
         assert_eq!(item.version, stored.version, "projection of {doc}");
     }
 }
+
+/// A PostgreSQL restart (`pg_ctl restart -m fast`: every connection terminated with
+/// SQLSTATE 57P01, then refused until it is back) is routine: the pipeline retries and
+/// catches up with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_rides_out_a_postgres_restart() {
+    docfold::telemetry::init_logs("warn");
+    let cluster = services::PgCluster::start("pgrestart");
+    let dir = services::temp_dir("pgrestart");
+    let log = FileLog::create(&dir.join("log"), "doc-ops", 2).expect("topic");
+    let writer = || Box::new(log.writer(Fsync::Never, 1 << 20)) as Box<dyn LogWriter>;
+    let docs: Vec<String> = ["svelte-0", "svelte-5", "svelte-1", "svelte-2"].map(String::from).to_vec();
+    produce(writer(), &docs[..2]).await;
+    let text = format!(
+        "job = \"outage\"\n[log]\nurl = \"file://{d}/log\"\npartitions = 2\n[store]\nurl = \"{pg}\"\n\
+         [pipeline]\nflush_interval_ms = 20\nflush_ops = 200\n[archive]\nmax_file_age_ms = 300\n\
+         [objects]\nurl = \"file://{d}/objects\"\n[projection]\nurl = \"sqlite://{d}/projections.db\"\n",
+        d = dir.display(),
+        pg = cluster.url(),
+    );
+    let (_, sinks, store, run, cancel) = start(&dir, &text).await;
+    let _stop_on_failure = cancel.clone().drop_guard();
+    produce(writer(), &docs[2..]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ends = || {
+        let mut reader = log.reader();
+        (0..2).map(|p| reader.end_offset(p).expect("end")).collect::<Vec<u64>>()
+    };
+    // Three restarts while commits run every few milliseconds: some land mid-transaction.
+    for _ in 0..3 {
+        assert!(!caught_up(&store, &ends()).await, "the restart comes mid-stream");
+        tokio::task::block_in_place(|| cluster.restart_fast());
+        assert!(!run.is_finished(), "the pipeline stopped at a restart");
+        produce(writer(), &docs[..1]).await;
+    }
+    wait_caught_up(&store, &ends(), &run, "PostgreSQL restarted").await;
+    assert_nothing_lost(run, cancel, &sinks, &store, &docs, &ends(), 0).await;
+}

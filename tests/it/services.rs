@@ -125,3 +125,88 @@ pub fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     rest.split('/').next().unwrap_or(rest).to_string()
 }
+
+/// A PostgreSQL cluster of a test's own (Debian's initdb and pg_ctl, from
+/// `DOCFOLD_TEST_PG_BIN`), so the test may restart or stop it; stopped when dropped.
+pub struct PgCluster {
+    bin: PathBuf,
+    data: PathBuf,
+    pub port: u16,
+}
+
+impl PgCluster {
+    pub fn start(name: &str) -> PgCluster {
+        let bin = PathBuf::from(std::env::var("DOCFOLD_TEST_PG_BIN").unwrap_or_else(|_| {
+            let found = std::fs::read_dir("/usr/lib/postgresql")
+                .ok()
+                .and_then(|d| d.flatten().map(|e| e.path()).max());
+            found.map(|p| p.join("bin").display().to_string()).unwrap_or_default()
+        }));
+        assert!(
+            bin.join("initdb").is_file(),
+            "no PostgreSQL server binaries at {} (DOCFOLD_TEST_PG_BIN); ./scripts/services up installs them",
+            bin.display()
+        );
+        let dir = temp_dir(name);
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let cluster = PgCluster { bin, data: dir.join("data"), port };
+        if is_root() {
+            let status = std::process::Command::new("chown").args(["postgres:postgres"]).arg(&dir).status();
+            assert!(status.is_ok_and(|s| s.success()), "chown the cluster's folder to postgres");
+        }
+        let data = cluster.data.display().to_string();
+        cluster.pg(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"],
+        );
+        cluster.pg_ctl("start", &[]);
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `pg_ctl restart -m fast`: every connection is cut (SQLSTATE 57P01), the server comes back.
+    pub fn restart_fast(&self) {
+        self.pg_ctl("restart", &["-m", "fast"]);
+    }
+
+    fn pg_ctl(&self, action: &str, extra: &[&str]) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.data.parent().expect("cluster folder").display()
+        );
+        let data = self.data.display().to_string();
+        let log = self.data.parent().expect("cluster folder").join("pg.log").display().to_string();
+        let mut args = vec!["-D", &data, "-l", &log, "-w", "-o", &options, action];
+        args.extend_from_slice(extra);
+        self.pg("pg_ctl", &args);
+    }
+
+    fn pg(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            std::process::Command::new(&path)
+        };
+        let out = command.args(args).output().expect("run a PostgreSQL tool");
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.data.display().to_string();
+        let _ = std::panic::catch_unwind(|| self.pg("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]));
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}

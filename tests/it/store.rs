@@ -119,3 +119,47 @@ async fn concurrent_opens_of_a_fresh_sqlite_store_all_succeed() {
         }
     }
 }
+
+/// A database that turns read-only (a replica during a failover, SQLSTATE 25006) fails a
+/// commit with a retryable error, and the commit goes through once it is writable again.
+#[tokio::test]
+async fn a_read_only_database_is_a_retryable_failure() {
+    use sqlx::Executor;
+    let url = services::postgres_database("readonly").await;
+    let database = url.rsplit('/').next().expect("database name").to_string();
+    let store = Store::open(&url).await.expect("open");
+    let owner = store.claim("job", 0).await.expect("claim");
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&services::postgres_server()).await.expect("admin");
+    let set_read_only = |on: bool| {
+        format!(
+            "ALTER DATABASE {database} SET default_transaction_read_only = {on}; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+    };
+    admin.execute(set_read_only(true).as_str()).await.expect("read-only");
+    let mut refused = None;
+    for _ in 0..5 {
+        // The pool notices its terminated connections and opens read-only ones.
+        match store.commit(&owner, at(5), &[doc("a", 1, 4, b"a")]).await {
+            Err(error) if matches!(&error, StoreError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("25006")) =>
+            {
+                refused = Some(error);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let refused = refused.expect("a read-only database refuses the commit with 25006");
+    assert!(refused.is_retryable(), "25006 is routine (failover): {refused}");
+    admin.execute(set_read_only(false).as_str()).await.expect("writable");
+    let mut committed = false;
+    for _ in 0..5 {
+        if store.commit(&owner, at(5), &[doc("a", 1, 4, b"a")]).await.is_ok() {
+            committed = true;
+            break;
+        }
+    }
+    assert!(committed, "the retried commit goes through");
+    assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(at(5)));
+}
