@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use docfold::log::{LogWriter, Record, Topic};
 use docfold::op::decode;
 use docfold::sink::dead_letter::DeadLetter;
+use docfold::sink::objects::Objects;
 
-use super::ConfigArg;
+use super::{ConfigArg, runtime};
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
@@ -37,6 +38,8 @@ impl DeadLettersCommand {
         let topic = &config.dead_letters.topic;
         anyhow::ensure!(!topic.is_empty(), "dead letters are off in this job (dead_letters.topic is empty)");
         let mut reader = Topic::open(&config, topic, false)?.reader()?;
+        let objects = Objects::open(&config.objects)?;
+        let rt = runtime()?;
         let mut writers: BTreeMap<String, Box<dyn LogWriter>> = BTreeMap::new();
         let (mut seen, mut chosen, mut replayed) = (0u64, 0u64, 0u64);
         for partition in 0..reader.partitions() {
@@ -56,7 +59,8 @@ impl DeadLettersCommand {
                     }
                     chosen += 1;
                     // Routed by the document id, wherever the original key pointed.
-                    let Ok(envelope) = decode(&letter.value) else { continue };
+                    let value = rt.block_on(letter.value(&objects))?;
+                    let Ok(envelope) = decode(&value) else { continue };
                     if dry_run {
                         continue;
                     }
@@ -66,7 +70,7 @@ impl DeadLettersCommand {
                         writers.insert(source.clone(), Topic::open(&config, source, false)?.writer(&config)?);
                     }
                     let writer = writers.get_mut(source).expect("inserted above");
-                    writer.append(envelope.doc_id.as_bytes(), &letter.value)?;
+                    writer.append(envelope.doc_id.as_bytes(), &value)?;
                     replayed += 1;
                 }
             }

@@ -248,7 +248,7 @@ impl JobConfig {
                 &format!("{addr} is reachable from other hosts; set metrics.allow_remote = true to mean it"),
             );
         }
-        sinks::validate(&self.objects, &self.archive, &self.projection)
+        sinks::validate(&self.objects, &self.archive, &self.snapshots, &self.projection)
             .or_else(|(field, message)| invalid(field, &message))
     }
 

@@ -39,6 +39,9 @@ pub struct SnapshotsConfig {
     /// How often each partition writes the documents changed since its last manifest;
     /// 0 turns them off.
     pub interval_ms: u64,
+    /// Manifests kept per partition (the newest); older ones, and the document states only
+    /// they name, are deleted after each export.
+    pub keep: usize,
 }
 
 /// The read model: one item per document with its text and version.
@@ -78,6 +81,9 @@ pub struct InvalidationsConfig {
 pub struct DeadLettersConfig {
     /// Topic on the job's log; empty to only log and count them.
     pub topic: String,
+    /// A letter larger than this keeps its value in object storage (`dead-letters/…`) and
+    /// a pointer in the topic: librdkafka's `message.max.bytes` is 1 MB, an op may be 4 MiB.
+    pub max_inline_bytes: usize,
 }
 
 impl Default for ObjectsConfig {
@@ -99,7 +105,7 @@ impl Default for ArchiveConfig {
 
 impl Default for SnapshotsConfig {
     fn default() -> Self {
-        SnapshotsConfig { interval_ms: 3_600_000 }
+        SnapshotsConfig { interval_ms: 3_600_000, keep: 24 }
     }
 }
 
@@ -128,7 +134,7 @@ impl Default for InvalidationsConfig {
 
 impl Default for DeadLettersConfig {
     fn default() -> Self {
-        DeadLettersConfig { topic: "doc-ops-dlq".into() }
+        DeadLettersConfig { topic: "doc-ops-dlq".into(), max_inline_bytes: 900 << 10 }
     }
 }
 
@@ -136,6 +142,7 @@ impl Default for DeadLettersConfig {
 pub(super) fn validate(
     objects: &ObjectsConfig,
     archive: &ArchiveConfig,
+    snapshots: &SnapshotsConfig,
     projection: &ProjectionConfig,
 ) -> Result<(), (&'static str, String)> {
     crate::sink::objects::ObjectsUrl::parse(objects.url.expose())
@@ -153,6 +160,9 @@ pub(super) fn validate(
         .map_err(|e| ("projection.url", e.to_string()))?;
     if projection.inline_max_bytes == 0 || projection.inline_max_bytes > 380_000 {
         return Err(("projection.inline_max_bytes", "must be between 1 and 380000".into()));
+    }
+    if snapshots.keep == 0 {
+        return Err(("snapshots.keep", "must be at least 1".into()));
     }
     if projection.concurrency == 0 {
         return Err(("projection.concurrency", "must be at least 1".into()));

@@ -29,7 +29,28 @@ pub struct KafkaLog {
 }
 
 fn kafka(e: KafkaError) -> LogError {
-    LogError::Kafka(e.to_string())
+    match e.rdkafka_error_code() {
+        Some(code) if is_fatal(code) => LogError::Refused(e.to_string()),
+        _ => LogError::Kafka(e.to_string()),
+    }
+}
+
+/// Error codes that no retry can fix: the record is too large or invalid for the topic, or
+/// the client is not allowed to write it.
+fn is_fatal(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::InvalidTopic
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+    )
 }
 
 impl KafkaLog {
@@ -121,6 +142,8 @@ impl KafkaLog {
 #[derive(Default)]
 struct Failures {
     count: u64,
+    /// Whether one of them cannot succeed on a retry.
+    fatal: bool,
     first: Option<String>,
 }
 
@@ -137,6 +160,7 @@ impl ProducerContext for DeliveryTracker {
         if let Err((error, _)) = result {
             let mut failures = self.failures.lock().expect("delivery tracker lock");
             failures.count += 1;
+            failures.fatal |= error.rdkafka_error_code().is_some_and(is_fatal);
             failures.first.get_or_insert_with(|| error.to_string());
         }
     }
@@ -167,11 +191,10 @@ impl LogWriter for KafkaWriter {
         self.producer.flush(TIMEOUT).map_err(kafka)?;
         let mut failures = self.failures.lock().expect("delivery tracker lock");
         if failures.count > 0 {
-            let Failures { count, first } = std::mem::take(&mut *failures);
-            return Err(LogError::Kafka(format!(
-                "{count} records were not delivered; first error: {}",
-                first.unwrap_or_default()
-            )));
+            let Failures { count, fatal, first } = std::mem::take(&mut *failures);
+            let message =
+                format!("{count} records were not delivered; first error: {}", first.unwrap_or_default());
+            return Err(if fatal { LogError::Refused(message) } else { LogError::Kafka(message) });
         }
         Ok(())
     }

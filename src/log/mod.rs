@@ -109,6 +109,9 @@ pub enum LogError {
     TooLarge { bytes: usize, limit: usize },
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The broker or the client refused for good (too large, not allowed): not retried.
+    #[error("kafka refused: {0}")]
+    Refused(String),
     #[error("log URL {0}")]
     BadUrl(String),
 }

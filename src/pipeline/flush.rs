@@ -237,6 +237,14 @@ impl PartitionWorker {
                 );
                 self.manifest = Some(manifest);
                 self.last_export = Instant::now();
+                // The new manifest is written: older ones beyond `keep` are garbage now.
+                let (objects, keep) = (&self.job.sinks.objects, self.job.sinks.snapshots_keep);
+                match snapshots::collect_garbage(objects, partition, keep).await {
+                    Ok(deleted) => tracing::debug!(partition, deleted, "old snapshots deleted"),
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "deleting old snapshots failed; retried after the next export")
+                    }
+                }
                 Ok(())
             }
             Err(error) if error.is_retryable() => {

@@ -119,6 +119,8 @@ pub struct Sinks {
     pub archive: Option<crate::config::ArchiveConfig>,
     /// How often partitions write disaster-recovery snapshots, when they do.
     pub snapshot_interval: Option<Duration>,
+    /// Manifests kept per partition.
+    pub snapshots_keep: usize,
     /// The topic the job folds (named in dead letters).
     pub source_topic: String,
 }
@@ -132,8 +134,9 @@ impl Sinks {
         Ok(Sinks {
             projections: projections.map(std::sync::Arc::new),
             invalidator: invalidate::Invalidator::open(config)?,
-            dead_letters: dead_letter::DeadLetters::open(config)?,
+            dead_letters: dead_letter::DeadLetters::open(config, objects.clone())?,
             archive: config.archive.enabled.then(|| config.archive.clone()),
+            snapshots_keep: config.snapshots.keep,
             snapshot_interval: (config.snapshots.interval_ms > 0)
                 .then(|| Duration::from_millis(config.snapshots.interval_ms)),
             source_topic: config.log.topic.clone(),

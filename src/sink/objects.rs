@@ -122,6 +122,14 @@ impl Objects {
         }
     }
 
+    /// Deletes the object at `key` (a missing one is no error).
+    pub async fn delete(&self, key: &Key) -> Result<(), SinkError> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(failed("deleting", key)(e)),
+        }
+    }
+
     /// Every key under `prefix` (recursively), sorted.
     pub async fn list(&self, prefix: &Key) -> Result<Vec<Key>, SinkError> {
         let mut keys: Vec<Key> = self

@@ -61,8 +61,7 @@ fn store_failed(error: StoreError) -> SinkError {
 /// The newest manifest of a partition, if any.
 pub async fn latest_manifest(objects: &Objects, partition: u32) -> Result<Option<Manifest>, SinkError> {
     let Some(key) = objects.list(&manifests(partition)).await?.pop() else { return Ok(None) };
-    let bytes = objects.get(&key).await?.ok_or_else(|| corrupt(format!("{key} vanished while read")))?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(format!("{key}: {e}")))
+    read_manifest(objects, &key).await.map(Some)
 }
 
 /// Writes the partition's documents changed since `last` (the previous manifest) and a new
@@ -77,9 +76,13 @@ pub async fn export(
 ) -> Result<Manifest, SinkError> {
     let mut manifest = last.unwrap_or_else(|| Manifest { job: job.into(), partition, ..Manifest::default() });
     let since = manifest.next_offset;
+    let delay = fault_delay();
     for (doc_id, doc) in store.docs_changed(job, partition, since).await.map_err(store_failed)? {
         let key = doc_key(&doc_id, doc.offset);
         objects.put(&key, Bytes::from(doc.state), usize::MAX).await?;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         manifest
             .docs
             .insert(doc_id, ManifestDoc { key: key.to_string(), version: doc.version, offset: doc.offset });
@@ -91,6 +94,43 @@ pub async fn export(
         .put(&manifests(partition).join(format!("{next_offset:020}.json")), body.into(), usize::MAX)
         .await?;
     Ok(manifest)
+}
+
+/// Deletes the partition's manifests older than its newest `keep`, and the document
+/// states only they name: manifests are cumulative, so a state that a deleted manifest
+/// names and the oldest kept one does not was replaced before every kept manifest.
+/// Called after an export; a failure leaves garbage for the next call, never a gap.
+pub async fn collect_garbage(objects: &Objects, partition: u32, keep: usize) -> Result<usize, SinkError> {
+    let listed = objects.list(&manifests(partition)).await?;
+    if listed.len() <= keep {
+        return Ok(0);
+    }
+    let (old, kept) = listed.split_at(listed.len() - keep);
+    let oldest_kept = read_manifest(objects, &kept[0]).await?;
+    let referenced: std::collections::HashSet<&str> =
+        oldest_kept.docs.values().map(|d| d.key.as_str()).collect();
+    let mut deleted = 0;
+    for key in old {
+        let manifest = read_manifest(objects, key).await?;
+        for doc in manifest.docs.values().filter(|d| !referenced.contains(d.key.as_str())) {
+            objects.delete(&stored_key("snapshots", &doc.key)?).await?;
+            deleted += 1;
+        }
+        objects.delete(key).await?;
+    }
+    Ok(deleted)
+}
+
+async fn read_manifest(objects: &Objects, key: &Key) -> Result<Manifest, SinkError> {
+    let bytes = objects.get(key).await?.ok_or_else(|| corrupt(format!("{key} vanished while read")))?;
+    serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{key}: {e}")))
+}
+
+/// Fault injection for the crash tests: `DOCFOLD_FAULT_EXPORT_DELAY_MS` makes an export
+/// wait after each document, so that kills land in the middle of exports.
+fn fault_delay() -> Option<std::time::Duration> {
+    let ms = std::env::var("DOCFOLD_FAULT_EXPORT_DELAY_MS").ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
 }
 
 /// What [`restore`] did for one partition.

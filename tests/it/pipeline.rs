@@ -32,7 +32,7 @@ fn write_config(dir: &Path, name: &str, log: &str, store_url: &str, flush_ops: u
     let text = format!(
         "job = \"crash\"\n[log]\npartitions = {PARTITIONS}\n{log}\n[store]\nurl = \"{store_url}\"\n\
          [pipeline]\nflush_interval_ms = 40\nflush_ops = {flush_ops}\nmax_docs_in_memory = 2\nbatch = 500\n\
-         [archive]\nmax_file_bytes = 65536\nmax_file_age_ms = 150\n[snapshots]\ninterval_ms = 200\n{sinks}"
+         [archive]\nmax_file_bytes = 65536\nmax_file_age_ms = 150\n[snapshots]\ninterval_ms = 100\n{sinks}"
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -63,6 +63,8 @@ fn spawn_run(config: &Path, idle_ms: u64) -> Child {
         .args(["run", "--exit-when-idle", "--idle-ms", &idle_ms.to_string(), "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
+        // Exports take a while, so that kills land in them too.
+        .env("DOCFOLD_FAULT_EXPORT_DELAY_MS", "4")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -227,6 +229,61 @@ async fn assert_sinks_equal_reference(sinks: &Sinks, expected: &Reference, dead_
     assert_eq!(letters, expected.bad, "every bad record is a dead letter");
 }
 
+/// Watches the disaster-recovery snapshots between kills: a kill after an export (a new
+/// manifest appeared during the run), and a kill during one (a document object newer than
+/// every manifest of its partition: written, but its manifest never was).
+struct ExportWatch {
+    root: PathBuf,
+    manifests: usize,
+    orphans: BTreeSet<PathBuf>,
+    after: usize,
+    during: usize,
+}
+
+impl ExportWatch {
+    fn new(root: PathBuf) -> ExportWatch {
+        ExportWatch { root, manifests: 0, orphans: BTreeSet::new(), after: 0, during: 0 }
+    }
+
+    fn after_kill(&mut self) {
+        let entries = |dir: PathBuf| -> Vec<PathBuf> {
+            std::fs::read_dir(dir).map_or(Vec::new(), |d| d.map(|e| e.expect("entry").path()).collect())
+        };
+        let offset = |path: &Path| -> u64 {
+            path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(0)
+        };
+        let newest: Vec<u64> = (0..PARTITIONS)
+            .map(|p| {
+                entries(self.root.join(format!("manifests/partition={p}")))
+                    .iter()
+                    .map(|m| offset(m))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let manifests: usize =
+            (0..PARTITIONS).map(|p| entries(self.root.join(format!("manifests/partition={p}"))).len()).sum();
+        if manifests > self.manifests {
+            self.after += 1;
+            self.manifests = manifests;
+        }
+        let mut cut_short = false;
+        for doc in entries(self.root.clone()) {
+            let Some(id) = doc.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("doc="))
+            else {
+                continue;
+            };
+            let partition = docfold::log::partition_for(id.as_bytes(), PARTITIONS) as usize;
+            for object in entries(doc.clone()) {
+                if offset(&object) >= newest[partition] && self.orphans.insert(object) {
+                    cut_short = true;
+                }
+            }
+        }
+        self.during += usize::from(cut_short);
+    }
+}
+
 fn doc_names(svelte_copies: usize, friends_copies: usize) -> Vec<String> {
     let svelte = (0..svelte_copies).map(|i| format!("sveltecomponent-{i}"));
     svelte.chain((0..friends_copies).map(|i| format!("friendsforever-{i}"))).collect()
@@ -238,9 +295,16 @@ fn crash_runs() -> (usize, u64) {
     (runs, seed)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_pipeline_survives_sigkill_at_random_moments() {
-    let dir = services::temp_dir("crash");
+/// An embedded log in `dir` filled with duplicates and garbage, and the sections of a
+/// config for it with every embedded sink.
+struct EmbeddedSetup {
+    log: FileLog,
+    store_url: String,
+    log_section: String,
+    sinks_section: String,
+}
+
+fn embedded_setup(dir: &Path) -> EmbeddedSetup {
     let log = FileLog::create(&dir.join("log"), "doc-ops", PARTITIONS).expect("topic");
     fill(&mut log.writer(Fsync::Never, 1 << 20), 5, 3);
     let store_url = format!("sqlite://{}", dir.join("state.db").display());
@@ -249,14 +313,33 @@ async fn embedded_pipeline_survives_sigkill_at_random_moments() {
         "[objects]\nurl = \"file://{0}/objects\"\n[projection]\nurl = \"sqlite://{0}/projections.db\"\n",
         dir.display()
     );
+    EmbeddedSetup { log, store_url, log_section, sinks_section }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_pipeline_survives_sigkill_at_random_moments() {
+    let dir = services::temp_dir("crash");
+    let EmbeddedSetup { log, store_url, log_section, sinks_section } = embedded_setup(&dir);
     let config = write_config(&dir, "job.toml", &log_section, &store_url, 3000, &sinks_section);
     let sinks = Sinks::open(&JobConfig::load(&config).expect("config")).await.expect("sinks");
     let (runs, seed) = crash_runs();
-    let mut check = versions_never_decrease(&sinks, doc_names(5, 3));
-    let killed = tokio::task::block_in_place(|| kill_at_random(&config, runs, seed, (0, 150), &mut check));
-    assert!(killed * 2 >= runs, "most kills must land mid-run ({killed} of {runs})");
+    let mut versions = versions_never_decrease(&sinks, doc_names(5, 3));
+    let mut exports = ExportWatch::new(dir.join("objects/snapshots"));
+    let mut check = || {
+        versions();
+        exports.after_kill();
+    };
+    let killed = tokio::task::block_in_place(|| kill_at_random(&config, runs, seed, (0, 400), &mut check));
+    // Later runs find less to do: the log is folded after a few dozen runs.
+    assert!(killed >= runs.min(20) / 2, "kills must land mid-run ({killed} of {runs})");
+    let ExportWatch { after, during, .. } = exports;
+    eprintln!(
+        "{killed} of {runs} kills mid-run; {after} after a disaster-recovery export, {during} during one"
+    );
+    assert!(after > 0, "some kills land after a disaster-recovery export");
+    assert!(during > 0, "some kills land during a disaster-recovery export");
     tokio::task::block_in_place(|| run_to_completion(&config, 0));
-    tokio::task::block_in_place(&mut check);
+    tokio::task::block_in_place(&mut versions);
     let expected = reference(&mut log.reader());
     assert_store_equals_reference(&store_url, &expected).await;
     let mut dead_letters = FileLog::open(&dir.join("log"), "doc-ops-dlq").expect("dead letters").reader();
@@ -294,14 +377,7 @@ async fn embedded_pipeline_survives_sigkill_at_random_moments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_owner_steps_down_and_the_new_owner_finishes() {
     let dir = services::temp_dir("zombie");
-    let log = FileLog::create(&dir.join("log"), "doc-ops", PARTITIONS).expect("topic");
-    fill(&mut log.writer(Fsync::Never, 1 << 20), 5, 3);
-    let store_url = format!("sqlite://{}", dir.join("state.db").display());
-    let log_section = format!("url = \"file://{}\"", dir.join("log").display());
-    let sinks_section = format!(
-        "[objects]\nurl = \"file://{0}/objects\"\n[projection]\nurl = \"sqlite://{0}/projections.db\"\n",
-        dir.display()
-    );
+    let EmbeddedSetup { log, store_url, log_section, sinks_section } = embedded_setup(&dir);
     let slow = write_config(&dir, "slow.toml", &log_section, &store_url, 20, &sinks_section);
     let fast = write_config(&dir, "fast.toml", &log_section, &store_url, 3000, &sinks_section);
     tokio::task::block_in_place(|| {

@@ -110,10 +110,24 @@ async fn projections_conformance(config: ProjectionConfig, objects: ObjectsConfi
         "{stored:?}"
     );
     assert_eq!((text, stored.chars), (big.clone(), 800));
+    // Older texts are deleted once two newer ones exist (a reader may hold the previous one).
+    for version in [6, 7] {
+        projections.put(vec![item("a", version, &big)]).await.expect("put big");
+    }
+    let texts = objects_of(&objects, "projections").await;
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts[0].ends_with("6.txt") && texts[1].ends_with("7.txt"), "{texts:?}");
+    assert_eq!(projections.get_text("a").await.expect("get").expect("stored").1, big);
     // A document id with every character object keys encode: its text's key round-trips.
     projections.put(vec![item(ODD_DOC_ID, 1, &big)]).await.expect("put big, odd id");
     let (_, text) = projections.get_text(ODD_DOC_ID).await.expect("get odd id").expect("stored");
     assert_eq!(text, big);
+}
+
+/// Every key under `prefix`.
+async fn objects_of(config: &ObjectsConfig, prefix: &str) -> Vec<String> {
+    let objects = Objects::open(config).expect("objects");
+    objects.list(&Key::from(prefix)).await.expect("list").iter().map(|k| k.to_string()).collect()
 }
 
 /// A document id with every character that object keys percent-encode.
@@ -124,7 +138,9 @@ const ODD_DOC_ID: &str = "a/b %#?*[]{}^|~<>\\\"é";
 /// manifest's offset is rarely a file boundary: rows would be archived twice).
 #[tokio::test]
 async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
-    let objects = Objects::open(&folder_objects("dr")).expect("objects");
+    let objects_url = folder_objects("dr").url;
+    let objects = Objects::open(&ObjectsConfig { url: objects_url.clone(), ..ObjectsConfig::default() })
+        .expect("objects");
     let dir = services::temp_dir("dr");
     let source = Store::open(&format!("sqlite://{}/source.db", dir.display())).await.expect("store");
     let mut doc = Sequence::default();
@@ -158,6 +174,32 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
         let stored = restored.load_doc("dr", doc_id).await.expect("load").expect("restored");
         assert_eq!((stored.version, stored.offset, &stored.state), (3, 24, &state), "{doc_id}");
     }
+
+    // Two more exports, "plain" changing in each: with two manifests kept, the oldest goes,
+    // and with it the state only it named; every kept manifest's states are there.
+    for offset in [30u64, 40] {
+        let write = [DocWrite { doc_id: "plain", version: offset, offset: offset - 1, state: state.clone() }];
+        source
+            .commit(&owner, Checkpoint { next_offset: offset, archived_offset: 10 }, &write)
+            .await
+            .expect("commit");
+        let last = snapshots::latest_manifest(&objects, 0).await.expect("manifest");
+        snapshots::export(&objects, &source, "dr", 0, offset, last).await.expect("export");
+    }
+    snapshots::collect_garbage(&objects, 0, 2).await.expect("garbage collected");
+    let config = ObjectsConfig { url: objects_url, ..ObjectsConfig::default() };
+    let manifests = objects_of(&config, "snapshots/manifests").await;
+    assert_eq!(manifests.len(), 2, "{manifests:?}");
+    let states = objects_of(&config, "snapshots").await;
+    let plain: Vec<&String> = states.iter().filter(|k| k.starts_with("snapshots/doc=plain/")).collect();
+    assert_eq!(plain.len(), 2, "plain's state at offset 24 is named by no kept manifest: {plain:?}");
+    assert!(
+        states.iter().any(|k| k.contains("doc=a%2Fb")),
+        "the odd document's only state is kept: {states:?}"
+    );
+    let done =
+        snapshots::restore(&objects, &restored, "dr", 1, |_| {}).await.expect("restore after the collection");
+    assert_eq!(done[0].next_offset, 40);
 }
 
 #[tokio::test]

@@ -295,3 +295,73 @@ fn log_repair_keeps_every_valid_record_of_a_damaged_segment() {
     let letters = dead_letters(&dir.join("log"));
     assert_eq!((letters.len(), letters[0].source_offset, letters[0].reason.as_str()), (1, 2, "undecodable"));
 }
+
+/// A record over librdkafka's 1 MB message limit that the fold cannot take: its dead
+/// letter keeps the reason and metadata in the topic and the raw bytes in object storage,
+/// and the partition moves on (it used to retry the dead letter forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_its_topic_keeps_its_bytes_in_object_storage() {
+    use docfold::log::kafka::KafkaLog;
+    let dir = services::temp_dir("big-dlq");
+    let brokers = services::kafka();
+    let topic = format!("big-{}", services::unique());
+    for name in [topic.clone(), format!("{topic}-dlq")] {
+        KafkaLog::create_topic(&brokers, &name, 1, 1, &[]).await.expect("create topic");
+    }
+    let big: Vec<u8> = (0..(2 << 20)).map(|i: u32| (i % 253) as u8 | 0x80).collect();
+    let overrides = [("message.max.bytes".to_string(), "8000000".to_string())];
+    let log = KafkaLog::connect(&brokers, &topic, &overrides).expect("connect");
+    tokio::task::block_in_place(|| {
+        let mut writer = log.writer().expect("producer");
+        writer.append(b"doc", &big).expect("append");
+        writer.append(b"doc", &insert("doc", 3, 1, "ok")).expect("append");
+        writer.flush().expect("flush");
+    });
+    let config = dir.join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "job = \"big\"\n[log]\nurl = \"kafka://{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{topic}\"\n\
+             [log.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+             [store]\nurl = \"sqlite://{d}/state.db\"\n[objects]\nurl = \"file://{d}/objects\"\n\
+             [projection]\nurl = \"\"\n[invalidations]\ntopic = \"\"\n[dead_letters]\ntopic = \"{topic}-dlq\"\n",
+            d = dir.display()
+        ),
+    )
+    .expect("config");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["run", "--exit-when-idle", "--idle-ms", "3000", "--config"])
+        .arg(&config)
+        .spawn()
+        .expect("run");
+    let since = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_wait().expect("status") {
+            break status;
+        }
+        if since.elapsed() > std::time::Duration::from_secs(60) {
+            run.kill().expect("kill");
+            panic!("the partition is stuck behind its dead letter");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    let mut records = Vec::new();
+    KafkaLog::connect(&brokers, &format!("{topic}-dlq"), &[])
+        .expect("connect")
+        .reader()
+        .expect("reader")
+        .read(0, 0, 10, &mut records)
+        .expect("read dead letters");
+    assert_eq!(records.len(), 1);
+    assert!(records[0].value.len() < 1 << 20, "the letter in the topic is small");
+    let letter = DeadLetter::decode(records[0].value.as_slice()).expect("a dead letter");
+    assert_eq!((letter.reason.as_str(), letter.source_offset, letter.value.len()), ("undecodable", 0, 0));
+    assert!(letter.value_ref.starts_with("dead-letters/"), "{}", letter.value_ref);
+    let objects = docfold::sink::objects::Objects::open(&docfold::config::ObjectsConfig {
+        url: format!("file://{}/objects", dir.display()).into(),
+        ..Default::default()
+    })
+    .expect("objects");
+    assert!(letter.value(&objects).await.expect("read back") == big, "the raw bytes, whole");
+}

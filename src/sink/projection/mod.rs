@@ -129,10 +129,14 @@ pub struct Projections {
     inline_max_bytes: usize,
 }
 
-/// Where a text too large for an item is kept: one object per (document, version), so a
-/// reader holding an older pointer still finds its text.
+/// Where a text too large for an item is kept: one object per (document, version); the two
+/// newest are kept, so a reader holding the previous pointer still finds its text.
 pub fn text_key(doc_id: &str, version: u64) -> Key {
-    Key::from_iter(["projections".to_string(), format!("doc={doc_id}"), format!("{version:020}.txt")])
+    text_folder(doc_id).join(format!("{version:020}.txt"))
+}
+
+fn text_folder(doc_id: &str) -> Key {
+    Key::from_iter(["projections".to_string(), format!("doc={doc_id}")])
 }
 
 impl Projections {
@@ -152,8 +156,10 @@ impl Projections {
         &self.backend
     }
 
-    /// Writes the items (texts over the inline limit first go to object storage).
+    /// Writes the items (texts over the inline limit first go to object storage). Once
+    /// the items point at the new texts, the older texts of those documents are deleted.
     pub async fn put(&self, mut items: Vec<Projection>) -> Result<Written, SinkError> {
+        let mut outlined = Vec::new();
         for item in &mut items {
             if let Body::Text(text) = &item.body
                 && text.len() > self.inline_max_bytes
@@ -161,9 +167,31 @@ impl Projections {
                 let key = text_key(&item.doc_id, item.version);
                 self.objects.put(&key, Bytes::from(text.clone()), usize::MAX).await?;
                 item.body = Body::Pointer(key.to_string());
+                outlined.push(item.doc_id.clone());
             }
         }
-        self.backend.put(&items).await
+        let written = self.backend.put(&items).await?;
+        for doc_id in outlined {
+            self.delete_older_texts(&doc_id).await;
+        }
+        Ok(written)
+    }
+
+    /// Deletes the texts of `doc_id` older than the two newest: the item points at the
+    /// newest, and a reader that read the item before this write may still fetch the one
+    /// before it. A failure leaves them for the next write.
+    async fn delete_older_texts(&self, doc_id: &str) {
+        let result = async {
+            let mut keys = self.objects.list(&text_folder(doc_id)).await?;
+            keys.truncate(keys.len().saturating_sub(2));
+            for key in keys {
+                self.objects.delete(&key).await?;
+            }
+            Ok::<(), SinkError>(())
+        };
+        if let Err(error) = result.await {
+            tracing::warn!(doc_id, %error, "deleting old projection texts failed; retried at the next write");
+        }
     }
 
     /// A document's projection with its text (fetched from object storage if needed).
