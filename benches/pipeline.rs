@@ -64,7 +64,7 @@ fn kafka(rt: &tokio::runtime::Runtime, brokers: &str, histories: &[(String, Vec<
     use rdkafka::consumer::{BaseConsumer, Consumer};
     const IDLE_MS: u64 = 1000;
     let topic = format!("bench-{}", std::process::id());
-    rt.block_on(KafkaLog::create_topic(brokers, &topic, 8, 1, &[])).expect("topic");
+    rt.block_on(KafkaLog::create_topic(brokers, &topic, (8, 1), &[], &[])).expect("topic");
     let log = KafkaLog::connect(brokers, &topic, &[]).expect("connect");
     let mut writer = log.writer().expect("producer");
     let mut produced = 0;

@@ -38,9 +38,12 @@ enum Command {
     /// Read folded documents from the state store.
     #[command(subcommand)]
     Doc(doc::DocCommand),
-    /// Create the topics described in topics/ (Kafka, or the embedded log's partitions).
+    /// Create the job's topics (Kafka, or the embedded log's partitions).
     #[command(subcommand)]
     Topics(topics::TopicsCommand),
+    /// Everything the job needs on its engines, idempotently: its topics, the projection
+    /// table, and a check that object storage answers.
+    Setup(topics::TopicArgs),
     /// One command, nothing to install: produce real editing traces into the embedded log,
     /// fold them, check every document and say where the data is.
     Demo(demo::DemoArgs),
@@ -89,6 +92,7 @@ impl Cli {
             Command::Produce(args) => args.run(),
             Command::Doc(command) => command.run(),
             Command::Topics(command) => command.run(),
+            Command::Setup(args) => args.setup(),
             Command::Demo(args) => args.run(),
             Command::Trace(command) => command.run(),
             Command::Projections(command) => command.run(),

@@ -37,7 +37,7 @@ pub enum SnapshotsCommand {
     },
 }
 
-async fn open_projections(config: &JobConfig) -> anyhow::Result<Projections> {
+pub(super) async fn open_projections(config: &JobConfig) -> anyhow::Result<Projections> {
     let objects = Objects::open(&config.objects)?;
     Projections::open(&config.projection, objects)
         .await?

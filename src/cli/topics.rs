@@ -1,4 +1,7 @@
-//! `docfold topics apply`: creates the topics described in `topics/*.toml`.
+//! `docfold topics apply` and `docfold setup`: what the real engines need before a job runs.
+//! The topic settings are `topics/*.toml` (compiled in; `--dir` reads another folder), given
+//! the job's configured topic names: `doc-ops` is `log.topic`, `doc-invalidations` is
+//! `invalidations.topic`, `doc-ops-dlq` is `dead_letters.topic`. Idempotent.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -6,25 +9,38 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use docfold::config::LogLocation;
+use docfold::config::{JobConfig, LogLocation};
 use docfold::log::file::FileLog;
 use docfold::log::kafka::KafkaLog;
+use docfold::sink::objects::Objects;
+use docfold::sink::projection::ProjectionStore;
 
+use super::sinks::open_projections;
 use super::{ConfigArg, runtime};
+
+/// The shipped topic files, so the commands work from any folder.
+const SHIPPED: [(&str, &str); 3] = [
+    ("topics/doc-ops.toml", include_str!("../../topics/doc-ops.toml")),
+    ("topics/doc-invalidations.toml", include_str!("../../topics/doc-invalidations.toml")),
+    ("topics/doc-ops-dlq.toml", include_str!("../../topics/doc-ops-dlq.toml")),
+];
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
-    /// Create every topic of the folder (existing topics are left as they are).
-    Apply {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Folder of topic files.
-        #[arg(long, default_value = "topics")]
-        dir: PathBuf,
-        /// Cap the replication factor (a single-broker development cluster needs 1).
-        #[arg(long)]
-        max_replication: Option<i32>,
-    },
+    /// Create the job's topics (existing topics are left as they are).
+    Apply(TopicArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Folder of topic files (default: the shipped `topics/`, compiled in).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Cap the replication factor (a single-broker development cluster needs 1).
+    #[arg(long)]
+    max_replication: Option<i32>,
 }
 
 /// One `topics/*.toml` file.
@@ -39,7 +55,16 @@ pub struct TopicSpec {
     pub config: BTreeMap<String, String>,
 }
 
-fn read_specs(dir: &Path) -> anyhow::Result<Vec<TopicSpec>> {
+fn parse_spec(path: &str, text: &str) -> anyhow::Result<TopicSpec> {
+    let spec: TopicSpec = toml::from_str(text).with_context(|| format!("topic file {path}"))?;
+    anyhow::ensure!(spec.partitions > 0, "topic file {path}: field `partitions` must be at least 1");
+    Ok(spec)
+}
+
+fn read_specs(dir: Option<&Path>) -> anyhow::Result<Vec<TopicSpec>> {
+    let Some(dir) = dir else {
+        return SHIPPED.iter().map(|(path, text)| parse_spec(path, text)).collect();
+    };
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading topic folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -51,29 +76,36 @@ fn read_specs(dir: &Path) -> anyhow::Result<Vec<TopicSpec>> {
         .map(|path| {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let spec: TopicSpec =
-                toml::from_str(&text).with_context(|| format!("topic file {}", path.display()))?;
-            anyhow::ensure!(
-                spec.partitions > 0,
-                "topic file {}: field `partitions` must be at least 1",
-                path.display()
-            );
-            Ok(spec)
+            parse_spec(&path.display().to_string(), &text)
         })
         .collect()
 }
 
-impl TopicsCommand {
-    pub fn run(self) -> anyhow::Result<bool> {
-        let TopicsCommand::Apply { config, dir, max_replication } = self;
-        let config = config.load()?;
-        let specs = read_specs(&dir)?;
+/// The spec under the job's name for it, `None` when the job turns that topic off. The
+/// op and invalidation topics get `log.partitions`, so they stay co-partitioned.
+fn for_job(mut spec: TopicSpec, config: &JobConfig) -> Option<TopicSpec> {
+    let name = match spec.name.as_str() {
+        "doc-ops" => config.log.topic.clone(),
+        "doc-invalidations" => config.invalidations.topic.clone(),
+        "doc-ops-dlq" => config.dead_letters.topic.clone(),
+        _ => return Some(spec),
+    };
+    if spec.name != "doc-ops-dlq" {
+        spec.partitions = config.log.partitions;
+    }
+    spec.name = name;
+    (!spec.name.is_empty()).then_some(spec)
+}
+
+impl TopicArgs {
+    fn apply(&self, config: &JobConfig) -> anyhow::Result<()> {
+        let specs = read_specs(self.dir.as_deref())?.into_iter().filter_map(|s| for_job(s, config));
         match config.log_location().map_err(anyhow::Error::msg)? {
             LogLocation::File(root) => {
-                for spec in &specs {
+                for spec in specs {
                     FileLog::create(&root, &spec.name, spec.partitions)?;
                     println!(
-                        "{}: {} partitions in {}",
+                        "topic {}: {} partitions in {}",
                         spec.name,
                         spec.partitions,
                         root.join(&spec.name).display()
@@ -81,20 +113,53 @@ impl TopicsCommand {
                 }
             }
             LogLocation::Kafka(brokers) => runtime()?.block_on(async {
-                for spec in &specs {
+                for spec in specs {
                     let replication =
-                        max_replication.map_or(spec.replication, |cap| spec.replication.min(cap));
+                        self.max_replication.map_or(spec.replication, |cap| spec.replication.min(cap));
                     let configs: Vec<(String, String)> = spec.config.clone().into_iter().collect();
-                    KafkaLog::create_topic(&brokers, &spec.name, spec.partitions, replication, &configs)
+                    let shape = (spec.partitions, replication);
+                    KafkaLog::create_topic(&brokers, &spec.name, shape, &configs, &config.kafka_overrides())
                         .await?;
                     println!(
-                        "{}: {} partitions, replication {replication} on {brokers}",
+                        "topic {}: {} partitions, replication {replication} on {brokers}",
                         spec.name, spec.partitions
                     );
                 }
                 anyhow::Ok(())
             })?,
         }
+        Ok(())
+    }
+
+    /// `docfold setup`: the topics, the projection table, and a check that object storage
+    /// answers (an S3 bucket must exist: docfold does not create buckets).
+    pub fn setup(self) -> anyhow::Result<bool> {
+        let config = self.config.load()?;
+        self.apply(&config)?;
+        runtime()?.block_on(async {
+            if !config.projection.url.is_empty() {
+                open_projections(&config).await?.backend().create().await?;
+                println!("projection table ready: {}", config.projection.url);
+            }
+            let objects = Objects::open(&config.objects)?;
+            objects.list(&"ops".into()).await.with_context(|| {
+                format!(
+                    "object storage {} does not answer; for S3, create the bucket first",
+                    config.objects.url
+                )
+            })?;
+            println!("object storage ready: {}", config.objects.url);
+            anyhow::Ok(())
+        })?;
+        Ok(true)
+    }
+}
+
+impl TopicsCommand {
+    pub fn run(self) -> anyhow::Result<bool> {
+        let TopicsCommand::Apply(args) = self;
+        let config = args.config.load()?;
+        args.apply(&config)?;
         Ok(true)
     }
 }

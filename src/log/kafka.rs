@@ -76,16 +76,21 @@ impl KafkaLog {
         Ok(log)
     }
 
-    /// Creates a topic (an existing one with the same name is left as it is).
+    /// Creates a topic (an existing one with the same name is left as it is), with the
+    /// client settings `client` (TLS, SASL: the job's).
     pub async fn create_topic(
         brokers: &str,
         topic: &str,
-        partitions: u32,
-        replication: i32,
+        (partitions, replication): (u32, i32),
         configs: &[(String, String)],
+        client: &[(String, String)],
     ) -> Result<(), LogError> {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(kafka)?;
+        let mut settings = ClientConfig::new();
+        settings.set("bootstrap.servers", brokers);
+        for (key, value) in client {
+            settings.set(key, value);
+        }
+        let admin: AdminClient<DefaultClientContext> = settings.create().map_err(kafka)?;
         let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(replication));
         for (key, value) in configs {
             new = new.set(key, value);

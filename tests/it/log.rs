@@ -134,7 +134,7 @@ fn file_log_conformance() {
 async fn kafka_log_conformance() {
     let brokers = services::kafka();
     let topic = format!("conformance-{}", services::unique());
-    KafkaLog::create_topic(&brokers, &topic, PARTITIONS, 1, &[]).await.expect("create topic");
+    KafkaLog::create_topic(&brokers, &topic, (PARTITIONS, 1), &[], &[]).await.expect("create topic");
     // tansu's high watermark is only right with one record per batch (SERVICES.md).
     let overrides = [("batch.num.messages".to_string(), "1".to_string())];
     let log = KafkaLog::connect(&brokers, &topic, &overrides).expect("connect");

@@ -262,7 +262,7 @@ async fn the_pipeline_rides_out_a_kafka_outage() {
     let mut broker = start_broker(port, &s3, &bucket);
     let brokers = format!("127.0.0.1:{port}");
     for (topic, partitions) in [("doc-ops", 2), ("doc-invalidations", 2), ("doc-ops-dlq", 1)] {
-        KafkaLog::create_topic(&brokers, topic, partitions, 1, &[]).await.expect("create topic");
+        KafkaLog::create_topic(&brokers, topic, (partitions, 1), &[], &[]).await.expect("create topic");
     }
     let writer = || {
         Box::new(KafkaLog::connect(&brokers, "doc-ops", &[]).expect("connect").writer().expect("producer"))
@@ -311,7 +311,7 @@ async fn a_stalled_partition_does_not_stop_the_others() {
     let dir = services::temp_dir("stall");
     let brokers = services::kafka();
     let topic = format!("stall-{}", services::unique());
-    KafkaLog::create_topic(&brokers, &topic, 2, 1, &[]).await.expect("create topic");
+    KafkaLog::create_topic(&brokers, &topic, (2, 1), &[], &[]).await.expect("create topic");
     let (s3, bucket) = services::s3_bucket();
     let s3_proxy = Proxy::start(host_port(&s3)).await;
     s3_proxy.set_up(false);

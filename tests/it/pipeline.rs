@@ -423,7 +423,7 @@ async fn kafka_setup(name: &str) -> KafkaSetup {
     for (t, partitions) in
         [(topic.clone(), PARTITIONS), (format!("{topic}-inv"), PARTITIONS), (format!("{topic}-dlq"), 1)]
     {
-        KafkaLog::create_topic(&brokers, &t, partitions, 1, &[]).await.expect("create topic");
+        KafkaLog::create_topic(&brokers, &t, (partitions, 1), &[], &[]).await.expect("create topic");
     }
     let log = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
     let mut writer = log.writer().expect("producer");

@@ -439,7 +439,7 @@ async fn invalidations_conformance_file_log_and_redis() {
 async fn invalidations_conformance_kafka_and_redis() {
     let brokers = services::kafka();
     let topic = format!("inv-{}", services::unique());
-    KafkaLog::create_topic(&brokers, &topic, 1, 1, &[]).await.expect("create topic");
+    KafkaLog::create_topic(&brokers, &topic, (1, 1), &[], &[]).await.expect("create topic");
     let mut config = JobConfig::in_dir(&services::temp_dir("kinvalidate"));
     config.log.url = format!("kafka://{brokers}").into();
     config.invalidations = InvalidationsConfig { topic: topic.clone(), ..redis_settings("kafka") };

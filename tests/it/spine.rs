@@ -306,7 +306,7 @@ async fn a_dead_letter_too_large_for_its_topic_keeps_its_bytes_in_object_storage
     let brokers = services::kafka();
     let topic = format!("big-{}", services::unique());
     for name in [topic.clone(), format!("{topic}-dlq")] {
-        KafkaLog::create_topic(&brokers, &name, 1, 1, &[]).await.expect("create topic");
+        KafkaLog::create_topic(&brokers, &name, (1, 1), &[], &[]).await.expect("create topic");
     }
     let big: Vec<u8> = (0..(2 << 20)).map(|i: u32| (i % 253) as u8 | 0x80).collect();
     let overrides = [("message.max.bytes".to_string(), "8000000".to_string())];
@@ -364,4 +364,46 @@ async fn a_dead_letter_too_large_for_its_topic_keeps_its_bytes_in_object_storage
     })
     .expect("objects");
     assert!(letter.value(&objects).await.expect("read back") == big, "the raw bytes, whole");
+}
+
+/// `docfold setup` makes what a job on the real engines needs: its topics under their
+/// configured names (with the shipped topic settings, from any folder), the projection
+/// table, and checks that object storage answers; twice in a row is harmless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_creates_the_jobs_topics_and_table_from_any_folder() {
+    use docfold::log::kafka::KafkaLog;
+    let dir = services::temp_dir("setup");
+    let brokers = services::kafka();
+    let (s3, bucket) = services::s3_bucket();
+    let name = format!("setup-{}", services::unique());
+    let config = dir.join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nurl = \"kafka://{brokers}\"\ntopic = \"{name}-ops\"\npartitions = 3\n\
+             [store]\nurl = \"sqlite://state.db\"\n[objects]\nurl = \"s3://{bucket}/{name}\"\nendpoint = \"{s3}\"\n\
+             [projection]\nurl = \"dynamodb://{name}\"\nendpoint = \"{}\"\n\
+             [invalidations]\ntopic = \"{name}-inv\"\n[dead_letters]\ntopic = \"{name}-dlq\"\n",
+            services::dynamodb()
+        ),
+    )
+    .expect("config");
+    for round in 0..2 {
+        let (code, out, err) = tokio::task::block_in_place(|| {
+            docfold(&dir, &["setup", "--max-replication", "1", "--config", "job.toml"])
+        });
+        assert_eq!(code, 0, "round {round}: {out}{err}");
+        assert!(out.contains(&format!("topic {name}-ops: 3 partitions")), "{out}");
+        assert!(out.contains("projection table ready") && out.contains("object storage ready"), "{out}");
+    }
+    for (topic, partitions) in
+        [(format!("{name}-ops"), 3), (format!("{name}-inv"), 3), (format!("{name}-dlq"), 1)]
+    {
+        let log = KafkaLog::connect(&brokers, &topic, &[]).expect("the topic exists");
+        assert_eq!(log.partitions(), partitions, "{topic}");
+    }
+    let (code, out, err) =
+        tokio::task::block_in_place(|| docfold(&dir, &["projections", "show", "x", "--config", "job.toml"]));
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("no projection of \"x\""), "the table exists and answers: {err}");
 }
