@@ -22,7 +22,7 @@ use super::batches::Batches;
 use super::{Job, PartitionSummary, PartitionWorker, PipelineError, Until};
 use crate::config::JobConfig;
 use crate::log::kafka::KafkaLog;
-use crate::log::{LogError, Record};
+use crate::log::{LogError, LogReader, Record};
 use crate::telemetry::CONSUMER_LAG;
 
 /// Batches in flight per partition: the consumer blocks (backpressure) beyond this.
@@ -40,6 +40,7 @@ pub(super) async fn run(
     let cancel = job.cancel.clone();
     let group = Group {
         partitions: log.partitions(),
+        log: log.clone(),
         handle: Handle::current(),
         job,
         topic: config.log.topic.clone(),
@@ -81,6 +82,7 @@ struct Group {
     topic: String,
     /// The topic's partition count (an op's document belongs to one of them).
     partitions: u32,
+    log: KafkaLog,
     workers: Mutex<HashMap<u32, Worker>>,
     flushed: Flushed,
     done: Mutex<Vec<PartitionSummary>>,
@@ -106,10 +108,11 @@ impl Group {
         for &partition in partitions {
             let worker =
                 self.handle.block_on(PartitionWorker::start(&self.job, (partition, self.partitions)))?;
-            let (low, _) = consumer
+            let (low, high) = consumer
                 .fetch_watermarks(&self.topic, partition as i32, WATERMARKS_TIMEOUT)
                 .map_err(|e| LogError::Kafka(e.to_string()))?;
-            worker.check_in_log(low as u64, u64::MAX)?;
+            let end = self.confirmed_end(partition, worker.summary().next_offset, high as u64)?;
+            worker.check_in_log(low as u64, end)?;
             let start = worker.next_offset();
             list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(start as i64))
                 .map_err(|e| LogError::Kafka(e.to_string()))?;
@@ -137,6 +140,18 @@ impl Group {
                 Err(e) => self.fail(PipelineError::Task(format!("partition {partition}: {e}"))),
             }
         }
+    }
+
+    /// The end of `partition` as far as `checkpoint` is concerned: the high watermark, or
+    /// the checkpoint itself when the record just before it can be read (some brokers, tansu
+    /// among them, report a high watermark below the end: `SERVICES.md`).
+    fn confirmed_end(&self, partition: u32, checkpoint: u64, high: u64) -> Result<u64, PipelineError> {
+        if checkpoint <= high {
+            return Ok(high);
+        }
+        let mut found = Vec::new();
+        self.log.reader()?.read(partition, checkpoint - 1, 1, &mut found)?;
+        Ok(if found.first().is_some_and(|r| r.offset == checkpoint - 1) { checkpoint } else { high })
     }
 
     /// Commits the checkpoints stored since the last call to the consumer group.

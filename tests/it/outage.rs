@@ -334,12 +334,12 @@ async fn a_stalled_partition_does_not_stop_the_others() {
             count
         })
     };
-    let slow_end = publish_to(slow.clone(), 4000).await.expect("producer");
+    let slow_end = publish_to(slow.clone(), 2000).await.expect("producer");
     let text = format!(
         "job = \"outage\"\n[log]\nurl = \"kafka://{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{topic}\"\n\
          [log.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
          [store]\nurl = \"sqlite://{d}/state.db\"\n\
-         [pipeline]\nflush_interval_ms = 100\nmax_docs_in_memory = 1\nbatch = 20\n\
+         [pipeline]\nflush_interval_ms = 100\nmax_docs_in_memory = 1\nbatch = 50\n\
          [archive]\nenabled = false\n[snapshots]\ninterval_ms = 0\n\
          [objects]\nurl = \"s3://{bucket}/stall-{topic}\"\nendpoint = \"http://{s3p}\"\n\
          [projection]\nurl = \"sqlite://{d}/projections.db\"\ninline_max_bytes = 1000\n\

@@ -407,3 +407,39 @@ async fn setup_creates_the_jobs_topics_and_table_from_any_folder() {
     assert_eq!(code, 2, "{out}");
     assert!(err.contains("no projection of \"x\""), "the table exists and answers: {err}");
 }
+
+/// On Kafka too: a checkpoint past the end of the partition (a recreated topic, an unclean
+/// leader election) stops the run with both offsets; `auto.offset.reset` never resets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_past_the_end_of_a_kafka_partition_stops_the_run() {
+    use docfold::log::kafka::KafkaLog;
+    let dir = services::temp_dir("kafka-past-end");
+    let brokers = services::kafka();
+    let topic = format!("past-end-{}", services::unique());
+    KafkaLog::create_topic(&brokers, &topic, (1, 1), &[], &[]).await.expect("create topic");
+    let one_per_batch = [("batch.num.messages".to_string(), "1".to_string())];
+    let log = KafkaLog::connect(&brokers, &topic, &one_per_batch).expect("connect");
+    tokio::task::block_in_place(|| {
+        let mut writer = log.writer().expect("producer");
+        for i in 0..3 {
+            writer.append(b"doc", &insert("doc", i + 1, i + 1, "x")).expect("append");
+        }
+        writer.flush().expect("flush");
+    });
+    std::fs::write(
+        dir.join("job.toml"),
+        format!(
+            "job = \"spine\"\n[log]\nurl = \"kafka://{brokers}\"\ntopic = \"{topic}\"\ngroup = \"{topic}\"\n\
+             [log.kafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+             [store]\nurl = \"sqlite://state.db\"\n[objects]\nurl = \"file://objects\"\n[projection]\nurl = \"\"\n\
+             [invalidations]\ntopic = \"\"\n[dead_letters]\ntopic = \"\"\n"
+        ),
+    )
+    .expect("config");
+    set_checkpoint(&dir, 0, 100).await;
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        docfold(&dir, &["run", "--exit-when-idle", "--idle-ms", "5000", "--config", "job.toml"])
+    });
+    assert_ne!(code, 0, "the run must not go on silently: {out}");
+    assert!(err.contains("partition 0") && err.contains("100") && err.contains("ends at 3"), "{err}");
+}
