@@ -84,6 +84,9 @@ pub struct DeadLettersConfig {
     /// A letter larger than this keeps its value in object storage (`dead-letters/…`) and
     /// a pointer in the topic: librdkafka's `message.max.bytes` is 1 MB, an op may be 4 MiB.
     pub max_inline_bytes: usize,
+    /// Dead letters held while their topic is unavailable count towards the partition's
+    /// unflushed bound: past this many bytes the partition stops reading until they are sent.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for ObjectsConfig {
@@ -134,7 +137,11 @@ impl Default for InvalidationsConfig {
 
 impl Default for DeadLettersConfig {
     fn default() -> Self {
-        DeadLettersConfig { topic: "doc-ops-dlq".into(), max_inline_bytes: 900 << 10 }
+        DeadLettersConfig {
+            topic: "doc-ops-dlq".into(),
+            max_inline_bytes: 900 << 10,
+            max_buffered_bytes: 64 << 20,
+        }
     }
 }
 

@@ -42,15 +42,18 @@ impl PartitionWorker {
             && (self.ops_since_flush >= self.job.settings.flush_ops
                 || age >= Duration::from_millis(self.job.settings.flush_interval_ms))
             || self.fold.len() > self.job.settings.max_docs_in_memory
+            || self.dead_bytes > self.job.sinks.dead_letters.max_buffered_bytes
             || self.archive.as_ref().is_some_and(|a| a.is_due())
             || self.retry_at.is_some();
         if due { self.flush().await } else { Ok(()) }
     }
 
-    /// Memory held for unflushed work is past its bound: reading must wait.
+    /// Memory held for unflushed work (documents, archive rows, dead letters) is past its
+    /// bound: reading must wait.
     fn over_bound(&self) -> bool {
         self.fold.len() > 2 * self.job.settings.max_docs_in_memory
             || self.archive.as_ref().is_some_and(|a| a.is_over_bound())
+            || self.dead_bytes > self.job.sinks.dead_letters.max_buffered_bytes
     }
 
     /// Flushes; an unavailable backend schedules a retry (or, over the memory bound,
@@ -106,6 +109,7 @@ impl PartitionWorker {
         if !self.dead.is_empty() {
             self.job.sinks.dead_letters.send(&self.dead).await?;
             self.dead.clear();
+            self.dead_bytes = 0;
         }
         let changed: Vec<(&str, &crate::fold::Doc)> = self.fold.dirty().collect();
         if let Some(projections) = &self.job.sinks.projections

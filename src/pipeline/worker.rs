@@ -49,6 +49,8 @@ pub struct PartitionWorker {
     pub(super) flushed_offset: u64,
     pub(super) archive: Option<PartitionArchive>,
     pub(super) dead: Vec<DeadLetter>,
+    /// Bytes of the raw records in `dead`.
+    pub(super) dead_bytes: usize,
     /// Disaster-recovery snapshots: the last manifest (`None` until read) and when.
     pub(super) manifest: Option<Manifest>,
     pub(super) last_export: Instant,
@@ -86,6 +88,7 @@ impl PartitionWorker {
             flushed_offset: start,
             archive,
             dead: Vec::new(),
+            dead_bytes: 0,
             manifest: None,
             last_export: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
@@ -190,6 +193,7 @@ impl PartitionWorker {
         tracing::warn!(partition, offset = record.offset, %error, "bad message sent to the dead letters");
         counter!(BAD_MESSAGES, "partition" => self.label.clone(), "reason" => reason).increment(1);
         self.summary.bad += 1;
+        self.dead_bytes += record.key.len() + record.value.len();
         self.dead.push(DeadLetter::new(
             &self.job.sinks.source_topic,
             partition,

@@ -77,6 +77,8 @@ pub struct DeadLetters {
     topic: Option<TopicSink>,
     objects: Objects,
     max_inline_bytes: usize,
+    /// Bytes of letters a partition may hold unsent.
+    pub max_buffered_bytes: usize,
 }
 
 impl DeadLetters {
@@ -84,7 +86,12 @@ impl DeadLetters {
         let topic = &config.dead_letters.topic;
         let topic =
             (!topic.is_empty()).then(|| TopicSink::open(config, topic, "dead letters")).transpose()?;
-        Ok(DeadLetters { topic, objects, max_inline_bytes: config.dead_letters.max_inline_bytes })
+        Ok(DeadLetters {
+            topic,
+            objects,
+            max_inline_bytes: config.dead_letters.max_inline_bytes,
+            max_buffered_bytes: config.dead_letters.max_buffered_bytes,
+        })
     }
 
     /// Makes the letters durable: oversized values in object storage first, then the

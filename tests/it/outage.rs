@@ -444,3 +444,51 @@ async fn the_pipeline_rides_out_a_postgres_restart() {
     wait_caught_up(&store, &ends(), &run, "PostgreSQL restarted").await;
     assert_nothing_lost(run, cancel, &sinks, &store, &docs, &ends(), 0).await;
 }
+
+/// Dead letters count towards the unflushed bound: while the dead-letter topic cannot take
+/// them (its partition held by another writer), a partition of garbage stops reading once
+/// `dead_letters.max_buffered_bytes` are held, instead of holding the whole log in memory;
+/// when the topic is back, every record is a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_that_cannot_be_written_stop_the_reading() {
+    docfold::telemetry::init_logs("warn");
+    let dir = services::temp_dir("dlq-bound");
+    let log = FileLog::create(&dir.join("log"), "doc-ops", 1).expect("topic");
+    let dead = FileLog::create(&dir.join("log"), "doc-ops-dlq", 1).expect("dead-letter topic");
+    {
+        let mut writer = log.writer(Fsync::Never, 1 << 30);
+        for i in 0..200u32 {
+            let garbage: Vec<u8> = (0..100_000u32).map(|j| (i ^ j) as u8 | 0x80).collect();
+            writer.append(b"doc", &garbage).expect("append");
+        }
+        writer.flush().expect("flush");
+    }
+    // Another writer holds the dead-letter partition: sends fail (retryable) until it lets go.
+    let mut holder = dead.writer(Fsync::Never, 1 << 20);
+    holder.append(b"holder", b"").expect("take the partition's lock");
+    let text = format!(
+        "job = \"outage\"\n[log]\nurl = \"file://{d}/log\"\npartitions = 1\n[store]\nurl = \"sqlite://{d}/state.db\"\n\
+         [pipeline]\nflush_interval_ms = 50\nbatch = 5\n[archive]\nmax_file_age_ms = 300\n[dead_letters]\nmax_buffered_bytes = 1000000\n\
+         [objects]\nurl = \"file://{d}/objects\"\n[projection]\nurl = \"sqlite://{d}/projections.db\"\n",
+        d = dir.display(),
+    );
+    let (_, _, store, run, cancel) = start(&dir, &text).await;
+    let _stop_on_failure = cancel.clone().drop_guard();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!run.is_finished(), "the pipeline keeps retrying");
+    cancel.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(holder); // the final flush goes through now
+    let summaries = run.await.expect("joined").expect("the final flush wrote the dead letters");
+    let read = summaries[0].next_offset;
+    assert!(read <= 20, "reading stopped near the bound (1 MB of 100 kB letters), not at {read} of 200");
+    assert_eq!(store.checkpoint("outage", 0).await.expect("checkpoint").map(|c| c.next_offset), Some(read));
+    // The rest follows once nothing blocks it.
+    let (_, _, _, run, cancel) = start(&dir, &text).await;
+    wait_caught_up(&store, &[200], &run, "the dead-letter topic came back").await;
+    cancel.cancel();
+    run.await.expect("joined").expect("run");
+    let mut letters = Vec::new();
+    dead.reader().read(0, 0, 1000, &mut letters).expect("read dead letters");
+    assert_eq!(letters.len(), 201, "every garbage record, once, after the holder's record");
+}
