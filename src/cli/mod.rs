@@ -87,6 +87,11 @@ impl Cli {
         // The demo and one-shot commands talk to people: only warnings; `run` logs its work.
         let level = if matches!(self.command, Command::Run(_)) { "info" } else { "warn" };
         docfold::telemetry::init_logs(level);
+        // The stream processor keeps SIGPIPE ignored (a peer's closed socket is an error to
+        // handle there); the other commands print to people and pipes.
+        if !matches!(self.command, Command::Run(_) | Command::Demo(_)) {
+            restore_sigpipe();
+        }
         match self.command {
             Command::Run(args) => args.run(),
             Command::Produce(args) => args.run(),
@@ -100,6 +105,16 @@ impl Cli {
             Command::Log(command) => command.run(),
             Command::DeadLetters(command) => command.run(),
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so a write to a closed pipe (`docfold … | head -1`) is an error and
+/// `println!` panics on it; a command-line tool should end quietly, as Unix tools do.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called before the command starts any thread; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

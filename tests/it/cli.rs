@@ -50,3 +50,20 @@ fn bad_input_exits_2_with_a_reason() {
     assert_eq!(code, 2);
     assert!(err.contains("is not a valid editing trace"), "{err}");
 }
+
+/// A reader that stops early (`docfold … | head -1`) ends the command quietly, as Unix
+/// tools do, never with a panic.
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["trace", "replay", "tests/data/traces/friendsforever.json.gz"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
