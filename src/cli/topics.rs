@@ -118,7 +118,7 @@ impl TopicArgs {
                         self.max_replication.map_or(spec.replication, |cap| spec.replication.min(cap));
                     let configs: Vec<(String, String)> = spec.config.clone().into_iter().collect();
                     let shape = (spec.partitions, replication);
-                    KafkaLog::create_topic(&brokers, &spec.name, shape, &configs, &config.kafka_overrides())
+                    KafkaLog::create_topic(&brokers, &spec.name, shape, &configs, &config.log.kafka.pairs())
                         .await?;
                     println!(
                         "topic {}: {} partitions, replication {replication} on {brokers}",

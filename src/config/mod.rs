@@ -259,9 +259,4 @@ impl JobConfig {
             _ => Err(format!("{:?}: expected file://DIR or kafka://HOST:PORT", self.log.url)),
         }
     }
-
-    /// The librdkafka overrides as pairs.
-    pub fn kafka_overrides(&self) -> Vec<(String, String)> {
-        self.log.kafka.pairs()
-    }
 }

@@ -32,7 +32,7 @@ impl Topic {
                 opened => opened?,
             }),
             LogLocation::Kafka(brokers) => {
-                Topic::Kafka(KafkaLog::connect(&brokers, name, &config.kafka_overrides())?)
+                Topic::Kafka(KafkaLog::connect(&brokers, name, &config.log.kafka.pairs())?)
             }
         })
     }

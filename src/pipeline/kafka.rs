@@ -39,7 +39,6 @@ pub(super) async fn run(
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let cancel = job.cancel.clone();
     let group = Group {
-        partitions: log.partitions(),
         log: log.clone(),
         handle: Handle::current(),
         job,
@@ -80,8 +79,7 @@ struct Group {
     handle: Handle,
     job: Job,
     topic: String,
-    /// The topic's partition count (an op's document belongs to one of them).
-    partitions: u32,
+    /// The topic (its partition count: an op's document belongs to one of them).
     log: KafkaLog,
     workers: Mutex<HashMap<u32, Worker>>,
     flushed: Flushed,
@@ -97,8 +95,8 @@ impl Group {
     }
 
     /// Starts workers for `partitions` and returns the offsets to consume them from. A
-    /// checkpoint before the log's start is refused here; one past its end is found by the
-    /// consumer (`auto.offset.reset=error`, see [`Group::out_of_range`]).
+    /// checkpoint outside the partition's watermarks is refused here; should the log shrink
+    /// after that, the consumer reports it (`auto.offset.reset=error`, [`Group::out_of_range`]).
     fn assign(
         &self,
         consumer: &BaseConsumer<Group>,
@@ -106,8 +104,9 @@ impl Group {
     ) -> Result<TopicPartitionList, PipelineError> {
         let mut list = TopicPartitionList::new();
         for &partition in partitions {
-            let worker =
-                self.handle.block_on(PartitionWorker::start(&self.job, (partition, self.partitions)))?;
+            let worker = self
+                .handle
+                .block_on(PartitionWorker::start(&self.job, (partition, self.log.partitions())))?;
             let (low, high) = consumer
                 .fetch_watermarks(&self.topic, partition as i32, WATERMARKS_TIMEOUT)
                 .map_err(|e| LogError::Kafka(e.to_string()))?;

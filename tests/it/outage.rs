@@ -357,22 +357,7 @@ async fn a_stalled_partition_does_not_stop_the_others() {
         move || {
             let mut writer = log.writer().expect("producer");
             for (i, doc) in (0..30u64).flat_map(|i| quick.iter().map(move |d| (i, d))) {
-                let start = docfold::lseq::Ident(vec![docfold::lseq::Level {
-                    digit: i + 1,
-                    site: 3,
-                    counter: i + 1,
-                }]);
-                let op = docfold::lseq::Op {
-                    id: docfold::lseq::OpId { site: 3, counter: i + 1 },
-                    inserts: vec![docfold::lseq::InsertRun { start, text: "b".into() }],
-                    deletes: vec![],
-                };
-                writer
-                    .append(
-                        doc.as_bytes(),
-                        &docfold::op::encode(&docfold::op::Envelope::new(doc.as_str(), "eu", 0, op)),
-                    )
-                    .expect("append");
+                writer.append(doc.as_bytes(), &crate::spine::insert(doc, i + 1, i + 1, "b")).expect("append");
             }
             writer.flush().expect("flush");
             30 * quick.len() as u64

@@ -22,7 +22,7 @@ pub fn docfold(dir: &Path, args: &[&str]) -> (i32, String, String) {
 }
 
 /// An op inserting `text` at digit `digit` of document `doc`.
-fn insert(doc: &str, digit: u64, counter: u64, text: &str) -> Vec<u8> {
+pub fn insert(doc: &str, digit: u64, counter: u64, text: &str) -> Vec<u8> {
     let start = Ident(vec![Level { digit, site: 9, counter }]);
     let op = Op {
         id: OpId { site: 9, counter },

@@ -469,10 +469,7 @@ impl LogReader for FileReader {
     }
 
     fn earliest_offset(&mut self, partition: u32) -> Result<u64, LogError> {
-        match self.log.segments(partition)?.first() {
-            Some(&base) => Ok(base),
-            None => Ok(0),
-        }
+        Ok(self.log.segments(partition)?.first().copied().unwrap_or(0))
     }
 }
 
