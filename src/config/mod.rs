@@ -180,8 +180,8 @@ impl JobConfig {
         Ok(config)
     }
 
-    /// Makes the relative paths of the `file://` and `sqlite://` URLs written in a config
-    /// file relative to `dir`, the file's folder, so a job runs the same from any working
+    /// Makes the relative paths of the `file://` and `sqlite://` URLs (and of the other
+    /// files) written in a config file relative to `dir`, the file's folder, so a job runs the same from any working
     /// folder. Defaults (not written) stay relative to the working folder.
     fn rebase(&mut self, written: &toml::Table, dir: &Path) {
         let urls = [
@@ -198,6 +198,9 @@ impl JobConfig {
             if !path.is_empty() && Path::new(path).is_relative() && !path.starts_with(':') {
                 *url = format!("{scheme}://{}", dir.join(path).display()).into();
             }
+        }
+        if let Some(ca) = &mut self.invalidations.redis_ca_file {
+            *ca = dir.join(&*ca);
         }
     }
 
@@ -247,6 +250,11 @@ impl JobConfig {
                 "metrics.listen",
                 &format!("{addr} is reachable from other hosts; set metrics.allow_remote = true to mean it"),
             );
+        }
+        let redis_tls =
+            self.invalidations.redis.as_ref().is_some_and(|url| url.expose().starts_with("rediss://"));
+        if self.invalidations.redis_ca_file.is_some() && !redis_tls {
+            return invalid("invalidations.redis_ca_file", "applies to a rediss:// (TLS) redis URL only");
         }
         sinks::validate(&self.objects, &self.archive, &self.snapshots, &self.projection)
             .or_else(|(field, message)| invalid(field, &message))

@@ -2,6 +2,7 @@
 //! invalidations and dead letters go. Defaults are the embedded setup.
 
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 use super::Url;
 
@@ -67,8 +68,12 @@ pub struct ProjectionConfig {
 pub struct InvalidationsConfig {
     /// Topic on the job's log (compacted on Kafka); empty for none.
     pub topic: String,
-    /// `redis://HOST:PORT[/DB]` of the regional cache; absent for none.
+    /// `redis://HOST:PORT[/DB]` of the regional cache, or `rediss://…` for TLS; absent for
+    /// none.
     pub redis: Option<Url>,
+    /// `rediss://`: a PEM file of the certificate authorities to trust instead of the
+    /// system's (a private CA). Relative to the config file's folder.
+    pub redis_ca_file: Option<PathBuf>,
     /// The cache keeps document `D` at `<key_prefix>D` (a hash with `text` and `version`).
     pub key_prefix: String,
     /// Invalidations are published on this channel.
@@ -129,6 +134,7 @@ impl Default for InvalidationsConfig {
         InvalidationsConfig {
             topic: "doc-invalidations".into(),
             redis: None,
+            redis_ca_file: None,
             key_prefix: "docfold:doc:".into(),
             channel: "docfold:invalidations".into(),
         }

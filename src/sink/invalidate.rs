@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use super::{SinkError, TopicSink};
-use crate::config::{InvalidationsConfig, JobConfig};
+use crate::config::{InvalidationsConfig, JobConfig, redact_url};
 
 /// One document's new version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +45,10 @@ fn redis_failed(error: redis::RedisError) -> SinkError {
             Reply::BusyLoading | Reply::ReadOnly | Reply::TryAgain | Reply::ClusterDown | Reply::MasterDown
         )
     );
+    if is_tls_refusal(&error) {
+        // A certificate no trusted CA signed, or for another host: a setting to fix, not an outage.
+        return SinkError::Refused { sink: "redis", message };
+    }
     if routine
         || error.is_io_error()
         || error.is_timeout()
@@ -55,6 +59,13 @@ fn redis_failed(error: redis::RedisError) -> SinkError {
     } else {
         SinkError::Refused { sink: "redis", message }
     }
+}
+
+/// Whether the TLS handshake refused the server's certificate. redis keeps rustls' error only
+/// as text (behind an `Arc<dyn Error>`), so its message is what there is to go by; the TLS
+/// test pins it.
+fn is_tls_refusal(error: &redis::RedisError) -> bool {
+    error.to_string().contains("invalid peer certificate")
 }
 
 /// The regional cache.
@@ -69,8 +80,20 @@ pub struct RedisCache {
 impl RedisCache {
     /// Connects lazily: a cache that is down at start is retried like any other outage.
     pub fn open(url: &str, config: &InvalidationsConfig) -> Result<RedisCache, SinkError> {
-        let client =
-            redis::Client::open(url).map_err(|e| SinkError::Config(format!("redis URL {url:?}: {e}")))?;
+        let bad_url = |e: redis::RedisError| SinkError::Config(format!("redis URL {}: {e}", redact_url(url)));
+        // rustls needs one process-wide crypto provider, and this build links two (ring for
+        // sqlx and redis, aws-lc-rs for the AWS SDK): choose ring (a second call is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match &config.redis_ca_file {
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|e| {
+                    SinkError::Config(format!("invalidations.redis_ca_file {}: {e}", path.display()))
+                })?;
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                redis::Client::build_with_tls(url, certificates).map_err(bad_url)?
+            }
+            None => redis::Client::open(url).map_err(bad_url)?,
+        };
         let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))

@@ -164,14 +164,94 @@ fn a_torn_tail_is_truncated_and_reported() {
     reader.read(0, 0, 100, &mut got).expect("read up to the tear");
     assert_eq!(got.len(), 9, "the torn record is not delivered");
     let mut writer = log.writer(Fsync::Always, 1 << 20);
-    assert_eq!(writer.append_to(0, b"k", b"after").expect("append"), 9, "the torn record's offset is reused");
+    let offset = writer.append_to(0, b"k", b"after").expect("append");
+    assert_eq!(offset, 10, "the torn record's offset (9) was handed out: it is never handed out again");
     assert_eq!(writer.truncations().len(), 1);
     assert_eq!(writer.truncations()[0].offset, 9);
+    assert_eq!(writer.truncations()[0].resumes_at, 10);
     assert_eq!(writer.truncations()[0].bytes, 100 + 1 + 12 + 8 - 30);
     writer.flush().expect("flush");
     got.clear();
     reader.read(0, 9, 10, &mut got).expect("read the new record");
-    assert_eq!(got.iter().map(|r| r.value.as_slice()).collect::<Vec<_>>(), [b"after".as_slice()]);
+    assert_eq!(
+        got.iter().map(|r| (r.offset, r.value.as_slice())).collect::<Vec<_>>(),
+        [(10, b"after".as_slice())]
+    );
+}
+
+/// The disk after a power loss: the files as the running writer left them, less the records
+/// not yet fsynced (the writer syncs only on its interval). A consumer had read and
+/// checkpointed all ten; the offsets of the lost ones must never be handed out again, or the
+/// consumer would skip the new records that got them.
+#[test]
+fn offsets_lost_to_a_power_loss_are_never_handed_out_again() {
+    let root = services::temp_dir("power-loss");
+    let log = FileLog::create(&root, "t", 1).expect("create");
+    let segment = "t/0/00000000000000000000.seg";
+    let mut writer = log.writer(Fsync::Never, 1 << 20);
+    for i in 0..5u8 {
+        writer.append_to(0, b"k", &[i; 10]).expect("append");
+    }
+    writer.flush().expect("flush");
+    let synced = std::fs::metadata(root.join(segment)).expect("segment").len();
+    for i in 5..10u8 {
+        writer.append_to(0, b"k", &[i; 10]).expect("append");
+    }
+    writer.flush().expect("flush");
+    let mut reader = log.reader();
+    let mut got = Vec::new();
+    reader.read(0, 0, 100, &mut got).expect("the consumer reads all ten");
+    assert_eq!(got.len(), 10);
+    let checkpoint = got.last().expect("records").offset + 1;
+
+    let disk = services::temp_dir("power-loss-disk");
+    copy_folder(&root.join("t"), &disk.join("t"));
+    drop(writer);
+    let file = std::fs::OpenOptions::new().write(true).open(disk.join(segment)).expect("open");
+    file.set_len(synced).expect("the unsynced records are gone");
+
+    let after = FileLog::open(&disk, "t").expect("open after the power loss");
+    let mut writer = after.writer(Fsync::Always, 1 << 20);
+    let offset = writer.append_to(0, b"k", b"new").expect("append");
+    assert!(
+        offset >= checkpoint,
+        "offset {offset} was handed out before the power loss (checkpoint {checkpoint})"
+    );
+    let lost = &writer.truncations()[0];
+    assert_eq!((lost.offset, lost.resumes_at), (5, offset), "the loss is reported: {lost:?}");
+    writer.flush().expect("flush");
+    let mut reader = after.reader();
+    got.clear();
+    reader.read(0, checkpoint, 10, &mut got).expect("read from the consumer's checkpoint");
+    assert_eq!(
+        got.iter().map(|r| (r.offset, r.value.as_slice())).collect::<Vec<_>>(),
+        [(offset, b"new".as_slice())]
+    );
+    got.clear();
+    reader.read(0, 0, 100, &mut got).expect("read from the start");
+    let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4, offset], "the surviving records, then the new one past the gap");
+    assert_eq!(reader.end_offset(0).expect("end"), offset + 1);
+    drop(writer);
+    let mut writer = after.writer(Fsync::Always, 1 << 20);
+    assert_eq!(
+        writer.append_to(0, b"k", b"next").expect("append"),
+        offset + 1,
+        "a clean close leaves no gap"
+    );
+    assert!(writer.truncations().is_empty());
+}
+
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }
 
 #[test]

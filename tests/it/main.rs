@@ -13,4 +13,5 @@ mod services;
 mod sinks;
 mod spine;
 mod store;
+mod tls;
 mod traces;

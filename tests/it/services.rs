@@ -2,7 +2,7 @@
 //! their addresses; a test that needs one and cannot reach it fails, it never skips.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn reachable(addr: &str) -> bool {
@@ -132,10 +132,17 @@ pub struct PgCluster {
     bin: PathBuf,
     data: PathBuf,
     pub port: u16,
+    settings: String,
 }
 
 impl PgCluster {
     pub fn start(name: &str) -> PgCluster {
+        PgCluster::start_with(name, "", None)
+    }
+
+    /// A cluster started with extra `-c name=value` `settings` and, when given, this
+    /// `pg_hba.conf` in place of initdb's.
+    pub fn start_with(name: &str, settings: &str, hba: Option<&str>) -> PgCluster {
         let bin = PathBuf::from(std::env::var("DOCFOLD_TEST_PG_BIN").unwrap_or_else(|_| {
             let found = std::fs::read_dir("/usr/lib/postgresql")
                 .ok()
@@ -150,7 +157,7 @@ impl PgCluster {
         let dir = temp_dir(name);
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
-        let cluster = PgCluster { bin, data: dir.join("data"), port };
+        let cluster = PgCluster { bin, data: dir.join("data"), port, settings: settings.into() };
         if is_root() {
             let status = std::process::Command::new("chown").args(["postgres:postgres"]).arg(&dir).status();
             assert!(status.is_ok_and(|s| s.success()), "chown the cluster's folder to postgres");
@@ -160,6 +167,9 @@ impl PgCluster {
             "initdb",
             &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"],
         );
+        if let Some(hba) = hba {
+            std::fs::write(cluster.data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
         cluster.pg_ctl("start", &[]);
         cluster
     }
@@ -175,9 +185,10 @@ impl PgCluster {
 
     fn pg_ctl(&self, action: &str, extra: &[&str]) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {}",
             self.port,
-            self.data.parent().expect("cluster folder").display()
+            self.data.parent().expect("cluster folder").display(),
+            self.settings
         );
         let data = self.data.display().to_string();
         let log = self.data.parent().expect("cluster folder").join("pg.log").display().to_string();
@@ -204,6 +215,14 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         let data = self.data.display().to_string();
         let _ = std::panic::catch_unwind(|| self.pg("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]));
+    }
+}
+
+/// Gives a file to the `postgres` user (the server reads its key and certificate as it).
+pub fn give_to_postgres(path: &Path) {
+    if is_root() {
+        let status = std::process::Command::new("chown").arg("postgres:postgres").arg(path).status();
+        assert!(status.is_ok_and(|s| s.success()), "chown {} to postgres", path.display());
     }
 }
 

@@ -3,7 +3,9 @@
 //! `[body length u32][crc32c of body u32][timestamp i64][key length u32][key][value]`
 //! (little endian); offsets are implicit (segment base + position). A writer holds a lock
 //! file per partition; on opening it truncates a torn tail (a crash mid-write) and reports it,
-//! and refuses a partition whose damage has valid records after it (`repair.rs`).
+//! and refuses a partition whose damage has valid records after it (`repair.rs`). No offset
+//! is handed out twice, even across a power loss (`reserve.rs`): offsets lost that way leave a
+//! gap between segments, which readers step over.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -14,8 +16,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::{LogError, LogReader, LogWriter, Record, partition_for};
 
 mod repair;
+mod reserve;
 
 pub use repair::{Damage, Repair};
+use reserve::Reservation;
 
 const HEADER: usize = 8;
 /// Largest frame body: a 4 MiB op plus a 256-byte key fit with room to spare.
@@ -42,14 +46,19 @@ pub struct FileLog {
     partitions: u32,
 }
 
-/// A torn tail cut off when a writer opened a partition.
+/// What a writer found lost when it opened a partition: a torn tail it cut off (a crash
+/// mid-write), or records acknowledged before a power loss took them (`offset..resumes_at`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Truncation {
     pub partition: u32,
     pub segment: PathBuf,
-    /// Offset the next record gets (the first one lost, if any was).
+    /// The first offset lost, if any was: the end of the records on disk.
     pub offset: u64,
+    /// Torn bytes cut off.
     pub bytes: u64,
+    /// The offset the next record gets: `offset`, unless offsets from `offset` on had been
+    /// handed out before the loss (they are never handed out again).
+    pub resumes_at: u64,
 }
 
 impl FileLog {
@@ -149,6 +158,12 @@ impl FileLog {
             });
         }
         Ok(lock)
+    }
+
+    /// The base of the first segment after the one at `base`: the next record's offset once
+    /// the segment at `base` is read to its end (a later segment exists only once it is sealed).
+    fn next_segment(&self, partition: u32, base: u64) -> Result<Option<u64>, LogError> {
+        Ok(self.segments(partition)?.into_iter().find(|&b| b > base))
     }
 
     fn segment_path(&self, partition: u32, base: u64) -> PathBuf {
@@ -254,6 +269,7 @@ struct PartitionWriter {
     segment_len: u64,
     next_offset: u64,
     last_sync: Instant,
+    reservation: Reservation,
     /// Held for the writer's life: the lock is the file's.
     _lock: File,
 }
@@ -271,13 +287,13 @@ impl FileWriter {
             return Err(LogError::TooLarge { bytes: body, limit: MAX_BODY });
         }
         let segment_bytes = self.segment_bytes;
+        let log = self.log.clone();
         let writer = self.partition(partition)?;
         if writer.segment_len >= segment_bytes {
             let next = writer.next_offset;
-            let rolled = self.roll(partition, next)?;
-            self.open[partition as usize] = Some(rolled);
+            roll(writer, log.segment_path(partition, next))?;
         }
-        let writer = self.partition(partition)?;
+        writer.reservation.cover(writer.next_offset).map_err(io_at(&writer.path))?;
         writer.segment_len +=
             write_frame(&mut writer.out, now_ms(), key, value).map_err(io_at(&writer.path))?;
         writer.next_offset += 1;
@@ -324,39 +340,47 @@ impl FileWriter {
             }
             file.set_len(valid).map_err(io_at(&path))?;
             file.sync_all().map_err(io_at(&path))?;
+        }
+        let on_disk = base + count;
+        let dir = self.log.partition_dir(partition)?;
+        let reservation = Reservation::open(&dir).map_err(io_at(&dir))?;
+        let resumes_at = reservation.reserved().max(on_disk);
+        if len > valid || resumes_at > on_disk {
+            let bytes = len - valid;
             let truncation =
-                Truncation { partition, segment: path.clone(), offset: base + count, bytes: len - valid };
-            tracing::warn!(partition, segment = %path.display(), offset = truncation.offset, bytes = truncation.bytes, "truncated a torn tail");
+                Truncation { partition, segment: path.clone(), offset: on_disk, bytes, resumes_at };
+            tracing::warn!(partition, segment = %path.display(), offset = on_disk, bytes, resumes_at, "found records lost by a crash or power loss");
             self.truncations.push(truncation);
         }
         let mut out = BufWriter::with_capacity(256 << 10, file);
         out.seek(SeekFrom::End(0)).map_err(io_at(&path))?;
-        Ok(PartitionWriter {
+        let mut writer = PartitionWriter {
             out,
             path,
             segment_len: valid,
-            next_offset: base + count,
+            next_offset: on_disk,
             last_sync: Instant::now(),
+            reservation,
             _lock: lock,
-        })
+        };
+        if resumes_at > on_disk {
+            // Offsets up to the mark were handed out and lost: continue past them.
+            roll(&mut writer, self.log.segment_path(partition, resumes_at))?;
+            writer.next_offset = resumes_at;
+        }
+        Ok(writer)
     }
+}
 
-    /// Seals the current segment of `partition` and starts one at `base`.
-    fn roll(&mut self, partition: u32, base: u64) -> Result<PartitionWriter, LogError> {
-        let old = self.open[partition as usize].as_mut().expect("rolling an open partition");
-        sync(old, Fsync::Always).map_err(io_at(&old.path))?;
-        let path = self.log.segment_path(partition, base);
-        let file = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_at(&path))?;
-        let lock = old._lock.try_clone().map_err(io_at(&path))?;
-        Ok(PartitionWriter {
-            out: BufWriter::with_capacity(256 << 10, file),
-            path,
-            segment_len: 0,
-            next_offset: base,
-            last_sync: Instant::now(),
-            _lock: lock,
-        })
-    }
+/// Seals the writer's segment and continues in a new one at `path` (named by its base).
+fn roll(writer: &mut PartitionWriter, path: PathBuf) -> Result<(), LogError> {
+    sync(writer, Fsync::Always).map_err(io_at(&writer.path))?;
+    let file = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_at(&path))?;
+    writer.out = BufWriter::with_capacity(256 << 10, file);
+    writer.path = path;
+    writer.segment_len = 0;
+    writer.last_sync = Instant::now();
+    Ok(())
 }
 
 fn sync(writer: &mut PartitionWriter, fsync: Fsync) -> io::Result<()> {
@@ -388,9 +412,14 @@ impl LogWriter for FileWriter {
 }
 
 impl Drop for FileWriter {
+    /// A clean close: every record on disk, then the exact reservation mark.
     fn drop(&mut self) {
-        if let Err(e) = self.flush() {
-            tracing::error!(error = %e, "embedded log writer could not flush on drop");
+        for writer in self.open.iter_mut().flatten() {
+            let closed =
+                sync(writer, Fsync::Always).and_then(|()| writer.reservation.close_at(writer.next_offset));
+            if let Err(e) = closed {
+                tracing::error!(error = %e, segment = %writer.path.display(), "embedded log writer could not close cleanly");
+            }
         }
     }
 }
@@ -409,7 +438,8 @@ struct Cursor {
 }
 
 impl FileReader {
-    /// A cursor at `from`, or None when `from` is past the end of the partition.
+    /// A cursor at `from` (or at the first record after it, when `from` was lost to a power
+    /// loss), or None when `from` is past the end of the partition.
     fn seek(&self, partition: u32, from: u64) -> Result<Option<Cursor>, LogError> {
         let bases = self.log.segments(partition)?;
         let Some(&base) = bases.iter().rev().find(|&&b| b <= from) else {
@@ -423,7 +453,16 @@ impl FileReader {
                     cursor.pos += bytes;
                     cursor.next_offset += 1;
                 }
-                Frame::Incomplete => return Ok(None),
+                Frame::Incomplete => {
+                    let Some(next) = self.log.next_segment(partition, base)? else { return Ok(None) };
+                    let path = self.log.segment_path(partition, next);
+                    return Ok(Some(Cursor {
+                        next_offset: next,
+                        base: next,
+                        pos: 0,
+                        input: open_segment(&path)?,
+                    }));
+                }
                 Frame::Corrupt(reason) => {
                     return Err(corrupt(partition, cursor.next_offset, &path, reason));
                 }
@@ -492,16 +531,21 @@ impl FileReader {
                     read += 1;
                 }
                 Frame::Incomplete => {
-                    // The end for now: rewind past the partial frame; maybe the writer rolled on.
+                    // The end for now: rewind past the partial frame; maybe the writer rolled on
+                    // (to the next offset, or past offsets a power loss took).
                     cursor.input.seek(SeekFrom::Start(cursor.pos)).map_err(io_at(&path))?;
-                    let next = self.log.segment_path(partition, cursor.next_offset);
-                    if cursor.base == cursor.next_offset || !next.exists() {
-                        return Ok(());
-                    }
-                    cursor.base = cursor.next_offset;
+                    let rolled = self.log.segment_path(partition, cursor.next_offset);
+                    let next = if cursor.base != cursor.next_offset && rolled.exists() {
+                        Some(cursor.next_offset)
+                    } else {
+                        self.log.next_segment(partition, cursor.base)?
+                    };
+                    let Some(next) = next else { return Ok(()) };
+                    cursor.base = next;
+                    cursor.next_offset = next;
                     cursor.pos = 0;
-                    cursor.input = open_segment(&next)?;
-                    path = next;
+                    path = self.log.segment_path(partition, next);
+                    cursor.input = open_segment(&path)?;
                 }
                 Frame::Corrupt(reason) => {
                     return Err(corrupt(partition, cursor.next_offset, &path, reason));
