@@ -131,8 +131,8 @@ impl TopicArgs {
         Ok(())
     }
 
-    /// `docfold setup`: the topics, the projection table, and a check that object storage
-    /// answers (an S3 bucket must exist: docfold does not create buckets).
+    /// `docfold setup`: the topics, the projection table and the S3 bucket (each unless it
+    /// exists), and a check that object storage answers.
     pub fn setup(self) -> anyhow::Result<bool> {
         let config = self.config.load()?;
         self.apply(&config)?;
@@ -141,13 +141,14 @@ impl TopicArgs {
                 open_projections(&config).await?.backend().create().await?;
                 println!("projection table ready: {}", config.projection.url);
             }
+            if Objects::create_bucket(&config.objects).await? {
+                println!("bucket created: {}", config.objects.url);
+            }
             let objects = Objects::open(&config.objects)?;
-            objects.list(&"ops".into()).await.with_context(|| {
-                format!(
-                    "object storage {} does not answer; for S3, create the bucket first",
-                    config.objects.url
-                )
-            })?;
+            objects
+                .list(&"ops".into())
+                .await
+                .with_context(|| format!("object storage {} does not answer", config.objects.url))?;
             println!("object storage ready: {}", config.objects.url);
             anyhow::Ok(())
         })?;

@@ -104,6 +104,20 @@ impl Backoff {
 
 /// A writer for `topic` on the job's log (a missing embedded topic is created with the
 /// log's partition count).
+/// The AWS SDK's shared config: credentials from the environment, the region given (else
+/// the environment's, else `us-east-1`), and an endpoint override for local servers.
+pub async fn aws_config(endpoint: Option<&str>, region: Option<String>) -> aws_config::SdkConfig {
+    use aws_config::meta::region::RegionProviderChain;
+    let region = RegionProviderChain::first_try(region.map(aws_config::Region::new))
+        .or_default_provider()
+        .or_else("us-east-1");
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(region);
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
 pub fn topic_writer(config: &JobConfig, topic: &str) -> Result<Box<dyn LogWriter>, crate::log::LogError> {
     crate::log::Topic::open(config, topic, true)?.writer(config)
 }

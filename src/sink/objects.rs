@@ -99,6 +99,35 @@ impl Objects {
         Ok(Objects { store })
     }
 
+    /// `s3://BUCKET/…`: creates the bucket unless it exists (in the configured region);
+    /// `file://`: nothing to create. Returns whether it created one.
+    pub async fn create_bucket(config: &ObjectsConfig) -> Result<bool, SinkError> {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        let ObjectsUrl::S3 { bucket, .. } = ObjectsUrl::parse(config.url.expose())? else { return Ok(false) };
+        let shared = super::aws_config(config.endpoint.as_deref(), config.region.clone()).await;
+        let s3 =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.endpoint.is_some()).build();
+        let client = aws_sdk_s3::Client::from_conf(s3);
+        if client.head_bucket().bucket(&bucket).send().await.is_ok() {
+            return Ok(false);
+        }
+        let mut request = client.create_bucket().bucket(&bucket);
+        if let Some(region) = shared.region().map(|r| r.to_string()).filter(|r| r != "us-east-1") {
+            let location = BucketLocationConstraint::from(region.as_str());
+            request = request.create_bucket_configuration(
+                CreateBucketConfiguration::builder().location_constraint(location).build(),
+            );
+        }
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_bucket_already_owned_by_you()) => Ok(false),
+            Err(e) => Err(SinkError::Refused {
+                sink: "objects",
+                message: format!("creating bucket {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)),
+            }),
+        }
+    }
+
     /// Writes `bytes` at `key` (replacing it): in one request, or in parts of `part_bytes`
     /// when larger. Either way the object appears whole or not at all.
     pub async fn put(&self, key: &Key, bytes: Bytes, part_bytes: usize) -> Result<(), SinkError> {

@@ -370,12 +370,13 @@ async fn a_dead_letter_too_large_for_its_topic_keeps_its_bytes_in_object_storage
 /// configured names (with the shipped topic settings, from any folder), the projection
 /// table, and checks that object storage answers; twice in a row is harmless.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn setup_creates_the_jobs_topics_and_table_from_any_folder() {
+async fn setup_creates_the_jobs_topics_table_and_bucket_from_any_folder() {
     use docfold::log::kafka::KafkaLog;
     let dir = services::temp_dir("setup");
     let brokers = services::kafka();
-    let (s3, bucket) = services::s3_bucket();
+    let (s3, _) = services::s3_bucket();
     let name = format!("setup-{}", services::unique());
+    let bucket = format!("{name}-bucket");
     let config = dir.join("job.toml");
     std::fs::write(
         &config,
@@ -395,6 +396,7 @@ async fn setup_creates_the_jobs_topics_and_table_from_any_folder() {
         assert_eq!(code, 0, "round {round}: {out}{err}");
         assert!(out.contains(&format!("topic {name}-ops: 3 partitions")), "{out}");
         assert!(out.contains("projection table ready") && out.contains("object storage ready"), "{out}");
+        assert_eq!(out.contains("bucket created"), round == 0, "the bucket is made once: {out}");
     }
     for (topic, partitions) in
         [(format!("{name}-ops"), 3), (format!("{name}-inv"), 3), (format!("{name}-dlq"), 1)]

@@ -206,7 +206,10 @@ async fn redis_over_tls_is_verified_and_a_wrong_ca_is_refused() {
     let wrong = RedisCache::open(&url, &cache_config(&other.ca)).expect("opens lazily");
     let refused = wrong.invalidate(&[item]).await.err().expect("a certificate of another CA is refused");
     assert!(refused.to_string().to_lowercase().contains("certificate"), "names the certificate: {refused}");
-    assert!(!refused.is_retryable(), "a wrong CA is a setting to fix, not an outage to wait out: {refused:?}");
+    assert!(
+        !refused.is_retryable(),
+        "a wrong CA is a setting to fix, not an outage to wait out: {refused:?}"
+    );
 }
 
 #[test]

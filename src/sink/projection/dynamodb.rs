@@ -3,10 +3,8 @@
 //! retries throttling with exponential backoff and jitter; the pipeline retries whole
 //! flushes when DynamoDB stays unreachable. The table is `schemas/dynamodb/projections.json`.
 
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
@@ -103,14 +101,7 @@ fn string(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> 
 
 impl DynamoProjections {
     pub async fn open(config: &ProjectionConfig, table: &str) -> DynamoProjections {
-        let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
-            .or_default_provider()
-            .or_else("us-east-1");
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
-        if let Some(endpoint) = &config.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let shared = loader.load().await;
+        let shared = crate::sink::aws_config(config.endpoint.as_deref(), config.region.clone()).await;
         let sdk = aws_sdk_dynamodb::config::Builder::from(&shared)
             // Throttling is retried here with backoff and jitter; an outage fails the flush
             // within seconds and the pipeline's own backoff takes over.
