@@ -118,12 +118,12 @@ async fn postgres_over_tls_is_verified_and_a_wrong_ca_is_refused() {
     let store = Store::open(&verified).await.expect("verify-full with the server's CA connects");
     assert_eq!(store.checkpoint("tls", 0).await.expect("a query over TLS"), None);
 
-    let plain = Store::open(&url("sslmode=disable")).await.err().expect("the server takes TLS only");
+    let Err(plain) = Store::open(&url("sslmode=disable")).await else { panic!("the server takes TLS only") };
     assert!(plain.to_string().contains("no encryption") || plain.to_string().contains("pg_hba"), "{plain}");
 
     let wrong = url(&format!("sslmode=verify-full&sslrootcert={}", other.ca.display()));
     let started = Instant::now();
-    let refused = Store::open(&wrong).await.err().expect("a certificate of another CA is refused");
+    let Err(refused) = Store::open(&wrong).await else { panic!("a certificate of another CA is refused") };
     let message = refused.to_string();
     assert!(message.to_lowercase().contains("certificate"), "names the certificate: {message}");
     assert!(started.elapsed() < Duration::from_secs(20), "refused at once, not retried until the timeout");
@@ -204,7 +204,9 @@ async fn redis_over_tls_is_verified_and_a_wrong_ca_is_refused() {
     assert_eq!(cache.invalidate(std::slice::from_ref(&item)).await.expect("invalidate over TLS"), 1);
 
     let wrong = RedisCache::open(&url, &cache_config(&other.ca)).expect("opens lazily");
-    let refused = wrong.invalidate(&[item]).await.err().expect("a certificate of another CA is refused");
+    let Err(refused) = wrong.invalidate(&[item]).await else {
+        panic!("a certificate of another CA is refused")
+    };
     assert!(refused.to_string().to_lowercase().contains("certificate"), "names the certificate: {refused}");
     assert!(
         !refused.is_retryable(),
