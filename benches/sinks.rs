@@ -60,7 +60,15 @@ async fn archive_ops(dir: &Path, name: &str, ops: &[Op]) -> (u64, f64, u64) {
     let (mut rows, mut bytes) = (0u64, 0u64);
     let started = Instant::now();
     for (offset, envelope) in envelopes.iter().enumerate() {
-        archive.push(offset as u64, 1_700_000_000_000, Some(envelope));
+        let timestamp_type = docfold::log::TimestampType::LogAppend;
+        let record = docfold::log::Record {
+            offset: offset as u64,
+            timestamp_ms: 1_700_000_000_000,
+            timestamp_type,
+            key: vec![],
+            value: vec![],
+        };
+        archive.push(&record, Some(envelope));
         if archive.is_due()
             && let Some(file) = archive.write().await.expect("write")
         {
@@ -165,7 +173,7 @@ async fn hot_documents(dir: &Path) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     cancel.cancel();
     let summaries = run.await.expect("joined").expect("pipeline");
-    let writes: u64 = summaries.iter().map(|s| s.projection_writes).sum();
+    let writes: u64 = summaries.iter().filter_map(|s| s.written.get("projections")).sum();
     let folded: u64 = summaries.iter().map(|s| s.folded).sum();
     println!(
         "hot documents ({DOCS} docs × {RATE} ops/s for {SECONDS} s, flush every {} ms, projections {}): {folded} ops, {writes} projection writes = {:.1} per 1,000 ops",

@@ -16,6 +16,7 @@ pub mod log;
 pub mod lseq;
 pub mod op;
 pub mod pipeline;
+pub mod region;
 pub mod sink;
 pub mod store;
 pub mod telemetry;

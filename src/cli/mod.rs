@@ -5,6 +5,7 @@ mod demo;
 mod doc;
 mod log;
 mod produce;
+mod region;
 mod run;
 mod sinks;
 mod topics;
@@ -62,6 +63,9 @@ enum Command {
     /// Records the fold could not take: re-publish them where they belong.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Regions: who leads (the lease), promote a region, demote this one.
+    #[command(subcommand)]
+    Region(region::RegionCommand),
 }
 
 /// `--config`, shared by the commands that touch the log or the store.
@@ -104,6 +108,7 @@ impl Cli {
             Command::Snapshots(command) => command.run(),
             Command::Log(command) => command.run(),
             Command::DeadLetters(command) => command.run(),
+            Command::Region(command) => command.run(),
         }
     }
 }

@@ -6,6 +6,9 @@ use tokio_util::sync::CancellationToken;
 
 use docfold::config::{JobConfig, LogLocation};
 use docfold::pipeline::{self, PartitionSummary, Until};
+use docfold::region::Mode;
+use docfold::region::leases::Leases;
+use docfold::region::runtime::keep_role;
 
 use super::{ConfigArg, file_topic, runtime};
 
@@ -60,7 +63,20 @@ pub async fn run_job(config: &JobConfig, until: Until) -> anyhow::Result<Vec<Par
         tracing::info!("shutting down: draining partitions");
         on_signal.cancel();
     });
-    pipeline::run(config, until, cancel).await.context("the pipeline stopped")
+    let role = match config.region.as_ref().filter(|r| r.mode == Mode::ActivePassive) {
+        Some(region) => {
+            let leases = Leases::of(region).await.context("the region lease store")?;
+            let keep = keep_role(leases, config.job.clone(), region.role(), cancel.clone());
+            Some(tokio::spawn(keep))
+        }
+        None => None,
+    };
+    let summaries = pipeline::run(config, until, cancel.clone()).await.context("the pipeline stopped");
+    cancel.cancel();
+    if let Some(role) = role {
+        role.await.context("the region role task")?;
+    }
+    summaries
 }
 
 async fn shutdown_signal() {

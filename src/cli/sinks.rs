@@ -91,7 +91,8 @@ impl SnapshotsCommand {
         let restored = runtime()?.block_on(async {
             let objects = Objects::open(&config.objects)?;
             let store = Store::open(config.store.url.expose()).await?;
-            let restored = snapshots::restore(&objects, &store, &config.job, partitions, |done| {
+            let batch = config.snapshots.batch_docs;
+            let restored = snapshots::restore(&objects, &store, (&config.job, partitions), batch, |done| {
                 println!(
                     "partition {}: {} documents, checkpoint at offset {}",
                     done.partition, done.docs, done.next_offset

@@ -6,15 +6,28 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::log::file::Fsync;
-
+mod region;
 mod secret;
 mod sinks;
 
+pub use region::RegionConfig;
 pub use secret::{ClientSettings, Url, is_secret_setting, redact_url};
 pub use sinks::{
     ArchiveConfig, DeadLettersConfig, InvalidationsConfig, ObjectsConfig, ProjectionConfig, SnapshotsConfig,
 };
+
+/// When the embedded log's writer calls fsync (`log.fsync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fsync {
+    /// On every flush: nothing acknowledged is lost on power failure.
+    Always,
+    /// At most every this many milliseconds (a process crash loses nothing; power loss may
+    /// lose the last interval).
+    IntervalMs(u64),
+    /// Leave it to the OS.
+    Never,
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +44,8 @@ pub struct JobConfig {
     pub projection: ProjectionConfig,
     pub invalidations: InvalidationsConfig,
     pub dead_letters: DeadLettersConfig,
+    /// This job's region among several (`[region]`); absent: one region.
+    pub region: Option<RegionConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -164,6 +179,7 @@ impl JobConfig {
             },
             invalidations: InvalidationsConfig::default(),
             dead_letters: DeadLettersConfig::default(),
+            region: None,
         }
     }
 
@@ -190,8 +206,10 @@ impl JobConfig {
             ("objects", &mut self.objects.url),
             ("projection", &mut self.projection.url),
         ];
-        for (section, url) in urls {
-            if written.get(section).and_then(|s| s.get("url")).is_none() {
+        let region = self.region.as_mut().map(|r| ("region", &mut r.leases));
+        for (section, url) in urls.into_iter().chain(region) {
+            let field = if section == "region" { "leases" } else { "url" };
+            if written.get(section).and_then(|s| s.get(field)).is_none() {
                 continue;
             }
             let Some((scheme @ ("file" | "sqlite"), path)) = url.scheme() else { continue };
@@ -255,6 +273,9 @@ impl JobConfig {
             self.invalidations.redis.as_ref().is_some_and(|url| url.expose().starts_with("rediss://"));
         if self.invalidations.redis_ca_file.is_some() && !redis_tls {
             return invalid("invalidations.redis_ca_file", "applies to a rediss:// (TLS) redis URL only");
+        }
+        if let Some(region) = &self.region {
+            region.validate().or_else(|(field, message)| invalid(field, &message))?;
         }
         sinks::validate(&self.objects, &self.archive, &self.snapshots, &self.projection)
             .or_else(|(field, message)| invalid(field, &message))

@@ -16,8 +16,8 @@ pub struct ObjectsConfig {
     /// S3: endpoint override, e.g. `http://127.0.0.1:9000` for a local S3 server.
     /// Credentials and region come from the environment (`AWS_ACCESS_KEY_ID`, …).
     pub endpoint: Option<String>,
-    /// S3: region (default: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`).
-    pub region: Option<String>,
+    /// S3: the AWS region (default: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`).
+    pub aws_region: Option<String>,
 }
 
 /// The Parquet archive of every op (`ops/date=…/partition=…/<first>-<last>.parquet`).
@@ -43,6 +43,9 @@ pub struct SnapshotsConfig {
     /// Manifests kept per partition (the newest); older ones, and the document states only
     /// they name, are deleted after each export.
     pub keep: usize,
+    /// Documents read and written per batch by an export or a restore (their memory is
+    /// one batch of states).
+    pub batch_docs: usize,
 }
 
 /// The read model: one item per document with its text and version.
@@ -53,8 +56,8 @@ pub struct ProjectionConfig {
     pub url: Url,
     /// DynamoDB: endpoint override, e.g. `http://127.0.0.1:8000` for DynamoDB Local.
     pub endpoint: Option<String>,
-    /// DynamoDB: region (default from the environment, else `us-east-1`).
-    pub region: Option<String>,
+    /// DynamoDB: the AWS region (default from the environment, else `us-east-1`).
+    pub aws_region: Option<String>,
     /// Texts longer than this (UTF-8 bytes) are written to object storage and the item
     /// holds a pointer (DynamoDB items are limited to 400 KB).
     pub inline_max_bytes: usize,
@@ -96,7 +99,7 @@ pub struct DeadLettersConfig {
 
 impl Default for ObjectsConfig {
     fn default() -> Self {
-        ObjectsConfig { url: "file://docfold-data/objects".into(), endpoint: None, region: None }
+        ObjectsConfig { url: "file://docfold-data/objects".into(), endpoint: None, aws_region: None }
     }
 }
 
@@ -113,7 +116,7 @@ impl Default for ArchiveConfig {
 
 impl Default for SnapshotsConfig {
     fn default() -> Self {
-        SnapshotsConfig { interval_ms: 3_600_000, keep: 24 }
+        SnapshotsConfig { interval_ms: 3_600_000, keep: 24, batch_docs: 256 }
     }
 }
 
@@ -122,7 +125,7 @@ impl Default for ProjectionConfig {
         ProjectionConfig {
             url: "sqlite://docfold-data/projections.db".into(),
             endpoint: None,
-            region: None,
+            aws_region: None,
             inline_max_bytes: 350_000,
             concurrency: 16,
         }

@@ -14,7 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{LogError, LogReader, LogWriter, Record};
+use super::{LogError, LogReader, LogWriter, Record, TimestampType};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -26,6 +26,23 @@ pub struct KafkaLog {
     partitions: u32,
     /// librdkafka properties added to every client (e.g. `batch.num.messages`).
     overrides: Vec<(String, String)>,
+}
+
+/// A consumed message as a record, with the kind of timestamp the topic gives.
+pub fn record_of(message: &impl Message) -> Record {
+    use rdkafka::Timestamp as T;
+    let (timestamp_ms, timestamp_type) = match message.timestamp() {
+        T::LogAppendTime(ms) => (ms, TimestampType::LogAppend),
+        T::CreateTime(ms) => (ms, TimestampType::Create),
+        T::NotAvailable => (0, TimestampType::Create),
+    };
+    Record {
+        offset: message.offset() as u64,
+        timestamp_ms,
+        timestamp_type,
+        key: message.key().unwrap_or_default().to_vec(),
+        value: message.payload().unwrap_or_default().to_vec(),
+    }
 }
 
 fn kafka(e: KafkaError) -> LogError {
@@ -245,12 +262,7 @@ impl LogReader for KafkaReader {
                     if message.partition() as u32 != partition || Some(message.offset() as u64) != expected {
                         continue; // fetched for an earlier assignment
                     }
-                    out.push(Record {
-                        offset: message.offset() as u64,
-                        timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
-                        key: message.key().unwrap_or_default().to_vec(),
-                        value: message.payload().unwrap_or_default().to_vec(),
-                    });
+                    out.push(record_of(&message));
                     self.position = Some((partition, message.offset() as u64 + 1));
                     read += 1;
                     wait = Duration::from_millis(100);

@@ -63,10 +63,33 @@ impl Topic {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub offset: u64,
-    /// Producer's create time, milliseconds since the Unix epoch.
+    /// The log's timestamp of the record, milliseconds since the Unix epoch; which time it
+    /// is, `timestamp_type` says.
     pub timestamp_ms: i64,
+    pub timestamp_type: TimestampType,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
+}
+
+/// Which time a record's timestamp is (Kafka's `message.timestamp.type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestampType {
+    /// When the log accepted the record: the file log always, Kafka topics with
+    /// `message.timestamp.type = LogAppendTime` (docfold's topic files set it).
+    LogAppend,
+    /// When the producer made the record (Kafka's default, CreateTime): the producer's
+    /// clock, not the log's.
+    Create,
+}
+
+impl TimestampType {
+    /// The name in the archive's `ingest_time_type` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimestampType::LogAppend => "log_append",
+            TimestampType::Create => "create",
+        }
+    }
 }
 
 /// Appends keyed records; a key's records always go to the same partition

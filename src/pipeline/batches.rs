@@ -60,7 +60,14 @@ mod tests {
     use super::*;
 
     fn record(offset: u64) -> Record {
-        Record { offset, timestamp_ms: 0, key: vec![], value: vec![] }
+        use crate::log::TimestampType;
+        Record {
+            offset,
+            timestamp_ms: 0,
+            timestamp_type: TimestampType::LogAppend,
+            key: vec![],
+            value: vec![],
+        }
     }
 
     fn offsets(due: &[(u32, Vec<Record>)]) -> Vec<(u32, Vec<u64>)> {

@@ -1,7 +1,6 @@
 //! The embedded file log as a source: a task per partition reads from the worker's
 //! checkpoint, folds, and polls for more when it reaches the end.
 
-use metrics::gauge;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -9,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Job, PartitionSummary, PartitionWorker, PipelineError, Until};
 use crate::log::LogReader;
 use crate::log::file::{FileLog, FileReader};
-use crate::telemetry::CONSUMER_LAG;
+use crate::telemetry;
 
 /// How long a caught-up partition waits before looking for new records.
 const POLL: Duration = Duration::from_millis(50);
@@ -66,7 +65,7 @@ async fn partition_loop(
         reader = Some(taken);
         let records = records?;
         if records.is_empty() {
-            gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(0.0);
+            telemetry::consumer_lag(partition, 0);
             worker.flush_if_due().await?;
             if matches!(until, Until::Idle { .. }) {
                 break;

@@ -1,73 +1,155 @@
 //! A partition's flush: effects first, then the checkpoint (it travels with the output).
-//! 1. dead letters are made durable;
-//! 2. projections of the changed documents are written (conditional on the version);
-//! 3. invalidations announce them (topic and Redis);
-//! 4. a due archive file is uploaded;
-//! 5. snapshots and the checkpoint (fold and archive offsets) commit in one transaction;
-//! 6. a due disaster-recovery export runs (from the store, after the commit).
+//! 1. the job's sinks, in order ([`Sinks::effects`](crate::sink::Sinks::effects)): dead
+//!    letters made durable, projections of the changed documents (conditional on the
+//!    version), invalidations announcing them;
+//! 2. a due archive file is uploaded;
+//! 3. snapshots and the checkpoint (fold and archive offsets) commit in one transaction;
+//! 4. a due disaster-recovery export runs (from the store, after the commit).
 //!
 //! A backend that is unavailable fails the flush: it is retried with backoff and jitter
 //! while the partition keeps folding, until memory or the archive's buffer is over its
 //! bound — then the partition stops reading until a flush goes through. Every step is
 //! idempotent, so a retry (or a replay after a crash) repeats effects harmlessly.
+//!
+//! [`Flusher`] owns what only the flush needs (when it last ran, what waits for it, its
+//! retries); the worker hands it the partition's fold and archive per call ([`Parts`]) and
+//! takes back what it did ([`Flushed`]).
 
-use metrics::{counter, gauge, histogram};
 use std::time::{Duration, Instant};
 
-use super::{PartitionWorker, PipelineError};
-use crate::fold::snapshot;
-use crate::sink::invalidate::Invalidation;
-use crate::sink::projection::{Body, Projection};
-use crate::sink::snapshots;
-use crate::store::{Checkpoint, DocWrite, now_ms};
-use crate::telemetry::{
-    ARCHIVE_FILES, ARCHIVE_ROWS, CHECKPOINT_AGE, DOCS_IN_MEMORY, FLUSH_SECONDS, INVALIDATION_DELAY,
-    PROJECTION_WRITES, SINK_FAILING, SINK_FAILURES,
-};
+use super::{Job, PipelineError};
+use crate::fold::{PartitionFold, snapshot};
+use crate::sink::archive::PartitionArchive;
+use crate::sink::dead_letter::DeadLetter;
+use crate::sink::snapshots::{self, Manifest};
+use crate::sink::{Backoff, Changes};
+use crate::store::{Checkpoint, DocWrite, Owner};
+use crate::telemetry;
 
 /// How long the final flush (shutdown, rebalance) keeps retrying an unavailable backend.
 const FINAL_FLUSH_PATIENCE: Duration = Duration::from_secs(60);
 
-impl PartitionWorker {
+/// The newest disaster-recovery manifest stays in memory between exports up to this many
+/// documents (about 100 bytes each); a larger one is read from object storage per export.
+const MANIFEST_CACHE_DOCS: usize = 20_000;
+
+/// The partition a flush works on, lent by its worker for one call.
+pub(super) struct Parts<'a> {
+    pub job: &'a Job,
+    pub owner: &'a Owner,
+    pub fold: &'a mut PartitionFold,
+    pub archive: Option<&'a mut PartitionArchive>,
+    /// The next record to fold: the checkpoint a flush writes.
+    pub next_offset: u64,
+}
+
+/// What flush calls did, for the worker's summary.
+#[derive(Debug, Default)]
+pub(super) struct Flushed {
+    pub flushes: u64,
+    pub retries: u64,
+    pub archive_files: u64,
+    /// Items each sink wrote.
+    pub written: Vec<(&'static str, u64)>,
+}
+
+/// A partition's flush state.
+pub(super) struct Flusher {
+    label: String,
+    ops_since_flush: u64,
+    /// When the oldest op not yet flushed was folded.
+    unflushed_since: Option<Instant>,
+    last_flush: Instant,
+    /// The offset the stored checkpoint holds.
+    flushed_offset: u64,
+    dead: Vec<DeadLetter>,
+    /// Bytes of the raw records in `dead`.
+    dead_bytes: usize,
+    /// Disaster-recovery snapshots: the last manifest (`None` until read) and when.
+    manifest: Option<Manifest>,
+    last_export: Instant,
+    /// Retries of a failing flush, and when the next one may run.
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+}
+
+impl Flusher {
+    /// A partition whose stored checkpoint is at `flushed_offset`.
+    pub fn new(partition: u32, flushed_offset: u64) -> Flusher {
+        Flusher {
+            label: partition.to_string(),
+            ops_since_flush: 0,
+            unflushed_since: None,
+            last_flush: Instant::now(),
+            flushed_offset,
+            dead: Vec::new(),
+            dead_bytes: 0,
+            manifest: None,
+            last_export: Instant::now(),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            retry_at: None,
+        }
+    }
+
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset
+    }
+
+    /// `ops` were folded, the first of them at `at`.
+    pub fn folded(&mut self, ops: u64, at: Instant) {
+        if ops > 0 {
+            self.unflushed_since.get_or_insert(at);
+        }
+        self.ops_since_flush += ops;
+    }
+
+    /// Holds a dead letter of a record of `bytes` bytes until the next flush.
+    pub fn dead_letter(&mut self, letter: DeadLetter, bytes: usize) {
+        self.dead_bytes += bytes;
+        self.dead.push(letter);
+    }
+
     /// Flushes when enough ops or time have passed, memory is over its bound, or an
     /// archive file is due — unless a failed flush is waiting for its retry.
-    pub async fn flush_if_due(&mut self) -> Result<(), PipelineError> {
+    pub async fn flush_if_due(&mut self, parts: Parts<'_>) -> Result<Flushed, PipelineError> {
         let age = self.last_flush.elapsed();
-        gauge!(CHECKPOINT_AGE, "partition" => self.label.clone()).set(age.as_secs_f64());
-        if self.retry_at.is_some_and(|at| Instant::now() < at) && !self.over_bound() {
-            return Ok(());
+        telemetry::checkpoint_age(&self.label, age.as_secs_f64());
+        if self.retry_at.is_some_and(|at| Instant::now() < at) && !self.over_bound(&parts) {
+            return Ok(Flushed::default());
         }
-        let moved = self.summary.next_offset != self.flushed_offset;
+        let settings = &parts.job.settings;
+        let moved = parts.next_offset != self.flushed_offset;
         let due = moved
-            && (self.ops_since_flush >= self.job.settings.flush_ops
-                || age >= Duration::from_millis(self.job.settings.flush_interval_ms))
-            || self.fold.len() > self.job.settings.max_docs_in_memory
-            || self.dead_bytes > self.job.sinks.dead_letters.max_buffered_bytes
-            || self.archive.as_ref().is_some_and(|a| a.is_due())
+            && (self.ops_since_flush >= settings.flush_ops
+                || age >= Duration::from_millis(settings.flush_interval_ms))
+            || parts.fold.len() > settings.max_docs_in_memory
+            || self.dead_bytes > parts.job.sinks.dead_letters.max_buffered_bytes
+            || parts.archive.as_ref().is_some_and(|a| a.is_due())
             || self.retry_at.is_some();
-        if due { self.flush().await } else { Ok(()) }
+        if due { self.flush(parts).await } else { Ok(Flushed::default()) }
     }
 
     /// Memory held for unflushed work (documents, archive rows, dead letters) is past its
     /// bound: reading must wait.
-    fn over_bound(&self) -> bool {
-        self.fold.len() > 2 * self.job.settings.max_docs_in_memory
-            || self.archive.as_ref().is_some_and(|a| a.is_over_bound())
-            || self.dead_bytes > self.job.sinks.dead_letters.max_buffered_bytes
+    fn over_bound(&self, parts: &Parts<'_>) -> bool {
+        parts.fold.len() > 2 * parts.job.settings.max_docs_in_memory
+            || parts.archive.as_ref().is_some_and(|a| a.is_over_bound())
+            || self.dead_bytes > parts.job.sinks.dead_letters.max_buffered_bytes
     }
 
     /// Flushes; an unavailable backend schedules a retry (or, over the memory bound,
     /// waits for it here).
-    pub async fn flush(&mut self) -> Result<(), PipelineError> {
+    pub async fn flush(&mut self, mut parts: Parts<'_>) -> Result<Flushed, PipelineError> {
+        let mut flushed = Flushed::default();
         loop {
-            match self.try_flush(false).await {
-                Ok(()) => return Ok(()),
+            match self.try_flush(&mut parts, false, &mut flushed).await {
+                Ok(()) => return Ok(flushed),
                 Err(error) if error.is_retryable() => {
-                    let delay = self.retry_later(&error);
-                    if !self.over_bound() || self.job.cancel.is_cancelled() {
-                        return Ok(());
+                    let delay = self.retry_later(&error, &mut flushed);
+                    if !self.over_bound(&parts) || parts.job.cancel.is_cancelled() {
+                        return Ok(flushed);
                     }
-                    self.pause(delay).await;
+                    parts.job.pause(delay).await;
                 }
                 Err(error) => return Err(error),
             }
@@ -76,13 +158,14 @@ impl PartitionWorker {
 
     /// The last flush before the partition leaves this process: writes every buffered
     /// archive row too, retrying an unavailable backend for up to a minute.
-    pub async fn flush_final(&mut self) -> Result<(), PipelineError> {
+    pub async fn flush_final(&mut self, mut parts: Parts<'_>) -> Result<Flushed, PipelineError> {
         let started = Instant::now();
+        let mut flushed = Flushed::default();
         loop {
-            match self.try_flush(true).await {
-                Ok(()) => return Ok(()),
+            match self.try_flush(&mut parts, true, &mut flushed).await {
+                Ok(()) => return Ok(flushed),
                 Err(error) if error.is_retryable() && started.elapsed() < FINAL_FLUSH_PATIENCE => {
-                    let delay = self.retry_later(&error);
+                    let delay = self.retry_later(&error, &mut flushed);
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => return Err(error),
@@ -90,63 +173,41 @@ impl PartitionWorker {
         }
     }
 
-    fn retry_later(&mut self, error: &PipelineError) -> Duration {
+    fn retry_later(&mut self, error: &PipelineError, flushed: &mut Flushed) -> Duration {
         let delay = self.backoff.next_delay();
         let backend = error.backend();
-        tracing::warn!(partition = self.summary.partition, backend, %error, attempt = self.backoff.attempts(), retry_in_ms = delay.as_millis() as u64, "flush failed; folding goes on, retrying");
-        counter!(SINK_FAILURES, "sink" => backend).increment(1);
-        gauge!(SINK_FAILING, "partition" => self.label.clone()).set(1.0);
-        self.summary.retries += 1;
+        tracing::warn!(partition = %self.label, backend, %error, attempt = self.backoff.attempts(), retry_in_ms = delay.as_millis() as u64, "flush failed; folding goes on, retrying");
+        telemetry::sink_failure(backend);
+        telemetry::sink_failing(&self.label, true);
+        flushed.retries += 1;
         self.retry_at = Some(Instant::now() + delay);
         delay
     }
 
-    async fn try_flush(&mut self, last: bool) -> Result<(), PipelineError> {
+    async fn try_flush(
+        &mut self,
+        parts: &mut Parts<'_>,
+        last: bool,
+        flushed: &mut Flushed,
+    ) -> Result<(), PipelineError> {
         let started = Instant::now();
-        let partition = self.summary.partition;
+        let job = parts.job;
         // A stale owner writes no effect (its checkpoint would be refused anyway).
-        self.job.store.check_owner(&self.owner).await?;
-        if !self.dead.is_empty() {
-            self.job.sinks.dead_letters.send(&self.dead).await?;
-            self.dead.clear();
-            self.dead_bytes = 0;
+        job.store.check_owner(parts.owner).await?;
+        let docs: Vec<(&str, &crate::fold::Doc)> = parts.fold.dirty().collect();
+        let changes = Changes {
+            partition: parts.owner.partition,
+            docs: &docs,
+            dead: &self.dead,
+            folded_at: self.unflushed_since,
+        };
+        for sink in job.sinks.effects() {
+            let written = sink.write(&changes).await?;
+            flushed.written.push((sink.name(), written));
         }
-        let changed: Vec<(&str, &crate::fold::Doc)> = self.fold.dirty().collect();
-        if let Some(projections) = &self.job.sinks.projections
-            && !changed.is_empty()
-        {
-            let updated_ms = now_ms();
-            let items = changed
-                .iter()
-                .map(|(doc_id, doc)| Projection {
-                    doc_id: doc_id.to_string(),
-                    body: Body::Text(doc.state.text()),
-                    version: doc.version,
-                    chars: doc.state.len() as u64,
-                    updated_ms,
-                    region: doc.region.clone(),
-                })
-                .collect();
-            let written = projections.put(items).await?;
-            counter!(PROJECTION_WRITES, "outcome" => "written").increment(written.written);
-            self.summary.projection_writes += written.written;
-            counter!(PROJECTION_WRITES, "outcome" => "stale").increment(written.stale);
-        }
-        if !self.job.sinks.invalidator.is_off() && !changed.is_empty() {
-            let items: Vec<Invalidation> = changed
-                .iter()
-                .map(|(doc_id, doc)| Invalidation {
-                    doc_id: doc_id.to_string(),
-                    version: doc.version,
-                    region: doc.region.clone(),
-                })
-                .collect();
-            self.job.sinks.invalidator.send(&items).await?;
-            if let Some(since) = self.unflushed_since {
-                histogram!(INVALIDATION_DELAY).record(since.elapsed().as_secs_f64());
-            }
-        }
-        let docs: Vec<DocWrite> = changed
+        self.dead.clear();
+        self.dead_bytes = 0;
+        let writes: Vec<DocWrite> = docs
             .iter()
             .map(|(doc_id, doc)| DocWrite {
                 doc_id,
@@ -155,83 +216,70 @@ impl PartitionWorker {
                 state: snapshot::encode(&doc.state),
             })
             .collect();
-        let archive_due = self.archive.as_ref().is_some_and(|a| last || a.is_due());
-        if archive_due {
+        if let Some(archive) = parts.archive.as_deref_mut()
+            && (last || archive.is_due())
+        {
             // Checked again just before the upload: a file with other boundaries than the
             // new owner's would duplicate rows.
-            self.job.store.check_owner(&self.owner).await?;
+            job.store.check_owner(parts.owner).await?;
+            if let Some(file) = archive.write().await? {
+                tracing::debug!(partition = %self.label, key = file.key, rows = file.rows, bytes = file.bytes, "archive file written");
+                telemetry::archive_file(file.rows);
+                flushed.archive_files += 1;
+            }
         }
-        if let Some(archive) = &mut self.archive
-            && archive_due
-            && let Some(file) = archive.write().await?
-        {
-            tracing::debug!(
-                partition,
-                key = file.key,
-                rows = file.rows,
-                bytes = file.bytes,
-                "archive file written"
-            );
-            counter!(ARCHIVE_FILES).increment(1);
-            counter!(ARCHIVE_ROWS).increment(file.rows as u64);
-            self.summary.archive_files += 1;
-        }
-        let next_offset = self.summary.next_offset;
-        let archived_offset = self.archive.as_ref().map_or(next_offset, |a| a.progress());
+        let next_offset = parts.next_offset;
+        let archived_offset = parts.archive.as_ref().map_or(next_offset, |a| a.progress());
         let checkpoint = Checkpoint { next_offset, archived_offset };
-        self.job.store.commit(&self.owner, checkpoint, &docs).await?;
-        tracing::debug!(
-            partition,
-            offset = next_offset,
-            archived_offset,
-            docs = docs.len(),
-            "checkpoint written"
-        );
+        job.store.commit(parts.owner, checkpoint, &writes).await?;
+        tracing::debug!(partition = %self.label, offset = next_offset, archived_offset, docs = writes.len(), "checkpoint written");
+        drop(writes);
         drop(docs);
-        drop(changed);
-        self.fold.mark_clean();
-        self.fold.evict(self.job.settings.max_docs_in_memory);
+        parts.fold.mark_clean();
+        parts.fold.evict(job.settings.max_docs_in_memory);
         self.ops_since_flush = 0;
         self.unflushed_since = None;
         self.flushed_offset = next_offset;
         self.last_flush = Instant::now();
-        self.summary.flushes += 1;
+        flushed.flushes += 1;
         self.backoff.reset();
         self.retry_at = None;
-        gauge!(SINK_FAILING, "partition" => self.label.clone()).set(0.0);
-        histogram!(FLUSH_SECONDS, "partition" => self.label.clone()).record(started.elapsed().as_secs_f64());
-        gauge!(DOCS_IN_MEMORY, "partition" => self.label.clone()).set(self.fold.len() as f64);
-        self.export_if_due(last).await
+        telemetry::sink_failing(&self.label, false);
+        telemetry::flush_seconds(&self.label, started.elapsed().as_secs_f64());
+        telemetry::docs_in_memory(&self.label, parts.fold.len());
+        self.export_if_due(job, parts.owner.partition, last).await
     }
 
     /// Writes a disaster-recovery snapshot when one is due (a failure is retried at the
     /// next flush; the checkpoint is already safe).
-    async fn export_if_due(&mut self, last: bool) -> Result<(), PipelineError> {
-        let Some(interval) = self.job.sinks.snapshot_interval else { return Ok(()) };
-        if self.last_export.elapsed() < interval && !last {
+    async fn export_if_due(&mut self, job: &Job, partition: u32, last: bool) -> Result<(), PipelineError> {
+        let settings = &job.sinks.snapshots;
+        if settings.interval_ms == 0
+            || self.last_export.elapsed() < Duration::from_millis(settings.interval_ms) && !last
+        {
             return Ok(());
         }
-        let partition = self.summary.partition;
+        let objects = &job.sinks.objects;
         let previous = match self.manifest.take() {
             Some(manifest) => Some(manifest),
-            None => snapshots::latest_manifest(&self.job.sinks.objects, partition).await?,
+            None => snapshots::latest_manifest(objects, partition).await?,
         };
         if previous.as_ref().is_some_and(|m| m.next_offset == self.flushed_offset) {
-            self.manifest = previous;
+            self.keep_manifest(previous);
             self.last_export = Instant::now();
             return Ok(());
         }
-        let store = &self.job.store;
-        let manifest = snapshots::export(
-            &self.job.sinks.objects,
-            store,
-            &self.job.name,
-            partition,
+        let at = (job.name.as_str(), partition);
+        let exported = snapshots::export(
+            objects,
+            &job.store,
+            at,
             self.flushed_offset,
             previous.clone(),
+            settings.batch_docs,
         )
         .await;
-        match manifest {
+        match exported {
             Ok(manifest) => {
                 tracing::info!(
                     partition,
@@ -239,11 +287,10 @@ impl PartitionWorker {
                     docs = manifest.docs.len(),
                     "disaster-recovery snapshot written"
                 );
-                self.manifest = Some(manifest);
+                self.keep_manifest(Some(manifest));
                 self.last_export = Instant::now();
                 // The new manifest is written: older ones beyond `keep` are garbage now.
-                let (objects, keep) = (&self.job.sinks.objects, self.job.sinks.snapshots_keep);
-                match snapshots::collect_garbage(objects, partition, keep).await {
+                match snapshots::collect_garbage(objects, partition, settings.keep).await {
                     Ok(deleted) => tracing::debug!(partition, deleted, "old snapshots deleted"),
                     Err(error) => {
                         tracing::warn!(partition, %error, "deleting old snapshots failed; retried after the next export")
@@ -252,12 +299,18 @@ impl PartitionWorker {
                 Ok(())
             }
             Err(error) if error.is_retryable() => {
-                self.manifest = previous;
+                self.keep_manifest(previous);
                 tracing::warn!(partition, %error, "disaster-recovery snapshot failed; retried at the next flush");
-                counter!(SINK_FAILURES, "sink" => error.sink()).increment(1);
+                telemetry::sink_failure(error.sink());
                 Ok(())
             }
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Keeps the newest manifest for the next export, unless it is large: then the next
+    /// export reads it again (memory stays bounded however many documents a partition has).
+    fn keep_manifest(&mut self, manifest: Option<Manifest>) {
+        self.manifest = manifest.filter(|m| m.docs.len() <= MANIFEST_CACHE_DOCS);
     }
 }

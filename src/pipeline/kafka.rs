@@ -4,7 +4,6 @@
 //! assigned partitions start a worker that reads its checkpoint, and the consumer is
 //! assigned at exactly that offset. Offsets are never auto-committed: the store is the truth.
 
-use metrics::gauge;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -23,7 +22,7 @@ use super::{Job, PartitionSummary, PartitionWorker, PipelineError, Until};
 use crate::config::JobConfig;
 use crate::log::kafka::KafkaLog;
 use crate::log::{LogError, LogReader, Record};
-use crate::telemetry::CONSUMER_LAG;
+use crate::telemetry;
 
 /// Batches in flight per partition: the consumer blocks (backpressure) beyond this.
 const QUEUE: usize = 8;
@@ -331,13 +330,7 @@ fn consume(
                     last_message = Instant::now();
                     let partition = m.partition() as u32;
                     positions.insert(partition, m.offset() + 1);
-                    let record = Record {
-                        offset: m.offset() as u64,
-                        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-                        key: m.key().unwrap_or_default().to_vec(),
-                        value: m.payload().unwrap_or_default().to_vec(),
-                    };
-                    batches.push(partition, record, last_message);
+                    batches.push(partition, crate::log::kafka::record_of(&m), last_message);
                 }
                 Err(
                     e @ KafkaError::MessageConsumption(
@@ -389,7 +382,7 @@ fn report_lag(consumer: &BaseConsumer<Group>, positions: &HashMap<u32, i64>) {
         let watermarks: KafkaResult<(i64, i64)> =
             consumer.fetch_watermarks(topic, partition as i32, Duration::from_secs(1));
         if let Ok((_, high)) = watermarks {
-            gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set((high - position).max(0) as f64);
+            telemetry::consumer_lag(partition, (high - position).max(0) as u64);
         }
     }
 }

@@ -119,6 +119,16 @@ pub struct Job {
     pub cancel: CancellationToken,
 }
 
+impl Job {
+    /// Waits `delay`, or less when the job is cancelled.
+    pub async fn pause(&self, delay: std::time::Duration) {
+        tokio::select! {
+            () = self.cancel.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// Runs the job until `until`; drains and writes final checkpoints on the way out.
 pub async fn run(
     config: &JobConfig,

@@ -3,18 +3,18 @@
 //! when an archive file is due): sinks first, then snapshots with the checkpoint in one
 //! transaction (`flush.rs`).
 
-use metrics::{counter, histogram};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::flush::{Flushed, Flusher, Parts};
 use super::{Job, PipelineError};
 use crate::fold::{BadRecord, Doc, Folded, PartitionFold, snapshot};
 use crate::log::Record;
 use crate::sink::Backoff;
 use crate::sink::archive::PartitionArchive;
 use crate::sink::dead_letter::DeadLetter;
-use crate::sink::snapshots::Manifest;
 use crate::store::Owner;
-use crate::telemetry::{BAD_MESSAGES, FOLD_SECONDS, OPS_FOLDED};
+use crate::telemetry;
 
 /// What a partition's worker did in this process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,33 +30,18 @@ pub struct PartitionSummary {
     /// Flush attempts that failed on an unavailable backend and were retried.
     pub retries: u64,
     pub archive_files: u64,
-    /// Projection items written (stale ones skipped by the condition not counted).
-    pub projection_writes: u64,
+    /// Items each sink wrote (projections: stale ones skipped by the condition not counted).
+    pub written: BTreeMap<&'static str, u64>,
 }
 
 pub struct PartitionWorker {
-    pub(super) job: Job,
+    job: Job,
     /// This worker's claim of the partition: every commit carries it.
-    pub(super) owner: Owner,
-    pub(super) fold: PartitionFold,
-    pub(super) summary: PartitionSummary,
-    pub(super) label: String,
-    pub(super) ops_since_flush: u64,
-    /// When the oldest op not yet flushed was folded.
-    pub(super) unflushed_since: Option<Instant>,
-    pub(super) last_flush: Instant,
-    /// The offset the stored checkpoint holds.
-    pub(super) flushed_offset: u64,
-    pub(super) archive: Option<PartitionArchive>,
-    pub(super) dead: Vec<DeadLetter>,
-    /// Bytes of the raw records in `dead`.
-    pub(super) dead_bytes: usize,
-    /// Disaster-recovery snapshots: the last manifest (`None` until read) and when.
-    pub(super) manifest: Option<Manifest>,
-    pub(super) last_export: Instant,
-    /// Retries of a failing flush, and when the next one may run.
-    pub(super) backoff: Backoff,
-    pub(super) retry_at: Option<Instant>,
+    owner: Owner,
+    fold: PartitionFold,
+    summary: PartitionSummary,
+    archive: Option<PartitionArchive>,
+    flusher: Flusher,
 }
 
 impl PartitionWorker {
@@ -81,18 +66,8 @@ impl PartitionWorker {
                 next_offset: start,
                 ..Default::default()
             },
-            label: partition.to_string(),
-            ops_since_flush: 0,
-            unflushed_since: None,
-            last_flush: Instant::now(),
-            flushed_offset: start,
             archive,
-            dead: Vec::new(),
-            dead_bytes: 0,
-            manifest: None,
-            last_export: Instant::now(),
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
-            retry_at: None,
+            flusher: Flusher::new(partition, start),
         })
     }
 
@@ -111,21 +86,51 @@ impl PartitionWorker {
         super::check_in_log(self.summary.partition, offsets, earliest, end)
     }
 
-    /// Waits `delay`, or less when the job is cancelled.
-    pub(super) async fn pause(&self, delay: Duration) {
-        tokio::select! {
-            () = self.job.cancel.cancelled() => {}
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-
     /// The offset the stored checkpoint holds.
     pub fn flushed_offset(&self) -> u64 {
-        self.flushed_offset
+        self.flusher.flushed_offset()
     }
 
     pub fn summary(&self) -> &PartitionSummary {
         &self.summary
+    }
+
+    /// Flushes when it is due (`flush.rs` says when).
+    pub async fn flush_if_due(&mut self) -> Result<(), PipelineError> {
+        let (flusher, parts) = self.parts();
+        let flushed = flusher.flush_if_due(parts).await?;
+        self.count(flushed);
+        Ok(())
+    }
+
+    /// The last flush before the partition leaves this process (every archive row too).
+    pub async fn flush_final(&mut self) -> Result<(), PipelineError> {
+        let (flusher, parts) = self.parts();
+        let flushed = flusher.flush_final(parts).await?;
+        self.count(flushed);
+        Ok(())
+    }
+
+    /// The flusher, and what it flushes.
+    fn parts(&mut self) -> (&mut Flusher, Parts<'_>) {
+        let parts = Parts {
+            job: &self.job,
+            owner: &self.owner,
+            fold: &mut self.fold,
+            archive: self.archive.as_mut(),
+            next_offset: self.summary.next_offset,
+        };
+        (&mut self.flusher, parts)
+    }
+
+    fn count(&mut self, flushed: Flushed) {
+        let summary = &mut self.summary;
+        summary.flushes += flushed.flushes;
+        summary.retries += flushed.retries;
+        summary.archive_files += flushed.archive_files;
+        for (sink, items) in flushed.written {
+            *summary.written.entry(sink).or_default() += items;
+        }
     }
 
     /// Folds a batch (records already folded and archived, e.g. redelivered, are skipped).
@@ -157,19 +162,17 @@ impl PartitionWorker {
                 Err(_) => {} // dead-lettered when it was folded
             }
             if to_archive && let Some(archive) = &mut self.archive {
-                archive.push(record.offset, record.timestamp_ms, decoded.then(|| self.fold.last_envelope()));
+                archive.push(record, decoded.then(|| self.fold.last_envelope()));
             }
             if to_fold {
                 self.summary.next_offset = record.offset + 1;
             }
         }
-        if folded > 0 {
-            self.unflushed_since.get_or_insert(started);
-        }
         self.summary.folded += folded;
-        self.ops_since_flush += folded;
-        counter!(OPS_FOLDED, "partition" => self.label.clone()).increment(folded);
-        histogram!(FOLD_SECONDS, "partition" => self.label.clone()).record(started.elapsed().as_secs_f64());
+        self.flusher.folded(folded, started);
+        let label = self.summary.partition.to_string();
+        telemetry::ops_folded(&label, folded);
+        telemetry::fold_seconds(&label, started.elapsed().as_secs_f64());
         self.flush_if_due().await
     }
 
@@ -191,16 +194,11 @@ impl PartitionWorker {
         let partition = self.summary.partition;
         let reason = error.reason();
         tracing::warn!(partition, offset = record.offset, %error, "bad message sent to the dead letters");
-        counter!(BAD_MESSAGES, "partition" => self.label.clone(), "reason" => reason).increment(1);
+        telemetry::bad_message(&partition.to_string(), reason);
         self.summary.bad += 1;
-        self.dead_bytes += record.key.len() + record.value.len();
-        self.dead.push(DeadLetter::new(
-            &self.job.sinks.source_topic,
-            partition,
-            record,
-            reason,
-            error.to_string(),
-        ));
+        let letter =
+            DeadLetter::new(&self.job.sinks.source_topic, partition, record, reason, error.to_string());
+        self.flusher.dead_letter(letter, record.key.len() + record.value.len());
     }
 
     /// Loads a cold document; an unavailable store is retried with backoff (the partition
@@ -214,7 +212,7 @@ impl PartitionWorker {
                     let delay = backoff.next_delay();
                     tracing::warn!(partition = self.summary.partition, %error, retry_in_ms = delay.as_millis() as u64, "loading a document failed; retrying");
                     self.summary.retries += 1;
-                    self.pause(delay).await;
+                    self.job.pause(delay).await;
                 }
                 Err(error) => return Err(error.into()),
             }

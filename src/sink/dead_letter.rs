@@ -5,6 +5,7 @@
 //! (a 4 MiB op against librdkafka's 1 MB message limit) goes to object storage as
 //! `dead-letters/topic=T/partition=P/<offset>.bin`, and the letter in the topic points at it.
 
+use futures::future::BoxFuture;
 use prost::Message;
 
 use bytes::Bytes;
@@ -95,7 +96,7 @@ impl DeadLetters {
     }
 
     /// Makes the letters durable: oversized values in object storage first, then the
-    /// letters in the topic.
+    /// letters in the topic. (Also the first [`super::Sink`] of every flush.)
     pub async fn send(&self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         let Some(topic) = &self.topic else { return Ok(()) };
         let mut records = Vec::with_capacity(letters.len());
@@ -110,5 +111,21 @@ impl DeadLetters {
             records.push((letter.key.clone(), outlined.encode_to_vec()));
         }
         topic.send(records).await
+    }
+}
+
+impl super::Sink for DeadLetters {
+    fn name(&self) -> &'static str {
+        "dead letters"
+    }
+
+    fn write<'a>(&'a self, changes: &'a super::Changes<'a>) -> BoxFuture<'a, Result<u64, SinkError>> {
+        Box::pin(async move {
+            if changes.dead.is_empty() {
+                return Ok(0);
+            }
+            self.send(changes.dead).await?;
+            Ok(changes.dead.len() as u64)
+        })
     }
 }

@@ -8,6 +8,7 @@
 //! Invalidations carry the version, so a cache drops one older than what it holds; a
 //! replay re-sends them harmlessly.
 
+use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -176,5 +177,32 @@ impl Invalidator {
             redis.invalidate(items).await?;
         }
         Ok(())
+    }
+}
+
+impl super::Sink for Invalidator {
+    fn name(&self) -> &'static str {
+        "invalidations"
+    }
+
+    fn write<'a>(&'a self, changes: &'a super::Changes<'a>) -> BoxFuture<'a, Result<u64, SinkError>> {
+        Box::pin(async move {
+            let items: Vec<Invalidation> = changes
+                .docs
+                .iter()
+                .map(|(doc_id, doc)| Invalidation {
+                    doc_id: doc_id.to_string(),
+                    version: doc.version,
+                    region: doc.region.clone(),
+                })
+                .collect();
+            self.send(&items).await?;
+            if let Some(folded_at) = changes.folded_at
+                && !items.is_empty()
+            {
+                crate::telemetry::invalidation_delay(folded_at.elapsed().as_secs_f64());
+            }
+            Ok(items.len() as u64)
+        })
     }
 }

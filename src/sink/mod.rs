@@ -71,6 +71,30 @@ impl SinkError {
     }
 }
 
+/// What one flush of a partition hands every sink: the documents it changed and the bad
+/// records it set aside.
+pub struct Changes<'a> {
+    pub partition: u32,
+    /// (document id, folded document), by id.
+    pub docs: &'a [(&'a str, &'a crate::fold::Doc)],
+    pub dead: &'a [dead_letter::DeadLetter],
+    /// When the oldest op in `docs` was folded (for the delay metrics).
+    pub folded_at: Option<std::time::Instant>,
+}
+
+/// One effect of a flush, written before the checkpoint moves. Idempotent and monotonic:
+/// a retry, or a replay after a crash, writes it again harmlessly. A flush runs the job's
+/// sinks in the order of [`Sinks::effects`]; adding a sink changes no flush code.
+pub trait Sink: Send + Sync {
+    /// For logs and metrics.
+    fn name(&self) -> &'static str;
+    /// Writes this flush's share of `changes`; returns how many items it wrote.
+    fn write<'a>(
+        &'a self,
+        changes: &'a Changes<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<u64, SinkError>>;
+}
+
 /// Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
 /// Jitter"): the n-th retry waits a random time in [0, min(cap, base·2ⁿ)].
 #[derive(Clone, Debug)]
@@ -102,8 +126,6 @@ impl Backoff {
     }
 }
 
-/// A writer for `topic` on the job's log (a missing embedded topic is created with the
-/// log's partition count).
 /// The AWS SDK's shared config: credentials from the environment, the region given (else
 /// the environment's, else `us-east-1`), and an endpoint override for local servers.
 pub async fn aws_config(endpoint: Option<&str>, region: Option<String>) -> aws_config::SdkConfig {
@@ -118,6 +140,8 @@ pub async fn aws_config(endpoint: Option<&str>, region: Option<String>) -> aws_c
     loader.load().await
 }
 
+/// A writer for `topic` on the job's log (a missing embedded topic is created with the
+/// log's partition count).
 pub fn topic_writer(config: &JobConfig, topic: &str) -> Result<Box<dyn LogWriter>, crate::log::LogError> {
     crate::log::Topic::open(config, topic, true)?.writer(config)
 }
@@ -131,15 +155,28 @@ pub struct Sinks {
     pub dead_letters: dead_letter::DeadLetters,
     /// The archive's settings when it is on.
     pub archive: Option<crate::config::ArchiveConfig>,
-    /// How often partitions write disaster-recovery snapshots, when they do.
-    pub snapshot_interval: Option<Duration>,
-    /// Manifests kept per partition.
-    pub snapshots_keep: usize,
+    /// Disaster-recovery snapshots: how often (0: never), how many kept, batch size.
+    pub snapshots: crate::config::SnapshotsConfig,
     /// The topic the job folds (named in dead letters).
     pub source_topic: String,
 }
 
 impl Sinks {
+    /// The sinks a flush writes before its checkpoint, in order: dead letters (durable
+    /// before the checkpoint passes them), projections, then the invalidations that
+    /// announce them. (The archive and the snapshots are the partition's own: their
+    /// progress is part of the checkpoint, so the flush writes them itself.)
+    pub fn effects(&self) -> Vec<&dyn Sink> {
+        let mut effects: Vec<&dyn Sink> = vec![&self.dead_letters];
+        if let Some(projections) = &self.projections {
+            effects.push(projections.as_ref());
+        }
+        if !self.invalidator.is_off() {
+            effects.push(&self.invalidator);
+        }
+        effects
+    }
+
     /// Opens the sinks `config` names. Remote backends connect lazily, so one that is down
     /// now is retried like any later outage.
     pub async fn open(config: &JobConfig) -> Result<Sinks, SinkError> {
@@ -150,9 +187,7 @@ impl Sinks {
             invalidator: invalidate::Invalidator::open(config)?,
             dead_letters: dead_letter::DeadLetters::open(config, objects.clone())?,
             archive: config.archive.enabled.then(|| config.archive.clone()),
-            snapshots_keep: config.snapshots.keep,
-            snapshot_interval: (config.snapshots.interval_ms > 0)
-                .then(|| Duration::from_millis(config.snapshots.interval_ms)),
+            snapshots: config.snapshots.clone(),
             source_topic: config.log.topic.clone(),
             objects,
         })

@@ -90,7 +90,7 @@ impl Objects {
                         .with_allow_http(endpoint.starts_with("http://"))
                         .with_virtual_hosted_style_request(false);
                 }
-                let region = config.region.clone().or_else(|| std::env::var("AWS_REGION").ok());
+                let region = config.aws_region.clone().or_else(|| std::env::var("AWS_REGION").ok());
                 builder = builder.with_region(region.unwrap_or_else(|| "us-east-1".into()));
                 let s3 = builder.build().map_err(|e| SinkError::Config(e.to_string()))?;
                 if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, prefix.as_str())) }
@@ -104,7 +104,7 @@ impl Objects {
     pub async fn create_bucket(config: &ObjectsConfig) -> Result<bool, SinkError> {
         use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
         let ObjectsUrl::S3 { bucket, .. } = ObjectsUrl::parse(config.url.expose())? else { return Ok(false) };
-        let shared = super::aws_config(config.endpoint.as_deref(), config.region.clone()).await;
+        let shared = super::aws_config(config.endpoint.as_deref(), config.aws_region.clone()).await;
         let s3 =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.endpoint.is_some()).build();
         let client = aws_sdk_s3::Client::from_conf(s3);

@@ -65,27 +65,38 @@ pub async fn latest_manifest(objects: &Objects, partition: u32) -> Result<Option
 }
 
 /// Writes the partition's documents changed since `last` (the previous manifest) and a new
-/// manifest at `next_offset`, the checkpoint just committed.
+/// manifest at `next_offset`, the checkpoint just committed. Documents are read from the
+/// store `batch` at a time, so an export holds one batch of states, never a partition.
 pub async fn export(
     objects: &Objects,
     store: &Store,
-    job: &str,
-    partition: u32,
+    (job, partition): (&str, u32),
     next_offset: u64,
     last: Option<Manifest>,
+    batch: usize,
 ) -> Result<Manifest, SinkError> {
     let mut manifest = last.unwrap_or_else(|| Manifest { job: job.into(), partition, ..Manifest::default() });
     let since = manifest.next_offset;
     let delay = fault_delay();
-    for (doc_id, doc) in store.docs_changed(job, partition, since).await.map_err(store_failed)? {
-        let key = doc_key(&doc_id, doc.offset);
-        objects.put(&key, Bytes::from(doc.state), usize::MAX).await?;
-        if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .docs_changed(job, partition, since, after.as_deref(), batch.max(1))
+            .await
+            .map_err(store_failed)?;
+        let Some((last_id, _)) = page.last() else { break };
+        after = Some(last_id.clone());
+        for (doc_id, doc) in page {
+            let key = doc_key(&doc_id, doc.offset);
+            objects.put(&key, Bytes::from(doc.state), usize::MAX).await?;
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            manifest.docs.insert(
+                doc_id,
+                ManifestDoc { key: key.to_string(), version: doc.version, offset: doc.offset },
+            );
         }
-        manifest
-            .docs
-            .insert(doc_id, ManifestDoc { key: key.to_string(), version: doc.version, offset: doc.offset });
     }
     manifest.next_offset = next_offset;
     manifest.created_ms = crate::store::now_ms();
@@ -146,29 +157,52 @@ pub struct Restored {
 /// progress where its files end (a manifest's offset is rarely a file boundary; the
 /// archive goes on after its last file, so no row is written twice). A partition without
 /// a manifest is left alone. `progress` is called per partition.
+///
+/// States are fetched and written `batch` at a time; every batch but the last leaves the
+/// stored checkpoint where it was, so a restore cut short moves no checkpoint past a
+/// state it has not written (the log replays onto what it wrote; the fold dedupes).
 pub async fn restore(
     objects: &Objects,
     store: &Store,
-    job: &str,
-    partitions: u32,
+    (job, partitions): (&str, u32),
+    batch: usize,
     mut progress: impl FnMut(&Restored),
 ) -> Result<Vec<Restored>, SinkError> {
     let mut restored = Vec::new();
     let archived = super::archive::written_through(objects).await?;
     for partition in 0..partitions {
         let Some(manifest) = latest_manifest(objects, partition).await? else { continue };
-        let mut writes = Vec::with_capacity(manifest.docs.len());
-        for (doc_id, doc) in &manifest.docs {
-            let state = objects.get(&stored_key("snapshots", &doc.key)?).await?.ok_or_else(|| {
-                corrupt(format!("manifest of partition {partition} names {}, which is missing", doc.key))
-            })?;
-            writes.push(DocWrite { doc_id, version: doc.version, offset: doc.offset, state: state.to_vec() });
-        }
-        let archived_offset = archived.get(&partition).copied().unwrap_or(0);
-        let checkpoint = Checkpoint { next_offset: manifest.next_offset, archived_offset };
         let owner = store.claim(job, partition).await.map_err(store_failed)?;
-        store.commit(&owner, checkpoint, &writes).await.map_err(store_failed)?;
-        let done = Restored { partition, next_offset: manifest.next_offset, docs: writes.len() };
+        let before = store.checkpoint(job, partition).await.map_err(store_failed)?.unwrap_or_default();
+        let archived_offset = archived.get(&partition).copied().unwrap_or(0);
+        let done = Checkpoint { next_offset: manifest.next_offset, archived_offset };
+        let docs: Vec<(&String, &ManifestDoc)> = manifest.docs.iter().collect();
+        let mut chunks = docs.chunks(batch.max(1)).peekable();
+        if chunks.peek().is_none() {
+            store.commit(&owner, done, &[]).await.map_err(store_failed)?;
+        }
+        while let Some(chunk) = chunks.next() {
+            let mut states = Vec::with_capacity(chunk.len());
+            for (_, doc) in chunk {
+                let state = objects.get(&stored_key("snapshots", &doc.key)?).await?.ok_or_else(|| {
+                    corrupt(format!("manifest of partition {partition} names {}, which is missing", doc.key))
+                })?;
+                states.push(state);
+            }
+            let writes: Vec<DocWrite> = chunk
+                .iter()
+                .zip(&states)
+                .map(|((doc_id, doc), state)| DocWrite {
+                    doc_id,
+                    version: doc.version,
+                    offset: doc.offset,
+                    state: state.to_vec(),
+                })
+                .collect();
+            let checkpoint = if chunks.peek().is_some() { before } else { done };
+            store.commit(&owner, checkpoint, &writes).await.map_err(store_failed)?;
+        }
+        let done = Restored { partition, next_offset: manifest.next_offset, docs: docs.len() };
         progress(&done);
         restored.push(done);
     }

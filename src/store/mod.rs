@@ -23,7 +23,7 @@ pub struct StoredDoc {
 
 /// Where a partition stands: the next record to fold and the next record the archive
 /// has not written to a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Checkpoint {
     pub next_offset: u64,
     pub archived_offset: u64,
@@ -382,20 +382,28 @@ impl Store {
             .collect()
     }
 
-    /// The documents of (job, partition) whose last record is at or after `since`, by id.
+    /// Up to `limit` documents of (job, partition) whose last record is at or after
+    /// `since`, by id, starting after the id `after` (keyset paging: a caller streams a
+    /// partition in bounded batches).
     pub async fn docs_changed(
         &self,
         job: &str,
         partition: u32,
         since: u64,
+        after: Option<&str>,
+        limit: usize,
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         let rows = sqlx::query(
             "SELECT doc_id, partition_id, version, log_offset, state, updated_ms FROM doc_snapshots \
-             WHERE job = $1 AND partition_id = $2 AND log_offset >= $3 ORDER BY doc_id",
+             WHERE job = $1 AND partition_id = $2 AND log_offset >= $3 AND doc_id > $4 \
+             ORDER BY doc_id LIMIT $5",
         )
         .bind(job)
         .bind(i64::from(partition))
         .bind(to_i64(since)?)
+        // Document ids are never empty (`op::limits`): "" is before every one.
+        .bind(after.unwrap_or(""))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|row| Ok((row.try_get(0)?, stored_doc(row, 1)?))).collect()
@@ -408,6 +416,11 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// The connection pool, for tables kept beside the state (`region::sql`'s leases).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub async fn close(&self) {

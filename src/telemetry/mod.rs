@@ -1,6 +1,8 @@
 //! Logs (`tracing`, filtered by `RUST_LOG`, default `info`) and metrics (`metrics`, served in
-//! Prometheus format when `metrics.listen` is set). Every metric name is here.
+//! Prometheus format when `metrics.listen` is set). Every metric name is here, and one
+//! typed function per metric: the pipeline calls these, never the `metrics` macros.
 
+use metrics::{counter, gauge, histogram};
 use std::net::SocketAddr;
 
 /// Ops folded into document states (label `partition`).
@@ -29,6 +31,72 @@ pub const ARCHIVE_ROWS: &str = "docfold_archive_rows_total";
 pub const SINK_FAILURES: &str = "docfold_sink_failures_total";
 /// 1 while the partition's flushes are failing and being retried (label `partition`).
 pub const SINK_FAILING: &str = "docfold_sink_failing";
+
+/// 1 while this region holds the leadership lease, else 0 (label `region`).
+pub const REGION_LEADER: &str = "docfold_region_leader";
+/// The lease epoch this region last led at (label `region`).
+pub const REGION_EPOCH: &str = "docfold_region_epoch";
+/// Times this region took the lease (label `region`): promotions and failovers.
+pub const REGION_PROMOTIONS: &str = "docfold_region_promotions_total";
+
+pub fn ops_folded(partition: &str, ops: u64) {
+    counter!(OPS_FOLDED, "partition" => partition.to_owned()).increment(ops);
+}
+
+pub fn fold_seconds(partition: &str, seconds: f64) {
+    histogram!(FOLD_SECONDS, "partition" => partition.to_owned()).record(seconds);
+}
+
+pub fn bad_message(partition: &str, reason: &'static str) {
+    counter!(BAD_MESSAGES, "partition" => partition.to_owned(), "reason" => reason).increment(1);
+}
+
+pub fn consumer_lag(partition: u32, records: u64) {
+    gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(records as f64);
+}
+
+pub fn checkpoint_age(partition: &str, seconds: f64) {
+    gauge!(CHECKPOINT_AGE, "partition" => partition.to_owned()).set(seconds);
+}
+
+pub fn flush_seconds(partition: &str, seconds: f64) {
+    histogram!(FLUSH_SECONDS, "partition" => partition.to_owned()).record(seconds);
+}
+
+pub fn docs_in_memory(partition: &str, docs: usize) {
+    gauge!(DOCS_IN_MEMORY, "partition" => partition.to_owned()).set(docs as f64);
+}
+
+pub fn projection_writes(written: u64, stale: u64) {
+    counter!(PROJECTION_WRITES, "outcome" => "written").increment(written);
+    counter!(PROJECTION_WRITES, "outcome" => "stale").increment(stale);
+}
+
+pub fn invalidation_delay(seconds: f64) {
+    histogram!(INVALIDATION_DELAY).record(seconds);
+}
+
+pub fn archive_file(rows: usize) {
+    counter!(ARCHIVE_FILES).increment(1);
+    counter!(ARCHIVE_ROWS).increment(rows as u64);
+}
+
+pub fn sink_failure(sink: &'static str) {
+    counter!(SINK_FAILURES, "sink" => sink).increment(1);
+}
+
+pub fn sink_failing(partition: &str, failing: bool) {
+    gauge!(SINK_FAILING, "partition" => partition.to_owned()).set(if failing { 1.0 } else { 0.0 });
+}
+
+/// This region took the lease at `epoch` (`Some`), or stepped down (`None`).
+pub fn region_role(region: &str, epoch: Option<u64>) {
+    gauge!(REGION_LEADER, "region" => region.to_owned()).set(if epoch.is_some() { 1.0 } else { 0.0 });
+    if let Some(epoch) = epoch {
+        gauge!(REGION_EPOCH, "region" => region.to_owned()).set(epoch as f64);
+        counter!(REGION_PROMOTIONS, "region" => region.to_owned()).increment(1);
+    }
+}
 
 /// Logs to stderr; `RUST_LOG` filters (default: `default_level`, e.g. "info").
 pub fn init_logs(default_level: &str) {

@@ -8,6 +8,7 @@ mod log;
 mod lseq_props;
 mod outage;
 mod pipeline;
+mod region;
 mod secrets;
 mod services;
 mod sinks;

@@ -106,15 +106,16 @@ struct Reference {
     docs: BTreeMap<String, Doc>,
     /// Each partition's end offset.
     ends: Vec<u64>,
-    /// (partition, offset) of the records that decode as ops (the archive's records)…
-    ops: BTreeSet<(i32, i64)>,
+    /// (partition, offset) of the records that decode as ops (the archive's records), with
+    /// the log's timestamp and its type…
+    ops: BTreeMap<(i32, i64), (i64, &'static str)>,
     /// …and of the records the fold refuses or cannot decode (the dead letters).
     bad: BTreeSet<(u32, u64)>,
 }
 
 fn reference(reader: &mut dyn LogReader) -> Reference {
     let mut r =
-        Reference { docs: BTreeMap::new(), ends: Vec::new(), ops: BTreeSet::new(), bad: BTreeSet::new() };
+        Reference { docs: BTreeMap::new(), ends: Vec::new(), ops: BTreeMap::new(), bad: BTreeSet::new() };
     for partition in 0..reader.partitions() {
         let mut fold = PartitionFold::new();
         let mut ids = Vec::new();
@@ -127,7 +128,8 @@ fn reference(reader: &mut dyn LogReader) -> Reference {
             next = last.offset + 1;
             for record in &records {
                 if fold.decode(&record.value).is_ok() {
-                    r.ops.insert((partition as i32, record.offset as i64));
+                    let time = (record.timestamp_ms, record.timestamp_type.as_str());
+                    r.ops.insert((partition as i32, record.offset as i64), time);
                 }
                 let mut folded = fold.fold(record.offset, &record.value);
                 if let Ok(Folded::NeedDoc(id)) = folded {
@@ -215,8 +217,13 @@ async fn assert_sinks_equal_reference(sinks: &Sinks, expected: &Reference, dead_
         assert!(text == doc.state.text(), "projection text of {id}");
         assert_eq!((item.version, item.chars), (doc.version, doc.state.len() as u64), "projection of {id}");
     }
-    let archived = offsets_once(&read_archive(&sinks.objects).await);
-    assert_eq!(archived, expected.ops, "the archive holds every op, each once");
+    let rows = read_archive(&sinks.objects).await;
+    let archived = offsets_once(&rows);
+    assert!(archived.iter().eq(expected.ops.keys()), "the archive holds every op, each once");
+    for row in &rows {
+        let ingest = (row.ingest_time, row.ingest_time_type.as_str());
+        assert_eq!(ingest, expected.ops[&(row.partition, row.offset)], "ingest time is the log's: {row:?}");
+    }
     let mut letters = BTreeSet::new();
     for partition in 0..dead_letters.partitions() {
         let mut records = Vec::new();
@@ -526,4 +533,56 @@ async fn two_processes_share_a_group_and_one_is_killed_mid_stream() {
     });
     let expected = reference(&mut setup.log.reader().expect("reader"));
     assert_store_equals_reference(&setup.store_url, &expected).await;
+}
+
+/// A zombie member: one of two members of a group is frozen (SIGSTOP) mid-stream, past
+/// its session timeout, so the group gives its partitions to the other, which claims them
+/// (a new owner epoch); then it is thawed (SIGCONT) with unflushed work. Its effects are
+/// refused by the epoch: it steps down without crashing either process, no archive row
+/// is written twice, no projection goes back, and every op is folded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_kafka_member_is_fenced_when_it_wakes() {
+    let setup = kafka_setup("kzombie").await;
+    let (slow, fast, sinks) = kafka_configs(&setup, "kzombie").await;
+    let mut check = versions_never_decrease(&sinks, doc_names(3, 1));
+    let signal = |child: &Child, name: &str| {
+        let status = Command::new("kill").args([name, &child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {name}");
+    };
+    tokio::task::block_in_place(|| {
+        let mut zombie = Command::new(env!("CARGO_BIN_EXE_docfold"))
+            .args(["run", "--exit-when-idle", "--idle-ms", "15000", "--config"])
+            .arg(&slow)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the member to freeze");
+        // The group join takes ~3 s on tansu; then it folds a transaction per 20 ops.
+        std::thread::sleep(Duration::from_millis(4500));
+        assert!(zombie.try_wait().expect("status").is_none(), "still folding when frozen");
+        signal(&zombie, "-STOP");
+        let survivor = spawn_run(&fast, 15_000);
+        // Past the 6 s session timeout: the survivor holds (and has claimed) every partition.
+        std::thread::sleep(Duration::from_millis(12_000));
+        check();
+        signal(&zombie, "-CONT");
+        let status = survivor.wait_with_output().expect("survivor").status;
+        assert_eq!(status.code(), Some(0), "the survivor is not hurt by the zombie: {status}");
+        let woken = zombie.wait_with_output().expect("zombie");
+        let log = String::from_utf8_lossy(&woken.stderr);
+        assert_eq!(woken.status.code(), Some(0), "the zombie steps down without crashing: {log}");
+        assert!(log.contains("stepped down"), "it was fenced: {log}");
+        check();
+    });
+    let expected = reference(&mut setup.log.reader().expect("reader"));
+    assert_store_equals_reference(&setup.store_url, &expected).await;
+    let mut dead_letters = setup.dead_letters.reader().expect("reader");
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(assert_sinks_equal_reference(
+            &sinks,
+            &expected,
+            &mut dead_letters,
+        ))
+    });
 }

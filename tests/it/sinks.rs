@@ -3,13 +3,13 @@
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::types::{Int32Type, Int64Type, TimestampMillisecondType};
 use bytes::Bytes;
 use docfold::config::{ArchiveConfig, InvalidationsConfig, JobConfig, ObjectsConfig, ProjectionConfig};
 use docfold::fold::snapshot;
-use docfold::log::LogReader;
 use docfold::log::file::FileLog;
 use docfold::log::kafka::KafkaLog;
+use docfold::log::{LogReader, Record, TimestampType};
 use docfold::lseq::Sequence;
 use docfold::lseq::{Ident, InsertRun, Level, Op, OpId};
 use docfold::op::Envelope;
@@ -37,7 +37,7 @@ pub fn s3_objects(name: &str) -> ObjectsConfig {
     ObjectsConfig {
         url: format!("s3://{bucket}/{name}-{}", services::unique()).into(),
         endpoint: Some(endpoint),
-        region: Some("us-east-1".into()),
+        aws_region: Some("us-east-1".into()),
     }
 }
 
@@ -158,11 +158,12 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
         "00000000000000000000-00000000000000000009.parquet",
     ]);
     objects.put(&file, Bytes::new(), 5 << 20).await.expect("put");
-    let manifest = snapshots::export(&objects, &source, "dr", 0, 25, None).await.expect("export");
+    // One document per batch: the export and the restore page through the partition.
+    let manifest = snapshots::export(&objects, &source, ("dr", 0), 25, None, 1).await.expect("export");
     assert_eq!(manifest.docs.len(), 2);
 
     let restored = Store::open(&format!("sqlite://{}/restored.db", dir.display())).await.expect("store");
-    let done = snapshots::restore(&objects, &restored, "dr", 1, |_| {}).await.expect("restore");
+    let done = snapshots::restore(&objects, &restored, ("dr", 1), 1, |_| {}).await.expect("restore");
     assert_eq!(done.len(), 1);
     let checkpoint = restored.checkpoint("dr", 0).await.expect("checkpoint");
     assert_eq!(
@@ -184,7 +185,7 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
             .await
             .expect("commit");
         let last = snapshots::latest_manifest(&objects, 0).await.expect("manifest");
-        snapshots::export(&objects, &source, "dr", 0, offset, last).await.expect("export");
+        snapshots::export(&objects, &source, ("dr", 0), offset, last, 256).await.expect("export");
     }
     snapshots::collect_garbage(&objects, 0, 2).await.expect("garbage collected");
     let config = ObjectsConfig { url: objects_url, ..ObjectsConfig::default() };
@@ -197,9 +198,23 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
         states.iter().any(|k| k.contains("doc=a%2Fb")),
         "the odd document's only state is kept: {states:?}"
     );
-    let done =
-        snapshots::restore(&objects, &restored, "dr", 1, |_| {}).await.expect("restore after the collection");
+    let done = snapshots::restore(&objects, &restored, ("dr", 1), 256, |_| {})
+        .await
+        .expect("restore after the collection");
     assert_eq!(done[0].next_offset, 40);
+
+    // A restore cut short (a state object lost) moves no checkpoint past what it wrote.
+    let manifest = snapshots::latest_manifest(&objects, 0).await.expect("read").expect("manifest");
+    let lost = &manifest.docs["plain"].key;
+    objects
+        .delete(&docfold::sink::objects::stored_key("snapshots", lost).expect("key"))
+        .await
+        .expect("delete");
+    let fresh = Store::open(&format!("sqlite://{}/cut-short.db", dir.display())).await.expect("store");
+    let cut = snapshots::restore(&objects, &fresh, ("dr", 1), 1, |_| {}).await;
+    assert!(cut.as_ref().is_err_and(|e| e.to_string().contains("missing")), "{cut:?}");
+    assert_eq!(fresh.checkpoint("dr", 0).await.expect("read"), Some(Checkpoint::default()));
+    assert!(fresh.load_doc("dr", ODD_DOC_ID).await.expect("load").is_some(), "the first batch is written");
 }
 
 #[tokio::test]
@@ -222,6 +237,12 @@ async fn projections_conformance_dynamodb() {
         ..ProjectionConfig::default()
     };
     projections_conformance(config, s3_objects("proj")).await;
+}
+
+/// A record at `offset` stamped by the log at `timestamp_ms` (what the archive reads of it).
+fn record(offset: u64, timestamp_ms: i64) -> Record {
+    let timestamp_type = TimestampType::LogAppend;
+    Record { offset, timestamp_ms, timestamp_type, key: vec![], value: vec![] }
 }
 
 fn envelope(doc: &str, counter: u64, text: &str, delete: bool) -> Envelope {
@@ -247,6 +268,8 @@ pub struct Row {
     pub doc_id: String,
     pub kind: String,
     pub text: Option<String>,
+    pub ingest_time: i64,
+    pub ingest_time_type: String,
 }
 
 /// Every row of every archive file under `ops/`.
@@ -261,6 +284,7 @@ pub async fn read_archive(objects: &Objects) -> Vec<Row> {
             let column = |name: &str| batch.column_by_name(name).expect(name).clone();
             let (partition, offset, item) = (column("partition"), column("offset"), column("item"));
             let (doc_id, kind, text) = (column("doc_id"), column("kind"), column("text"));
+            let (ingest_time, ingest_time_type) = (column("ingest_time"), column("ingest_time_type"));
             for i in 0..batch.num_rows() {
                 let text = text.as_string::<i32>();
                 rows.push(Row {
@@ -270,6 +294,8 @@ pub async fn read_archive(objects: &Objects) -> Vec<Row> {
                     doc_id: doc_id.as_string::<i32>().value(i).to_string(),
                     kind: kind.as_string::<i32>().value(i).to_string(),
                     text: text.is_valid(i).then(|| text.value(i).to_string()),
+                    ingest_time: ingest_time.as_primitive::<TimestampMillisecondType>().value(i),
+                    ingest_time_type: ingest_time_type.as_string::<i32>().value(i).to_string(),
                 });
             }
         }
@@ -287,7 +313,7 @@ async fn archive_conformance(objects: ObjectsConfig) {
         archive.skip_written(offset, day).await.expect("look");
         let envelope = envelope(&format!("doc-{}", offset % 2), offset + 1, "ab", offset == 4);
         // Offset 3 is not an op (a dead letter): it has no rows.
-        archive.push(offset, day, (offset != 3).then_some(&envelope));
+        archive.push(&record(offset, day), (offset != 3).then_some(&envelope));
         if archive.is_due() {
             archive.write().await.expect("write");
         }
@@ -300,12 +326,13 @@ async fn archive_conformance(objects: ObjectsConfig) {
     assert_eq!(offsets, [0, 1, 2, 4, 5], "every op once, in order, across files");
     assert_eq!((rows[3].kind.as_str(), rows[3].text.as_deref()), ("delete", None));
     assert_eq!((rows[4].doc_id.as_str(), rows[4].text.as_deref()), ("doc-1", Some("ab")));
+    assert!(rows.iter().all(|r| (r.ingest_time, r.ingest_time_type.as_str()) == (day, "log_append")));
 
     // A restart from an older checkpoint adopts the files already written, rows once.
     let mut again = PartitionArchive::new(2, objects.clone(), settings, 0);
     for offset in 0..6u64 {
         again.skip_written(offset, day).await.expect("look");
-        again.push(offset, day, Some(&envelope("doc-0", offset + 1, "zz", false)));
+        again.push(&record(offset, day), Some(&envelope("doc-0", offset + 1, "zz", false)));
     }
     assert_eq!(again.write().await.expect("write"), None, "all adopted, nothing rewritten");
     assert_eq!(again.progress(), 6);
@@ -330,7 +357,7 @@ async fn pyarrow_reads_the_archive() {
     let mut archive = PartitionArchive::new(0, objects.clone(), ArchiveConfig::default(), 0);
     for offset in 0..1000u64 {
         let envelope = envelope(&format!("doc-{}", offset % 7), offset + 1, "é€x", offset % 10 == 9);
-        archive.push(offset, 1_700_000_000_000, Some(&envelope));
+        archive.push(&record(offset, 1_700_000_000_000), Some(&envelope));
     }
     archive.write().await.expect("write");
     let root = config.url.expose().trim_start_matches("file://");

@@ -83,9 +83,16 @@ async fn conformance(url: &str) {
     store.commit(&owner, behind, &[doc("d", 1, 29, b"d")]).await.expect("archive behind");
     assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(behind));
     // Documents changed at or after an offset, for disaster-recovery exports.
-    let changed = store.docs_changed("job", 0, 10).await.expect("changed");
+    let changed = store.docs_changed("job", 0, 10, None, 10).await.expect("changed");
     let changed: Vec<(&str, u64)> = changed.iter().map(|(id, d)| (id.as_str(), d.offset)).collect();
     assert_eq!(changed, [("a", 24), ("d", 29)], "b (offset 4) is older, c is in partition 3");
+    // …in pages of a bounded size, each after the last id of the one before.
+    let first = store.docs_changed("job", 0, 0, None, 2).await.expect("page");
+    let ids = |page: &[(String, _)]| page.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ["a", "b"]);
+    let second = store.docs_changed("job", 0, 0, Some("b"), 2).await.expect("page");
+    assert_eq!(ids(&second), ["d"]);
+    assert!(store.docs_changed("job", 0, 0, Some("d"), 2).await.expect("page").is_empty());
     store.close().await;
 }
 

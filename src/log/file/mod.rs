@@ -7,13 +7,14 @@
 //! is handed out twice, even across a power loss (`reserve.rs`): offsets lost that way leave a
 //! gap between segments, which readers step over.
 
-use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::{LogError, LogReader, LogWriter, Record, partition_for};
+pub use crate::config::Fsync;
+
+use super::{LogError, LogReader, LogWriter, Record, TimestampType, partition_for};
 
 mod repair;
 mod reserve;
@@ -25,19 +26,6 @@ const HEADER: usize = 8;
 /// Largest frame body: a 4 MiB op plus a 256-byte key fit with room to spare.
 pub const MAX_BODY: usize = 16 << 20;
 const SEGMENT_SUFFIX: &str = ".seg";
-
-/// When a writer calls fsync.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Fsync {
-    /// On every flush: nothing acknowledged is lost on power failure.
-    Always,
-    /// At most every this many milliseconds (a process crash loses nothing; power loss may
-    /// lose the last interval).
-    IntervalMs(u64),
-    /// Leave it to the OS.
-    Never,
-}
 
 /// A topic of the embedded log.
 #[derive(Clone, Debug)]
@@ -525,7 +513,13 @@ impl FileReader {
         while read < max {
             match read_frame(&mut cursor.input).map_err(io_at(&path))? {
                 Frame::Record { timestamp_ms, key, value, bytes } => {
-                    out.push(Record { offset: cursor.next_offset, timestamp_ms, key, value });
+                    out.push(Record {
+                        offset: cursor.next_offset,
+                        timestamp_ms,
+                        timestamp_type: TimestampType::LogAppend,
+                        key,
+                        value,
+                    });
                     cursor.pos += bytes;
                     cursor.next_offset += 1;
                     read += 1;

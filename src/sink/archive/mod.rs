@@ -22,6 +22,7 @@ use rows::{Rows, encode};
 use super::SinkError;
 use super::objects::Objects;
 use crate::config::ArchiveConfig;
+use crate::log::Record;
 use crate::op::Envelope;
 
 /// The partition's folder for the day of `ingest_ms`.
@@ -152,16 +153,16 @@ impl PartitionArchive {
         Ok(())
     }
 
-    /// Adds the record at `offset` (`None`: not an op, so no rows).
-    pub fn push(&mut self, offset: u64, ingest_ms: i64, envelope: Option<&Envelope>) {
-        if offset < self.next {
+    /// Adds `record`, decoded as `envelope` (`None`: not an op, so no rows).
+    pub fn push(&mut self, record: &Record, envelope: Option<&Envelope>) {
+        if record.offset < self.next {
             return;
         }
-        self.open.get_or_insert((offset, ingest_ms, Instant::now()));
+        self.open.get_or_insert((record.offset, record.timestamp_ms, Instant::now()));
         if let Some(envelope) = envelope {
-            self.rows.push(self.partition, offset, ingest_ms, envelope);
+            self.rows.push(self.partition, record, envelope);
         }
-        self.next = offset + 1;
+        self.next = record.offset + 1;
     }
 
     /// Whether the open file is full or old enough to write.

@@ -12,6 +12,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use std::sync::{Arc, LazyLock};
 
+use crate::log::Record;
 use crate::op::Envelope;
 
 /// The archive's Arrow schema (the Parquet schema follows from it).
@@ -30,6 +31,7 @@ pub static SCHEMA: LazyLock<Arc<Schema>> = LazyLock::new(|| {
         Field::new("text", DataType::Utf8, true),
         Field::new("client_time", utc(), false),
         Field::new("ingest_time", utc(), false),
+        Field::new("ingest_time_type", DataType::Utf8, false),
     ]))
 });
 
@@ -48,6 +50,7 @@ pub struct Rows {
     text: StringBuilder,
     client_time: TimestampMillisecondBuilder,
     ingest_time: TimestampMillisecondBuilder,
+    ingest_time_type: StringBuilder,
     len: usize,
     /// Bytes of the rows' values (before encoding and compression).
     bytes: u64,
@@ -70,7 +73,7 @@ impl Rows {
     }
 
     /// Adds the rows of one record. Returns how many.
-    pub fn push(&mut self, partition: u32, offset: u64, ingest_ms: i64, envelope: &Envelope) -> usize {
+    pub fn push(&mut self, partition: u32, record: &Record, envelope: &Envelope) -> usize {
         let op = &envelope.op;
         if self.site_hex.1.is_empty() || self.site_hex.0 != op.id.site {
             self.site_hex = (op.id.site, format!("{:016x}", op.id.site));
@@ -84,7 +87,7 @@ impl Rows {
             ident.encode_into(&mut self.ident_buf);
             self.doc_id.append_value(&envelope.doc_id);
             self.partition.append_value(partition as i32);
-            self.offset.append_value(offset as i64);
+            self.offset.append_value(record.offset as i64);
             self.item.append_value(item);
             self.site.append_value(site);
             self.counter.append_value(op.id.counter as i64);
@@ -93,7 +96,8 @@ impl Rows {
             self.ident.append_value(&self.ident_buf);
             self.text.append_option(text);
             self.client_time.append_value(envelope.client_time_ms);
-            self.ingest_time.append_value(ingest_ms);
+            self.ingest_time.append_value(record.timestamp_ms);
+            self.ingest_time_type.append_value(record.timestamp_type.as_str());
             self.bytes += (envelope.doc_id.len()
                 + envelope.origin_region.len()
                 + self.ident_buf.len()
@@ -120,6 +124,7 @@ impl Rows {
             Arc::new(self.text.finish()),
             Arc::new(self.client_time.finish().with_timezone("UTC")),
             Arc::new(self.ingest_time.finish().with_timezone("UTC")),
+            Arc::new(self.ingest_time_type.finish()),
         ];
         self.len = 0;
         self.bytes = 0;

@@ -38,27 +38,42 @@ const RETRYABLE: &[&str] = &[
     "TransactionConflictException",
 ];
 
+/// A DynamoDB call that failed, classified: worth retrying (throttling, a server fault,
+/// no answer) or not (a missing table, a permission, a bad request).
+pub(crate) struct Failure {
+    pub retryable: bool,
+    pub message: String,
+}
+
+pub(crate) fn failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    what: &str,
+    error: SdkError<E, R>,
+) -> Failure {
+    let retryable = match &error {
+        SdkError::ServiceError(service) => service.err().code().is_some_and(|code| RETRYABLE.contains(&code)),
+        _ => true, // dispatch failures, timeouts, unreadable responses
+    };
+    let detail = match error.code() {
+        Some(code) => format!("{code}: {}", error.message().unwrap_or_default()),
+        None => aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string(),
+    };
+    let hint = if error.code() == Some("ResourceNotFoundException") {
+        "; create the table with `docfold setup --config F`"
+    } else {
+        ""
+    };
+    Failure { retryable, message: format!("{what}: {detail}{hint}") }
+}
+
 fn failed<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     what: &str,
-) -> impl FnOnce(SdkError<E, R>) -> SinkError {
-    let what = what.to_string();
-    move |error| {
-        let retryable = match &error {
-            SdkError::ServiceError(service) => {
-                service.err().code().is_some_and(|code| RETRYABLE.contains(&code))
-            }
-            _ => true, // dispatch failures, timeouts, unreadable responses
-        };
-        let detail = match error.code() {
-            Some(code) => format!("{code}: {}", error.message().unwrap_or_default()),
-            None => aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string(),
-        };
-        let hint = if error.code() == Some("ResourceNotFoundException") {
-            "; create the table with `docfold projections create`"
-        } else {
-            ""
-        };
-        let message = format!("{what}: {detail}{hint}");
+) -> impl FnOnce(SdkError<E, R>) -> SinkError + '_ {
+    move |error| failure(what, error).into_sink()
+}
+
+impl Failure {
+    fn into_sink(self) -> SinkError {
+        let Failure { retryable, message } = self;
         if retryable {
             SinkError::Unavailable { sink: "projections", message }
         } else {
@@ -99,25 +114,74 @@ fn string(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> 
     item.get(name).and_then(|v| v.as_s().ok()).cloned()
 }
 
+/// A DynamoDB client for `endpoint` (DynamoDB Local) or AWS in `region`.
+pub(crate) async fn client(endpoint: Option<&str>, region: Option<String>) -> Client {
+    let shared = crate::sink::aws_config(endpoint, region).await;
+    let sdk = aws_sdk_dynamodb::config::Builder::from(&shared)
+        // Throttling is retried here with backoff and jitter; an outage fails the call
+        // within seconds and the caller's own backoff takes over.
+        .retry_config(RetryConfig::standard().with_max_attempts(4).with_max_backoff(Duration::from_secs(2)))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        )
+        .build();
+    Client::from_conf(sdk)
+}
+
+/// Creates `table` from `definition` (the shape of `aws dynamodb create-table
+/// --cli-input-json`) unless it exists, and waits until it is ACTIVE.
+pub(crate) async fn create_table(client: &Client, table: &str, definition: &str) -> Result<(), Failure> {
+    let refused = |message: String| Failure { retryable: false, message };
+    let definition: TableDefinition =
+        serde_json::from_str(definition).map_err(|e| refused(format!("table definition of {table}: {e}")))?;
+    let mut create = client.create_table().table_name(table);
+    for a in definition.attribute_definitions {
+        create = create.attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(a.attribute_name)
+                .attribute_type(ScalarAttributeType::from(a.attribute_type.as_str()))
+                .build()
+                .map_err(|e| refused(e.to_string()))?,
+        );
+    }
+    for k in definition.key_schema {
+        create = create.key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(k.attribute_name)
+                .key_type(KeyType::from(k.key_type.as_str()))
+                .build()
+                .map_err(|e| refused(e.to_string()))?,
+        );
+    }
+    match create.billing_mode(BillingMode::from(definition.billing_mode.as_str())).send().await {
+        Ok(_) => {}
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => return Ok(()),
+        Err(e) => return Err(failure(&format!("creating table {table}"), e)),
+    }
+    // A new table takes a moment to become ACTIVE on AWS (at once on DynamoDB Local).
+    for _ in 0..120 {
+        let described = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| failure(&format!("describing table {table}"), e))?;
+        if described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(Failure { retryable: true, message: format!("table {table} is not ACTIVE after 60 s") })
+}
+
 impl DynamoProjections {
     pub async fn open(config: &ProjectionConfig, table: &str) -> DynamoProjections {
-        let shared = crate::sink::aws_config(config.endpoint.as_deref(), config.region.clone()).await;
-        let sdk = aws_sdk_dynamodb::config::Builder::from(&shared)
-            // Throttling is retried here with backoff and jitter; an outage fails the flush
-            // within seconds and the pipeline's own backoff takes over.
-            .retry_config(
-                RetryConfig::standard().with_max_attempts(4).with_max_backoff(Duration::from_secs(2)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(5))
-                    .operation_timeout(Duration::from_secs(15))
-                    .build(),
-            )
-            .build();
         DynamoProjections {
-            client: Client::from_conf(sdk),
+            client: client(config.endpoint.as_deref(), config.aws_region.clone()).await,
             table: table.into(),
             concurrency: config.concurrency,
         }
@@ -154,51 +218,7 @@ impl DynamoProjections {
 
 impl ProjectionStore for DynamoProjections {
     async fn create(&self) -> Result<(), SinkError> {
-        let definition: TableDefinition = serde_json::from_str(TABLE)
-            .map_err(|e| SinkError::Config(format!("schemas/dynamodb/projections.json: {e}")))?;
-        let mut create = self.client.create_table().table_name(&self.table);
-        for a in definition.attribute_definitions {
-            create = create.attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(a.attribute_name)
-                    .attribute_type(ScalarAttributeType::from(a.attribute_type.as_str()))
-                    .build()
-                    .map_err(|e| SinkError::Config(e.to_string()))?,
-            );
-        }
-        for k in definition.key_schema {
-            create = create.key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(k.attribute_name)
-                    .key_type(KeyType::from(k.key_type.as_str()))
-                    .build()
-                    .map_err(|e| SinkError::Config(e.to_string()))?,
-            );
-        }
-        let created = create.billing_mode(BillingMode::from(definition.billing_mode.as_str())).send().await;
-        match created {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => return Ok(()),
-            Err(e) => return Err(failed(&format!("creating table {}", self.table))(e)),
-        }
-        // A new table takes a moment to become ACTIVE on AWS (at once on DynamoDB Local).
-        for _ in 0..120 {
-            let described = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(failed(&format!("describing table {}", self.table)))?;
-            if described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Err(SinkError::Unavailable {
-            sink: "projections",
-            message: format!("table {} is not ACTIVE after 60 s", self.table),
-        })
+        create_table(&self.client, &self.table, TABLE).await.map_err(Failure::into_sink)
     }
 
     async fn put(&self, items: &[Projection]) -> Result<Written, SinkError> {

@@ -3,10 +3,11 @@
 //! replay rewrites nothing; texts over `inline_max_bytes` go to object storage and the item
 //! holds a pointer. Backends by URL: `sqlite://PATH` (embedded) and `dynamodb://TABLE`.
 
-mod dynamodb;
+pub(crate) mod dynamodb;
 mod sqlite;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use object_store::path::Path as Key;
 use std::future::Future;
 
@@ -211,5 +212,36 @@ impl Projections {
             }
         };
         Ok(Some((item, text)))
+    }
+}
+
+impl crate::sink::Sink for Projections {
+    fn name(&self) -> &'static str {
+        "projections"
+    }
+
+    /// Each changed document's text and version, written only over an older version.
+    fn write<'a>(&'a self, changes: &'a crate::sink::Changes<'a>) -> BoxFuture<'a, Result<u64, SinkError>> {
+        Box::pin(async move {
+            if changes.docs.is_empty() {
+                return Ok(0);
+            }
+            let updated_ms = crate::store::now_ms();
+            let items = changes
+                .docs
+                .iter()
+                .map(|(doc_id, doc)| Projection {
+                    doc_id: doc_id.to_string(),
+                    body: Body::Text(doc.state.text()),
+                    version: doc.version,
+                    chars: doc.state.len() as u64,
+                    updated_ms,
+                    region: doc.region.clone(),
+                })
+                .collect();
+            let written = self.put(items).await?;
+            crate::telemetry::projection_writes(written.written, written.stale);
+            Ok(written.written)
+        })
     }
 }

@@ -1,0 +1,115 @@
+//! `[region]`: this job's region among its peers, how regions share writes, and the
+//! leadership lease (`region::lease`). Absent: one region, no lease.
+
+use serde::{Deserialize, Serialize};
+
+use super::Url;
+use crate::region::Mode;
+use crate::region::role::RoleSettings;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionConfig {
+    /// This region's name; its log's mirrors elsewhere are `<name>.<log.topic>`.
+    pub name: String,
+    /// The other regions, by name.
+    pub peers: Vec<String>,
+    /// `"active-passive"` (one leader takes writes) or `"active-active"`.
+    pub mode: Mode,
+    /// The lease store every region reaches: `sqlite://PATH` (one machine),
+    /// `postgres://…` or `dynamodb://TABLE` (in one AWS region, not a global table).
+    pub leases: Url,
+    /// DynamoDB lease store: endpoint override, e.g. `http://127.0.0.1:8000`.
+    pub leases_endpoint: Option<String>,
+    /// DynamoDB lease store: the AWS region (default from the environment).
+    pub aws_region: Option<String>,
+    /// Standbys serve reads (projections, cache) from their own fold of the mirrored topics.
+    pub standby_reads: bool,
+    /// A standby takes the lease when its leader fails to renew it, without an operator.
+    pub auto_failover: bool,
+    /// How long a lease runs; the leader renews every third of it.
+    pub ttl_ms: u64,
+    /// The most two regions' clocks may differ.
+    pub skew_ms: u64,
+    /// The region that leads when no lease was ever taken (default: the first by name).
+    pub initial_leader: Option<String>,
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig {
+            name: String::new(),
+            peers: Vec::new(),
+            mode: Mode::ActivePassive,
+            leases: Url::default(),
+            leases_endpoint: None,
+            aws_region: None,
+            standby_reads: true,
+            auto_failover: false,
+            ttl_ms: 10_000,
+            skew_ms: 1_000,
+            initial_leader: None,
+        }
+    }
+}
+
+impl RegionConfig {
+    /// Every region, this one included, sorted.
+    pub fn regions(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.peers.iter().map(String::as_str).chain([self.name.as_str()]).collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The role machine's settings.
+    pub fn role(&self) -> RoleSettings {
+        let first = self.regions().first().map_or(String::new(), |r| r.to_string());
+        RoleSettings {
+            region: self.name.clone(),
+            ttl_ms: i64::try_from(self.ttl_ms).unwrap_or(i64::MAX),
+            skew_ms: i64::try_from(self.skew_ms).unwrap_or(i64::MAX),
+            auto_failover: self.auto_failover,
+            initial_leader: self.initial_leader.clone().unwrap_or(first),
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
+        let name_ok = |name: &str| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !name_ok(&self.name) {
+            return Err((
+                "region.name",
+                format!("{:?}: letters, digits, '-' and '_' only, not empty", self.name),
+            ));
+        }
+        if let Some(peer) = self.peers.iter().find(|p| !name_ok(p)) {
+            return Err(("region.peers", format!("{peer:?}: letters, digits, '-' and '_' only, not empty")));
+        }
+        let regions = self.regions();
+        if regions.windows(2).any(|w| w[0] == w[1]) {
+            return Err(("region.peers", "names each region once, not this one".into()));
+        }
+        if let Some(leader) = &self.initial_leader
+            && !regions.contains(&leader.as_str())
+        {
+            return Err(("region.initial_leader", format!("{leader:?} is neither region.name nor a peer")));
+        }
+        if self.mode == Mode::ActivePassive {
+            match self.leases.scheme() {
+                Some(("sqlite" | "postgres" | "postgresql" | "dynamodb", rest)) if !rest.is_empty() => {}
+                _ => {
+                    return Err((
+                        "region.leases",
+                        "active-passive needs a lease store: sqlite://PATH, postgres://… or dynamodb://TABLE"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if self.ttl_ms < 300 || self.skew_ms >= self.ttl_ms {
+            return Err(("region.ttl_ms", "must be at least 300 and more than region.skew_ms".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! The role machine on the wall clock and a real lease store: `docfold run` keeps its
+//! region's role with this loop (renewing the lease as leader, watching it as standby,
+//! taking it on expiry when `auto_failover`). The decisions are all in `role` and `lease`.
+
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::{Claim, LeaseStore, claim};
+use super::leases::Leases;
+use super::role::{Change, Request, RoleMachine, RoleSettings};
+use crate::store::now_ms;
+
+/// Keeps this region's role until `cancel`; a leader releases its lease on the way out
+/// (a planned stop hands over at once instead of after the ttl).
+pub async fn keep_role(leases: Leases, scope: String, settings: RoleSettings, cancel: CancellationToken) {
+    let region = settings.region.clone();
+    let tick = Duration::from_millis(u64::try_from(settings.ttl_ms / 30).unwrap_or(100).clamp(10, 1_000));
+    let mut machine = RoleMachine::new(settings.clone());
+    loop {
+        let now = now_ms();
+        let (request, change) = machine.poll(now);
+        report(&region, change.as_ref());
+        let change = match request {
+            Some(Request::Claim(c)) => match claim(&leases, &scope, &region, c, settings.times(now)).await {
+                Ok(answer) => machine.on_answer(answer),
+                Err(error) => {
+                    tracing::warn!(%region, %error, "lease store: no answer; keeping the role until the lease runs out");
+                    None
+                }
+            },
+            Some(Request::Read) => match leases.read(&scope).await {
+                Ok(lease) => machine.on_read(lease),
+                Err(error) => {
+                    tracing::warn!(%region, %error, "lease store: no answer");
+                    None
+                }
+            },
+            None => None,
+        };
+        report(&region, change.as_ref());
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(tick) => {}
+        }
+    }
+    if let Some(epoch) = machine.epoch() {
+        let released =
+            claim(&leases, &scope, &region, Claim::Release { epoch }, settings.times(now_ms())).await;
+        match released {
+            Ok(_) => tracing::info!(%region, epoch, "released the region lease"),
+            Err(error) => {
+                tracing::warn!(%region, epoch, %error, "could not release the region lease; it runs out by itself")
+            }
+        }
+    }
+}
+
+fn report(region: &str, change: Option<&Change>) {
+    match change {
+        Some(Change::Promoted { epoch }) => {
+            tracing::info!(region, epoch, "this region leads: it holds the lease");
+            crate::telemetry::region_role(region, Some(*epoch));
+        }
+        Some(Change::Demoted { epoch, reason }) => {
+            tracing::warn!(region, epoch, reason, "this region stepped down");
+            crate::telemetry::region_role(region, None);
+        }
+        None => {}
+    }
+}

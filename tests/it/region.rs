@@ -1,0 +1,395 @@
+//! Regions: the lease store conformance suite (SQLite, PostgreSQL, DynamoDB Local), and the
+//! pure role machine driven under virtual time by the same `lease::claim` the runtime uses.
+
+use docfold::region::lease::{Answer, Claim, Lease, LeaseError, LeaseStore, Replaced, claim};
+use docfold::region::leases::Leases;
+use docfold::region::role::{Change, Request, Role, RoleMachine, RoleSettings};
+use docfold::region::{Mode, RouteError, Router};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use crate::services;
+
+fn lease(holder: &str, epoch: u64, expires_ms: i64) -> Lease {
+    Lease { holder: holder.into(), epoch, expires_ms }
+}
+
+const TTL: i64 = 3_000;
+const SKEW: i64 = 500;
+
+async fn conformance(leases: Leases) {
+    let scope = format!("scope-{}", services::unique());
+    assert_eq!(leases.read(&scope).await.expect("read"), None);
+
+    // Compare-and-set: create only if absent, replace only the expected row.
+    let first = lease("eu", 1, 10_000);
+    assert_eq!(leases.replace(&scope, None, &first).await.expect("create"), Replaced::Written);
+    assert_eq!(
+        leases.replace(&scope, None, &lease("us", 1, 10_000)).await.expect("second create"),
+        Replaced::Conflict(Some(first.clone())),
+        "a second create loses and sees the first"
+    );
+    for wrong in [lease("us", 1, 10_000), lease("eu", 2, 10_000), lease("eu", 1, 9_999)] {
+        let lost = leases.replace(&scope, Some(&wrong), &lease("us", 2, 20_000)).await.expect("replace");
+        assert_eq!(lost, Replaced::Conflict(Some(first.clone())), "expected {wrong:?}");
+    }
+    let second = lease("us", 2, 20_000);
+    assert_eq!(leases.replace(&scope, Some(&first), &second).await.expect("replace"), Replaced::Written);
+    assert_eq!(leases.read(&scope).await.expect("read"), Some(second.clone()));
+    let other = format!("{scope}-other");
+    assert_eq!(leases.read(&other).await.expect("read"), None, "scopes are independent");
+
+    // Claims through the store: renew keeps the epoch, a live lease is not taken, a lapsed
+    // one is (epoch + 1), force always is, release frees it, a stale renew is refused.
+    let at = |now| (now, TTL, SKEW);
+    let renewed = claim(&leases, &scope, "us", Claim::Renew { epoch: 2 }, at(19_000)).await.expect("renew");
+    assert_eq!(renewed, Answer::Ours(lease("us", 2, 22_000)));
+    let refused = claim(&leases, &scope, "ap", Claim::Acquire, at(22_000 + SKEW)).await.expect("acquire");
+    assert_eq!(refused, Answer::Theirs(Some(lease("us", 2, 22_000))), "within the skew bound");
+    let taken = claim(&leases, &scope, "ap", Claim::Acquire, at(22_001 + SKEW)).await.expect("acquire");
+    assert_eq!(taken, Answer::Ours(lease("ap", 3, 22_001 + SKEW + TTL)));
+    let stale = claim(&leases, &scope, "us", Claim::Renew { epoch: 2 }, at(23_000)).await.expect("renew");
+    assert!(matches!(stale, Answer::Theirs(Some(ref l)) if l.holder == "ap" && l.epoch == 3), "{stale:?}");
+    let forced = claim(&leases, &scope, "eu", Claim::Force, at(23_000)).await.expect("force");
+    assert_eq!(forced, Answer::Ours(lease("eu", 4, 23_000 + TTL)));
+    let released =
+        claim(&leases, &scope, "eu", Claim::Release { epoch: 4 }, at(24_000)).await.expect("release");
+    assert_eq!(released, Answer::Released);
+    let after = claim(&leases, &scope, "us", Claim::Acquire, at(24_001)).await.expect("acquire");
+    assert_eq!(after, Answer::Ours(lease("us", 5, 24_001 + TTL)), "a released lease is free at once");
+
+    // Regions racing for a free lease: exactly one wins, every other sees the winner.
+    let race = format!("{scope}-race");
+    let regions = ["r0", "r1", "r2", "r3", "r4"];
+    let answers = futures::future::join_all(
+        regions.iter().map(|region| claim(&leases, &race, region, Claim::Acquire, at(50_000))),
+    )
+    .await;
+    let winners: Vec<_> = answers.iter().filter(|a| matches!(a, Ok(Answer::Ours(_)))).collect();
+    assert_eq!(winners.len(), 1, "one winner: {answers:?}");
+    let Ok(Answer::Ours(winner)) = winners[0] else { unreachable!() };
+    for answer in &answers {
+        match answer {
+            Ok(Answer::Ours(l)) | Ok(Answer::Theirs(Some(l))) => assert_eq!(l, winner),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn lease_store_conformance_sqlite() {
+    let dir = services::temp_dir("leases");
+    let url = format!("sqlite://{}/leases.db", dir.display());
+    conformance(Leases::open(&url, None, None).await.expect("open")).await;
+}
+
+#[tokio::test]
+async fn lease_store_conformance_postgres() {
+    let url = services::postgres_database("leases").await;
+    conformance(Leases::open(&url, None, None).await.expect("open")).await;
+}
+
+#[tokio::test]
+async fn lease_store_conformance_dynamodb() {
+    let url = format!("dynamodb://leases-{}", services::unique());
+    let leases =
+        Leases::open(&url, Some(&services::dynamodb()), None).await.expect("open and create the table");
+    Leases::open(&url, Some(&services::dynamodb()), None).await.expect("creating the table is idempotent");
+    conformance(leases).await;
+}
+
+#[tokio::test]
+async fn a_bad_lease_store_is_refused_with_a_reason() {
+    let missing = Leases::open("dynamodb://", None, None).await;
+    assert!(
+        matches!(missing, Err(LeaseError::Refused(ref m)) if m.contains("names no table")),
+        "{:?}",
+        missing.err()
+    );
+    let bad = Leases::open("mysql://x", None, None).await;
+    assert!(matches!(bad, Err(LeaseError::Refused(ref m)) if m.contains("sqlite://")), "{:?}", bad.err());
+}
+
+/// A linearizable in-memory lease store: the simulator's (and this test's) stand-in for the
+/// real backends, which pass the same conformance suite.
+#[derive(Default)]
+struct MemoryLeases(Mutex<Option<Lease>>);
+
+impl LeaseStore for MemoryLeases {
+    async fn read(&self, _: &str) -> Result<Option<Lease>, LeaseError> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+
+    async fn replace(&self, _: &str, expected: Option<&Lease>, new: &Lease) -> Result<Replaced, LeaseError> {
+        let mut held = self.0.lock().unwrap();
+        if held.as_ref() == expected {
+            *held = Some(new.clone());
+            Ok(Replaced::Written)
+        } else {
+            Ok(Replaced::Conflict(held.clone()))
+        }
+    }
+}
+
+fn settings(region: &str, auto_failover: bool) -> RoleSettings {
+    RoleSettings {
+        region: region.into(),
+        ttl_ms: TTL,
+        skew_ms: SKEW,
+        auto_failover,
+        initial_leader: "r0".into(),
+    }
+}
+
+/// One region under virtual time: its machine, its clock offset, whether it reaches the
+/// lease store, and answers on their way back.
+struct Sim {
+    machine: RoleMachine,
+    offset_ms: i64,
+    cut: bool,
+    inbox: VecDeque<(i64, Result<Answer, Option<Lease>>)>,
+}
+
+/// Three regions, seeded cuts from the lease store and delayed answers, clocks apart by up
+/// to the skew bound: at no instant do two regions accept writes, no two regions ever hold
+/// one epoch, and after the last heal one region leads.
+fn run_roles(seed: u64) -> Vec<(i64, String, Change)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let store = MemoryLeases::default();
+    let mut regions: Vec<Sim> = (0..3)
+        .map(|i| Sim {
+            machine: RoleMachine::new(settings(&format!("r{i}"), true)),
+            offset_ms: rng.random_range(-SKEW / 2..=SKEW / 2),
+            cut: false,
+            inbox: VecDeque::new(),
+        })
+        .collect();
+    let mut events = Vec::new();
+    let mut holders = std::collections::BTreeMap::new();
+    let end = 60_000;
+    for now in (0..end).step_by(10) {
+        if now < end - 15_000 && rng.random_ratio(1, 400) {
+            let r = rng.random_range(0..regions.len());
+            regions[r].cut = !regions[r].cut;
+        }
+        if now == end - 15_000 {
+            regions.iter_mut().for_each(|r| r.cut = false);
+        }
+        for (i, sim) in regions.iter_mut().enumerate() {
+            let own = now + sim.offset_ms;
+            while sim.inbox.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, answer) = sim.inbox.pop_front().unwrap();
+                let change = match answer {
+                    Ok(answer) => sim.machine.on_answer(answer),
+                    Err(read) => sim.machine.on_read(read),
+                };
+                events.extend(change.map(|c| (now, format!("r{i}"), c)));
+            }
+            let (request, change) = sim.machine.poll(own);
+            events.extend(change.map(|c| (now, format!("r{i}"), c)));
+            let Some(request) = request.filter(|_| !sim.cut) else { continue };
+            let answer = match request {
+                Request::Claim(c) => {
+                    let times = (own, TTL, SKEW);
+                    let answer = futures::executor::block_on(claim(&store, "s", &format!("r{i}"), c, times));
+                    Ok(answer.expect("memory store"))
+                }
+                Request::Read => Err(futures::executor::block_on(store.read("s")).expect("memory store")),
+            };
+            sim.inbox.push_back((now + rng.random_range(0..300), answer));
+        }
+        let leaders: Vec<_> = regions
+            .iter()
+            .filter(|s| s.machine.accepts_writes(now + s.offset_ms))
+            .map(|s| s.machine.epoch())
+            .collect();
+        assert!(leaders.len() <= 1, "seed {seed}: two regions accept writes at {now} ms: {leaders:?}");
+    }
+    for (at, region, change) in &events {
+        if let Change::Promoted { epoch } = change {
+            let first = holders.entry(*epoch).or_insert(region);
+            assert_eq!(first, &region, "seed {seed}: epoch {epoch} held by two regions (at {at} ms)");
+        }
+    }
+    let leading = regions.iter().filter(|s| s.machine.role() == Role::Leader).count();
+    assert_eq!(leading, 1, "seed {seed}: after every region healed, one leads: {events:?}");
+    events
+}
+
+#[test]
+fn never_two_leaders_under_cuts_delays_and_skew() {
+    let runs: u64 = std::env::var("DOCFOLD_REGION_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let seed: u64 = std::env::var("DOCFOLD_REGION_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    eprintln!("role runs: {runs} from seed {seed} (DOCFOLD_REGION_RUNS, DOCFOLD_REGION_SEED)");
+    let mut failovers = 0;
+    for run in 0..runs {
+        let events = run_roles(seed + run);
+        failovers +=
+            events.iter().filter(|(_, _, c)| matches!(c, Change::Promoted { epoch } if *epoch > 1)).count();
+    }
+    assert!(failovers > 0, "the cuts caused no failover: the test exercised nothing");
+    assert_eq!(run_roles(seed), run_roles(seed), "same seed, same run");
+}
+
+#[test]
+fn a_leader_renews_every_third_of_the_ttl_and_a_standby_only_watches() {
+    let store = MemoryLeases::default();
+    let mut leader = RoleMachine::new(settings("r0", false));
+    let mut standby = RoleMachine::new(settings("r1", false));
+    let drive = |machine: &mut RoleMachine, region: &str, now| -> Option<Request> {
+        let (request, _) = machine.poll(now);
+        match request? {
+            Request::Claim(c) => {
+                let answer = futures::executor::block_on(claim(&store, "s", region, c, (now, TTL, SKEW)));
+                machine.on_answer(answer.expect("memory store"));
+            }
+            Request::Read => {
+                machine.on_read(futures::executor::block_on(store.read("s")).expect("memory store"));
+            }
+        }
+        request
+    };
+    assert_eq!(drive(&mut leader, "r0", 0), Some(Request::Claim(Claim::Acquire)));
+    assert_eq!((leader.role(), leader.epoch()), (Role::Leader, Some(1)));
+    assert_eq!(drive(&mut leader, "r0", TTL / 3 - 1), None, "not yet due");
+    assert_eq!(drive(&mut leader, "r0", TTL / 3), Some(Request::Claim(Claim::Renew { epoch: 1 })));
+    assert_eq!(leader.lease().map(|l| l.expires_ms), Some(TTL / 3 + TTL));
+    assert_eq!(drive(&mut standby, "r1", 0), Some(Request::Read));
+    assert_eq!(standby.role(), Role::Standby);
+    // Without auto-failover the standby watches a lapsed lease and does not take it.
+    assert_eq!(drive(&mut standby, "r1", 10 * TTL), Some(Request::Read));
+    assert!(!standby.accepts_writes(10 * TTL));
+    // The leader cut off: it stops accepting writes when its own lease runs out.
+    let expires = leader.lease().unwrap().expires_ms;
+    assert!(leader.accepts_writes(expires - 1));
+    let (_, change) = leader.poll(expires);
+    assert!(matches!(change, Some(Change::Demoted { epoch: 1, .. })), "{change:?}");
+    assert!(!leader.accepts_writes(expires));
+}
+
+#[test]
+fn the_router_sends_writes_to_the_lease_holder_or_the_local_region() {
+    let held = lease("eu", 3, 1_000);
+    let passive = Router { mode: Mode::ActivePassive, local: "us".into() };
+    assert_eq!(passive.route(Some(&held), 999), Ok("eu"));
+    assert_eq!(
+        passive.route(Some(&held), 1_000),
+        Err(RouteError::NoLeader),
+        "an expired lease names no leader"
+    );
+    assert_eq!(passive.route(None, 0), Err(RouteError::NoLeader));
+    let active = Router { mode: Mode::ActiveActive, local: "us".into() };
+    assert_eq!(active.route(None, 0), Ok("us"));
+}
+
+/// A job file for region `name` of {a, b, c}, embedded under `dir/name`, sharing the lease
+/// store `dir/leases.db`.
+fn region_config(dir: &std::path::Path, name: &str, auto_failover: bool) -> std::path::PathBuf {
+    let peers: Vec<String> =
+        ["a", "b", "c"].iter().filter(|r| **r != name).map(|r| format!("{r:?}")).collect();
+    let text = format!(
+        "job = \"main\"\n[log]\nurl = \"file://{name}/log\"\npartitions = 2\n[store]\nurl = \"sqlite://{name}/state.db\"\n\
+         [objects]\nurl = \"file://{name}/objects\"\n[projection]\nurl = \"sqlite://{name}/projections.db\"\n\
+         [region]\nname = \"{name}\"\npeers = [{}]\nleases = \"sqlite://leases.db\"\nttl_ms = 1500\nskew_ms = 200\n\
+         auto_failover = {auto_failover}\ninitial_leader = \"a\"\n",
+        peers.join(", ")
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn docfold(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("runs docfold");
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+fn status(config: &std::path::Path) -> serde_json::Value {
+    let (ok, out, err) = docfold(&["region", "status", "--json"], config);
+    assert!(ok, "region status: {err}");
+    serde_json::from_str(&out).expect("status is JSON")
+}
+
+#[test]
+fn operators_promote_and_demote_regions() {
+    let dir = services::temp_dir("region-cli");
+    let (a, b) = (region_config(&dir, "a", false), region_config(&dir, "b", false));
+    assert_eq!(status(&a)["role"], "standby (no region leads)");
+    let (ok, out, err) = docfold(&["region", "promote", "a"], &b);
+    assert!(ok && out.contains("a leads at epoch 1"), "{out}{err}");
+    assert_eq!((status(&a)["role"].as_str(), status(&b)["role"].as_str()), (Some("leader"), Some("standby")));
+    let (ok, _, err) = docfold(&["region", "promote", "b"], &b);
+    assert!(
+        !ok && err.contains("a holds the lease at epoch 1"),
+        "a live lease is not taken without --force: {err}"
+    );
+    let (ok, out, err) = docfold(&["region", "promote", "b", "--force"], &a);
+    assert!(ok && out.contains("b leads at epoch 2"), "{out}{err}");
+    let (ok, _, err) = docfold(&["region", "demote"], &a);
+    assert!(!ok && err.contains("a does not lead"), "{err}");
+    let (ok, out, err) = docfold(&["region", "demote"], &b);
+    assert!(ok && out.contains("b released the lease (epoch 2)"), "{out}{err}");
+    let (ok, _, err) = docfold(&["region", "promote", "x"], &a);
+    assert!(!ok && err.contains("\"x\" is not a region of this job"), "{err}");
+    let (ok, out, err) = docfold(&["region", "promote", "c"], &a);
+    assert!(ok && out.contains("c leads at epoch 3"), "a released lease is free at once: {out}{err}");
+}
+
+/// Two `docfold run` processes with `auto_failover`: the initial leader takes the lease; it
+/// is killed (-9, no release); the standby takes over with a higher epoch within the
+/// bound (ttl + skew + a renew interval, with margin); a planned stop releases it.
+#[test]
+fn a_standby_takes_over_when_the_leader_dies() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = services::temp_dir("region-failover");
+    let (a, b) = (region_config(&dir, "a", true), region_config(&dir, "b", true));
+    let spawn = |config: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_docfold"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn docfold run")
+    };
+    let wait_for = |config: &std::path::Path, holder: &str, within: Duration| {
+        let start = Instant::now();
+        loop {
+            let seen = status(config);
+            if seen["holder"] == holder && seen["expires_in_ms"].is_i64() {
+                return (start.elapsed(), seen["epoch"].as_u64().expect("epoch"));
+            }
+            assert!(start.elapsed() < within, "{holder} did not take the lease within {within:?}: {seen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut leader = spawn(&a);
+    let (_, first) = wait_for(&b, "a", Duration::from_secs(20));
+    let standby = spawn(&b);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(status(&b)["holder"], "a", "a live leader keeps the lease");
+    leader.kill().expect("kill -9 the leader");
+    leader.wait().expect("reap");
+    let (rto, second) = wait_for(&b, "b", Duration::from_secs(10));
+    eprintln!("failover: b took the lease at epoch {second}, {} ms after a was killed", rto.as_millis());
+    assert!(second > first, "the new term has a higher epoch ({second} after {first})");
+    assert!(rto <= Duration::from_millis(1_500 + 200 + 500 + 2_000), "took {rto:?}");
+    // SIGTERM: a planned stop drains and releases the lease.
+    let pid = standby.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let out = standby.wait_with_output().expect("standby exits");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("this region leads") && log.contains("released the region lease"), "{log}");
+    assert_eq!(status(&a)["role"], "standby (no region leads)", "released at once");
+}
