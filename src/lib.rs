@@ -14,6 +14,7 @@ pub mod config;
 pub mod fold;
 pub mod log;
 pub mod lseq;
+pub mod mirror;
 pub mod op;
 pub mod pipeline;
 pub mod region;

@@ -4,6 +4,7 @@ mod dead_letters;
 mod demo;
 mod doc;
 mod log;
+mod mirror;
 mod produce;
 mod region;
 mod run;
@@ -63,6 +64,8 @@ enum Command {
     /// Records the fold could not take: re-publish them where they belong.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Copy another region's op topic into this region's log, as `<region>.<topic>`.
+    Mirror(mirror::MirrorArgs),
     /// Regions: who leads (the lease), promote a region, demote this one.
     #[command(subcommand)]
     Region(region::RegionCommand),
@@ -89,11 +92,12 @@ impl Cli {
     /// Runs the command; `Ok(false)` means it ran but found a failure (exit code 1).
     pub fn run(self) -> anyhow::Result<bool> {
         // The demo and one-shot commands talk to people: only warnings; `run` logs its work.
-        let level = if matches!(self.command, Command::Run(_)) { "info" } else { "warn" };
+        let level =
+            if matches!(self.command, Command::Run(_) | Command::Mirror(_)) { "info" } else { "warn" };
         docfold::telemetry::init_logs(level);
         // The stream processor keeps SIGPIPE ignored (a peer's closed socket is an error to
         // handle there); the other commands print to people and pipes.
-        if !matches!(self.command, Command::Run(_) | Command::Demo(_)) {
+        if !matches!(self.command, Command::Run(_) | Command::Demo(_) | Command::Mirror(_)) {
             restore_sigpipe();
         }
         match self.command {
@@ -108,6 +112,7 @@ impl Cli {
             Command::Snapshots(command) => command.run(),
             Command::Log(command) => command.run(),
             Command::DeadLetters(command) => command.run(),
+            Command::Mirror(args) => args.run(),
             Command::Region(command) => command.run(),
         }
     }

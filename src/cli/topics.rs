@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use docfold::config::{JobConfig, LogLocation};
 use docfold::log::file::FileLog;
 use docfold::log::kafka::KafkaLog;
+use docfold::mirror::mirrored_topic;
 use docfold::sink::objects::Objects;
 use docfold::sink::projection::ProjectionStore;
 
@@ -81,25 +82,43 @@ fn read_specs(dir: Option<&Path>) -> anyhow::Result<Vec<TopicSpec>> {
         .collect()
 }
 
-/// The spec under the job's name for it, `None` when the job turns that topic off. The
-/// op and invalidation topics get `log.partitions`, so they stay co-partitioned.
-fn for_job(mut spec: TopicSpec, config: &JobConfig) -> Option<TopicSpec> {
+/// The specs under the job's names, none when the job turns that topic off. The op and
+/// invalidation topics get `log.partitions`, so they stay co-partitioned. With `[region]`,
+/// the op topic comes once more per peer, `<peer>.<log.topic>`, for the mirror's copies,
+/// which keep the source's timestamps (CreateTime, not the broker's append time).
+fn for_job(mut spec: TopicSpec, config: &JobConfig) -> Vec<TopicSpec> {
     let name = match spec.name.as_str() {
         "doc-ops" => config.log.topic.clone(),
         "doc-invalidations" => config.invalidations.topic.clone(),
         "doc-ops-dlq" => config.dead_letters.topic.clone(),
-        _ => return Some(spec),
+        _ => return vec![spec],
     };
     if spec.name != "doc-ops-dlq" {
         spec.partitions = config.log.partitions;
     }
+    let mirrors = match (&config.region, spec.name.as_str()) {
+        (Some(region), "doc-ops") => region.peers.clone(),
+        _ => Vec::new(),
+    };
     spec.name = name;
-    (!spec.name.is_empty()).then_some(spec)
+    if spec.name.is_empty() {
+        return Vec::new();
+    }
+    let mirrored: Vec<TopicSpec> = mirrors
+        .iter()
+        .map(|peer| {
+            let mut config = spec.config.clone();
+            config.insert("message.timestamp.type".into(), "CreateTime".into());
+            let name = mirrored_topic(peer, &spec.name);
+            TopicSpec { name, partitions: spec.partitions, replication: spec.replication, config }
+        })
+        .collect();
+    [spec].into_iter().chain(mirrored).collect()
 }
 
 impl TopicArgs {
     fn apply(&self, config: &JobConfig) -> anyhow::Result<()> {
-        let specs = read_specs(self.dir.as_deref())?.into_iter().filter_map(|s| for_job(s, config));
+        let specs = read_specs(self.dir.as_deref())?.into_iter().flat_map(|s| for_job(s, config));
         match config.log_location().map_err(anyhow::Error::msg)? {
             LogLocation::File(root) => {
                 for spec in specs {

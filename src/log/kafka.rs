@@ -194,9 +194,9 @@ pub struct KafkaWriter {
     failures: Arc<Mutex<Failures>>,
 }
 
-impl LogWriter for KafkaWriter {
-    fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
-        let mut record = BaseRecord::to(&self.topic).key(key).payload(value);
+impl KafkaWriter {
+    /// Queues a record, waiting while librdkafka's queue is full.
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), LogError> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -207,6 +207,23 @@ impl LogWriter for KafkaWriter {
                 Err((e, _)) => return Err(kafka(e)),
             }
         }
+    }
+}
+
+impl LogWriter for KafkaWriter {
+    fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
+        self.send(BaseRecord::to(&self.topic).key(key).payload(value))
+    }
+
+    fn copy(&mut self, partition: u32, record: &Record) -> Result<(), LogError> {
+        let partition =
+            i32::try_from(partition).map_err(|_| LogError::Kafka(format!("partition {partition}")))?;
+        let copy = BaseRecord::to(&self.topic)
+            .partition(partition)
+            .key(record.key.as_slice())
+            .payload(record.value.as_slice())
+            .timestamp(record.timestamp_ms);
+        self.send(copy)
     }
 
     fn flush(&mut self) -> Result<(), LogError> {

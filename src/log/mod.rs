@@ -97,6 +97,9 @@ impl TimestampType {
 pub trait LogWriter: Send {
     /// Queues one record. It is durable (per the backend's policy) after [`LogWriter::flush`].
     fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError>;
+    /// Queues `record` for `partition` as it is: key, value and timestamp (the mirror's copy
+    /// of another region's record).
+    fn copy(&mut self, partition: u32, record: &Record) -> Result<(), LogError>;
     /// Makes every queued record durable, or says which could not be written.
     fn flush(&mut self) -> Result<(), LogError>;
 }

@@ -418,6 +418,46 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
+    /// The mirror's next source offset for (job, mirrored topic, partition), if it copied any.
+    pub async fn mirror_checkpoint(
+        &self,
+        job: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT next_offset FROM mirror_checkpoints WHERE job = $1 AND topic = $2 AND partition_id = $3",
+        )
+        .bind(job)
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| to_u64(row.try_get(0)?)).transpose()
+    }
+
+    /// Moves the mirror's checkpoint forward (never back: a slower second mirror process
+    /// cannot undo a faster one's progress).
+    pub async fn set_mirror_checkpoint(
+        &self,
+        job: &str,
+        topic: &str,
+        partition: u32,
+        next_offset: u64,
+    ) -> Result<(), StoreError> {
+        let write = sqlx::query(
+            "INSERT INTO mirror_checkpoints (job, topic, partition_id, next_offset, updated_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (job, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset, \
+             updated_ms = excluded.updated_ms WHERE mirror_checkpoints.next_offset < excluded.next_offset",
+        )
+        .bind(job)
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(to_i64(next_offset)?)
+        .bind(now_ms());
+        timed("a mirror checkpoint", async { Ok(write.execute(&self.pool).await.map(drop)?) }).await
+    }
+
     /// The connection pool, for tables kept beside the state (`region::sql`'s leases).
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool

@@ -39,6 +39,12 @@ pub const REGION_EPOCH: &str = "docfold_region_epoch";
 /// Times this region took the lease (label `region`): promotions and failovers.
 pub const REGION_PROMOTIONS: &str = "docfold_region_promotions_total";
 
+/// Records of a source region's partition not yet mirrored here (labels `source`,
+/// `partition`).
+pub const MIRROR_LAG_RECORDS: &str = "docfold_mirror_lag_records";
+/// Age of the oldest record not yet mirrored, in seconds (labels `source`, `partition`).
+pub const MIRROR_LAG_SECONDS: &str = "docfold_mirror_lag_seconds";
+
 pub fn ops_folded(partition: &str, ops: u64) {
     counter!(OPS_FOLDED, "partition" => partition.to_owned()).increment(ops);
 }
@@ -87,6 +93,12 @@ pub fn sink_failure(sink: &'static str) {
 
 pub fn sink_failing(partition: &str, failing: bool) {
     gauge!(SINK_FAILING, "partition" => partition.to_owned()).set(if failing { 1.0 } else { 0.0 });
+}
+
+pub fn mirror_lag(source: &str, partition: u32, records: u64, seconds: f64) {
+    let labels = [("source", source.to_owned()), ("partition", partition.to_string())];
+    gauge!(MIRROR_LAG_RECORDS, &labels).set(records as f64);
+    gauge!(MIRROR_LAG_SECONDS, &labels).set(seconds);
 }
 
 /// This region took the lease at `epoch` (`Some`), or stepped down (`None`).

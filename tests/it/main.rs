@@ -6,6 +6,7 @@ mod fold;
 mod jobs;
 mod log;
 mod lseq_props;
+mod mirror;
 mod outage;
 mod pipeline;
 mod region;

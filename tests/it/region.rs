@@ -284,21 +284,27 @@ fn the_router_sends_writes_to_the_lease_holder_or_the_local_region() {
     assert_eq!(active.route(None, 0), Ok("us"));
 }
 
-/// A job file for region `name` of {a, b, c}, embedded under `dir/name`, sharing the lease
-/// store `dir/leases.db`.
-fn region_config(dir: &std::path::Path, name: &str, auto_failover: bool) -> std::path::PathBuf {
+/// A job file for region `name` of {a, b, c} under `dir/name`, its `[log]` section `log`,
+/// sharing the lease store `dir/leases.db`; `extra` lines go into `[region]`.
+pub fn region_job(dir: &std::path::Path, name: &str, log: &str, extra: &str) -> std::path::PathBuf {
     let peers: Vec<String> =
         ["a", "b", "c"].iter().filter(|r| **r != name).map(|r| format!("{r:?}")).collect();
     let text = format!(
-        "job = \"main\"\n[log]\nurl = \"file://{name}/log\"\npartitions = 2\n[store]\nurl = \"sqlite://{name}/state.db\"\n\
+        "job = \"main\"\n[log]\n{log}\n[store]\nurl = \"sqlite://{name}/state.db\"\n\
          [objects]\nurl = \"file://{name}/objects\"\n[projection]\nurl = \"sqlite://{name}/projections.db\"\n\
          [region]\nname = \"{name}\"\npeers = [{}]\nleases = \"sqlite://leases.db\"\nttl_ms = 1500\nskew_ms = 200\n\
-         auto_failover = {auto_failover}\ninitial_leader = \"a\"\n",
+         initial_leader = \"a\"\n{extra}\n",
         peers.join(", ")
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// Region `name` on the embedded log (2 partitions).
+fn region_config(dir: &std::path::Path, name: &str, auto_failover: bool) -> std::path::PathBuf {
+    let log = format!("url = \"file://{name}/log\"\npartitions = 2");
+    region_job(dir, name, &log, &format!("auto_failover = {auto_failover}"))
 }
 
 fn docfold(args: &[&str], config: &std::path::Path) -> (bool, String, String) {

@@ -270,6 +270,16 @@ impl FileWriter {
 
     /// Appends to `partition` (bypassing the key's partition); returns the record's offset.
     pub fn append_to(&mut self, partition: u32, key: &[u8], value: &[u8]) -> Result<u64, LogError> {
+        self.append_at(partition, now_ms(), key, value)
+    }
+
+    fn append_at(
+        &mut self,
+        partition: u32,
+        timestamp_ms: i64,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<u64, LogError> {
         let body = 12 + key.len() + value.len();
         if body > MAX_BODY {
             return Err(LogError::TooLarge { bytes: body, limit: MAX_BODY });
@@ -283,7 +293,7 @@ impl FileWriter {
         }
         writer.reservation.cover(writer.next_offset).map_err(io_at(&writer.path))?;
         writer.segment_len +=
-            write_frame(&mut writer.out, now_ms(), key, value).map_err(io_at(&writer.path))?;
+            write_frame(&mut writer.out, timestamp_ms, key, value).map_err(io_at(&writer.path))?;
         writer.next_offset += 1;
         Ok(writer.next_offset - 1)
     }
@@ -388,6 +398,10 @@ fn sync(writer: &mut PartitionWriter, fsync: Fsync) -> io::Result<()> {
 impl LogWriter for FileWriter {
     fn append(&mut self, key: &[u8], value: &[u8]) -> Result<(), LogError> {
         self.append_to(partition_for(key, self.log.partitions), key, value).map(drop)
+    }
+
+    fn copy(&mut self, partition: u32, record: &Record) -> Result<(), LogError> {
+        self.append_at(partition, record.timestamp_ms, &record.key, &record.value).map(drop)
     }
 
     fn flush(&mut self) -> Result<(), LogError> {

@@ -1,0 +1,74 @@
+//! `docfold mirror`: another region's op topic into this region's log (`mirror::copy`).
+
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+use docfold::config::{JobConfig, RegionConfig};
+use docfold::log::Topic;
+use docfold::mirror::copy::{Mirror, run};
+use docfold::mirror::{check, mirrored_topic};
+use docfold::store::Store;
+
+use super::{ConfigArg, runtime};
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// The source region's job file: its log and `[region]`.
+    #[arg(long)]
+    from: PathBuf,
+    /// This (the target) region's job file: the log the copies go to, the store that keeps
+    /// the mirror's checkpoints.
+    #[command(flatten)]
+    config: ConfigArg,
+    /// One-way delay of the link: copy a record this long after its timestamp.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Stop once every partition is copied to its end.
+    #[arg(long)]
+    exit_when_idle: bool,
+}
+
+fn region(config: &JobConfig, which: &str) -> anyhow::Result<RegionConfig> {
+    config.region.clone().with_context(|| format!("the {which} job file has no [region] section"))
+}
+
+impl MirrorArgs {
+    pub fn run(self) -> anyhow::Result<bool> {
+        let source = JobConfig::load(&self.from)?;
+        let target = self.config.load()?;
+        let (from, to) = (region(&source, "source (--from)")?, region(&target, "target (--config)")?);
+        check(&from, &to, &source.log.topic)?;
+        let topic = mirrored_topic(&from.name, &source.log.topic);
+        let mut reader = Topic::open(&source, &source.log.topic, false)?.reader()?;
+        let target_topic = Topic::open(&target, &topic, true)?;
+        let mut writer = target_topic.writer(&target)?;
+        let mirror = Mirror {
+            job: target.job.clone(),
+            source_region: from.name.clone(),
+            topic,
+            delay_ms: i64::try_from(self.delay_ms).unwrap_or(i64::MAX),
+            batch: target.pipeline.batch,
+        };
+        let runtime = runtime()?;
+        let copied = runtime.block_on(async {
+            let store = Store::open(target.store.url.expose()).await?;
+            let cancel = CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            let target = (writer.as_mut(), target_topic.partitions());
+            let copied = run(&mirror, reader.as_mut(), target, &store, self.exit_when_idle, &cancel).await?;
+            anyhow::Ok(copied)
+        })?;
+        println!("mirror {} → {} ({})", from.name, to.name, mirror.topic);
+        println!("partition  from offset  next offset  records copied");
+        for c in &copied {
+            println!("{:>9}  {:>11}  {:>11}  {:>14}", c.partition, c.from, c.next, c.records);
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,129 @@
+//! The mirror's loop: reads every partition of the source region's topic from the mirror's
+//! checkpoint, copies what is due into the same partition of the mirrored topic, flushes
+//! the target log, then moves the checkpoints (in the target's state store). A crash
+//! between the flush and the checkpoint repeats those records; none is ever skipped. Memory
+//! is one batch per partition.
+
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::due;
+use crate::log::{LogError, LogReader, LogWriter, Record};
+use crate::store::{Store, StoreError, now_ms};
+use crate::telemetry;
+
+/// How long a caught-up mirror waits before looking for new records.
+const POLL: Duration = Duration::from_millis(20);
+
+/// One mirror: the source region's topic into `topic` of the target log.
+#[derive(Clone, Debug)]
+pub struct Mirror {
+    /// The target job (its store keeps the checkpoints).
+    pub job: String,
+    pub source_region: String,
+    /// The mirrored topic in the target log, `<source region>.<topic>`.
+    pub topic: String,
+    /// One-way delay of the link: a record is copied this long after its timestamp (the
+    /// embedded demo's and the tests' stand-in for an ocean).
+    pub delay_ms: i64,
+    /// Records read per partition and round.
+    pub batch: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("mirror: {0}")]
+    Log(#[from] LogError),
+    #[error("mirror: {0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "mirror: the source topic has {source_partitions} partitions and {topic} has {target}: every region needs the same count"
+    )]
+    Partitions { source_partitions: u32, topic: String, target: u32 },
+    #[error(
+        "mirror: partition {partition} of the source starts at {earliest}, past the mirror's checkpoint {checkpoint}: records were removed before they were mirrored; re-seed the target from the source's archive"
+    )]
+    Gap { partition: u32, earliest: u64, checkpoint: u64 },
+}
+
+/// What one run of the mirror copied, per partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub partition: u32,
+    pub from: u64,
+    pub next: u64,
+    pub records: u64,
+}
+
+/// Copies until `cancel`, or, with `until_idle`, until every partition is caught up.
+pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
+    mirror: &Mirror,
+    reader: &mut R,
+    (writer, target_partitions): (&mut W, u32),
+    store: &Store,
+    until_idle: bool,
+    cancel: &CancellationToken,
+) -> Result<Vec<Copied>, CopyError> {
+    let partitions = reader.partitions();
+    if partitions != target_partitions {
+        return Err(CopyError::Partitions {
+            source_partitions: partitions,
+            topic: mirror.topic.clone(),
+            target: target_partitions,
+        });
+    }
+    let mut copied = Vec::new();
+    for partition in 0..partitions {
+        let checkpoint = store.mirror_checkpoint(&mirror.job, &mirror.topic, partition).await?.unwrap_or(0);
+        let earliest = reader.earliest_offset(partition)?;
+        if earliest > checkpoint {
+            return Err(CopyError::Gap { partition, earliest, checkpoint });
+        }
+        copied.push(Copied { partition, from: checkpoint, next: checkpoint, records: 0 });
+    }
+    let mut records: Vec<Record> = Vec::with_capacity(mirror.batch);
+    while !cancel.is_cancelled() {
+        let now = now_ms();
+        let (mut moved, mut pending) = (Vec::new(), false);
+        for progress in &mut copied {
+            records.clear();
+            let partition = progress.partition;
+            tokio::task::block_in_place(|| {
+                reader.read(partition, progress.next, mirror.batch, &mut records)
+            })?;
+            let ready = due(&records, now, mirror.delay_ms);
+            for record in &records[..ready] {
+                writer.copy(partition, record)?;
+            }
+            pending |= !records.is_empty();
+            let behind = records.get(ready).map_or(0.0, |r| (now - r.timestamp_ms).max(0) as f64 / 1000.0);
+            if let Some(last) = records[..ready].last() {
+                progress.next = last.offset + 1;
+                progress.records += ready as u64;
+                moved.push((partition, progress.next));
+            }
+            let end = reader.end_offset(partition)?;
+            telemetry::mirror_lag(
+                &mirror.source_region,
+                partition,
+                end.saturating_sub(progress.next),
+                behind,
+            );
+        }
+        if !moved.is_empty() {
+            tokio::task::block_in_place(|| writer.flush())?;
+            for (partition, next) in moved {
+                store.set_mirror_checkpoint(&mirror.job, &mirror.topic, partition, next).await?;
+            }
+            continue;
+        }
+        if until_idle && !pending {
+            break;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+    Ok(copied)
+}

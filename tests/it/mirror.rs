@@ -1,0 +1,196 @@
+//! `docfold mirror`: a region's op topic copied into `<region>.<topic>` of another region's
+//! log — every record, in order, with partition, key, value and timestamp, across kills —
+//! on the embedded log and on Kafka (tansu).
+
+use docfold::config::{JobConfig, RegionConfig};
+use docfold::log::kafka::KafkaLog;
+use docfold::log::{LogReader, LogWriter, Record, TimestampType, Topic};
+use docfold::mirror::{MirrorError, check, due};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::region::region_job;
+use crate::services;
+
+fn spawn_mirror(from: &Path, to: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["mirror", "--exit-when-idle", "--from"])
+        .arg(from)
+        .arg("--config")
+        .arg(to)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn docfold mirror")
+}
+
+fn mirror_to_the_end(from: &Path, to: &Path) -> String {
+    let out = spawn_mirror(from, to).wait_with_output().expect("mirror");
+    assert!(out.status.success(), "the mirror failed: {}", out.status);
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Appends `count` records with seeded keys and values to the writer.
+fn produce(writer: &mut dyn LogWriter, rng: &mut StdRng, count: usize) {
+    for i in 0..count {
+        let key = format!("doc-{}", rng.random_range(0..40));
+        let value = format!("op {i} {}", rng.random::<u64>());
+        writer.append(key.as_bytes(), value.as_bytes()).expect("append");
+    }
+    writer.flush().expect("flush");
+}
+
+fn all_records(reader: &mut dyn LogReader) -> Vec<Vec<Record>> {
+    (0..reader.partitions())
+        .map(|partition| {
+            let mut records = Vec::new();
+            loop {
+                let from = records.last().map_or(0, |r: &Record| r.offset + 1);
+                let before = records.len();
+                reader.read(partition, from, 4096, &mut records).expect("read");
+                if records.len() == before {
+                    break records;
+                }
+            }
+        })
+        .collect()
+}
+
+/// The target holds exactly the source's records, partition for partition: each one (key,
+/// value, timestamp), in the source's order once repeats are dropped, and nothing else.
+/// Returns how many were repeated.
+fn assert_mirrored(source: &[Vec<Record>], target: &[Vec<Record>], same_timestamps: bool) -> usize {
+    assert_eq!(source.len(), target.len(), "partition counts");
+    let mut repeated = 0;
+    for (partition, (from, to)) in source.iter().zip(target).enumerate() {
+        let fields =
+            |r: &Record| (r.key.clone(), r.value.clone(), if same_timestamps { r.timestamp_ms } else { 0 });
+        let mut seen = HashSet::new();
+        let firsts: Vec<_> = to.iter().map(fields).filter(|f| seen.insert(f.clone())).collect();
+        repeated += to.len() - firsts.len();
+        let expected: Vec<_> = from.iter().map(fields).collect();
+        assert_eq!(firsts.len(), expected.len(), "partition {partition}: records copied");
+        assert!(firsts == expected, "partition {partition}: the copies are the source's records in order");
+    }
+    repeated
+}
+
+fn reader_of(config: &Path, topic: &str) -> Box<dyn LogReader> {
+    let config = JobConfig::load(config).expect("config");
+    Topic::open(&config, topic, false).expect("topic").reader().expect("reader")
+}
+
+#[test]
+fn the_mirror_copies_every_record_across_kills() {
+    let runs: usize = std::env::var("DOCFOLD_MIRROR_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let seed: u64 = std::env::var("DOCFOLD_MIRROR_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    eprintln!("mirror kills: {runs} from seed {seed} (DOCFOLD_MIRROR_KILLS, DOCFOLD_MIRROR_SEED)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = services::temp_dir("mirror");
+    let log = |name: &str| format!("url = \"file://{name}/log\"\npartitions = 3\nfsync = \"never\"");
+    let (a, b) = (region_job(&dir, "a", &log("a"), ""), region_job(&dir, "b", &log("b"), ""));
+    let config = JobConfig::load(&a).expect("config a");
+    let mut writer = Topic::open(&config, "doc-ops", true).expect("topic").writer(&config).expect("writer");
+    produce(writer.as_mut(), &mut rng, 30_000);
+    let mut killed_mid_copy = 0;
+    for run in 0..runs {
+        let mut child = spawn_mirror(&a, &b);
+        std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
+        killed_mid_copy += usize::from(child.try_wait().expect("status").is_none());
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        if run == runs / 2 {
+            produce(writer.as_mut(), &mut rng, 10_000); // the source goes on meanwhile
+        }
+    }
+    let summary = mirror_to_the_end(&a, &b);
+    let source = all_records(reader_of(&a, "doc-ops").as_mut());
+    let target = all_records(reader_of(&b, "a.doc-ops").as_mut());
+    let repeated = assert_mirrored(&source, &target, true);
+    eprintln!("{killed_mid_copy} of {runs} kills mid-copy; {repeated} records copied twice\n{summary}");
+    assert!(killed_mid_copy > 0, "no kill landed while copying: the test exercised nothing");
+    // Caught up, a mirror copies nothing more.
+    let again = mirror_to_the_end(&a, &b);
+    assert!(again.lines().skip(2).all(|l| l.trim_end().ends_with(" 0")), "{again}");
+    assert_eq!(all_records(reader_of(&b, "a.doc-ops").as_mut()), target);
+}
+
+fn region(name: &str, peers: &[&str]) -> RegionConfig {
+    RegionConfig {
+        name: name.into(),
+        peers: peers.iter().map(|p| p.to_string()).collect(),
+        ..RegionConfig::default()
+    }
+}
+
+#[test]
+fn a_mirror_never_copies_a_mirror_or_itself() {
+    let (a, b) = (region("a", &["b", "c"]), region("b", &["a", "c"]));
+    assert_eq!(check(&a, &b, "doc-ops"), Ok(()));
+    assert!(matches!(check(&a, &a, "doc-ops"), Err(MirrorError::SameRegion(_))));
+    assert!(matches!(check(&a, &region("b", &["c"]), "doc-ops"), Err(MirrorError::NotAPeer { .. })));
+    for topic in ["c.doc-ops", "b.doc-ops", "a.doc-ops"] {
+        assert!(matches!(check(&a, &b, topic), Err(MirrorError::Mirrored { .. })), "{topic}");
+    }
+    // And on the command line: a source whose topic is a mirrored one is refused.
+    let dir = services::temp_dir("mirror-refused");
+    let log = |name: &str, topic: &str| format!("url = \"file://{name}/log\"\ntopic = \"{topic}\"");
+    let (from, to) =
+        (region_job(&dir, "a", &log("a", "c.doc-ops"), ""), region_job(&dir, "b", &log("b", "doc-ops"), ""));
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["mirror", "--exit-when-idle", "--from"])
+        .arg(&from)
+        .arg("--config")
+        .arg(&to)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("\"c.doc-ops\" is a mirrored topic"), "{err}");
+}
+
+#[test]
+fn a_delayed_link_copies_a_prefix_of_what_is_old_enough() {
+    let record = |offset, timestamp_ms| Record {
+        offset,
+        timestamp_ms,
+        timestamp_type: TimestampType::LogAppend,
+        key: vec![],
+        value: vec![],
+    };
+    let batch = [record(0, 100), record(1, 250), record(2, 120), record(3, 400)];
+    assert_eq!(due(&batch, 1_000, 0), 4);
+    assert_eq!(due(&batch, 300, 50), 3);
+    assert_eq!(due(&batch, 300, 100), 1, "a prefix: offset 2 is old enough but waits behind offset 1");
+    assert_eq!(due(&batch, 299, 200), 0);
+    assert_eq!(due(&[], 0, 0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_copies_a_kafka_topic_with_partitions_and_timestamps() {
+    let brokers = services::kafka();
+    let topic = format!("mirror-{}", services::unique());
+    KafkaLog::create_topic(&brokers, &topic, (3, 1), &[], &[]).await.expect("source topic");
+    let create_time = [("message.timestamp.type".to_string(), "CreateTime".to_string())];
+    KafkaLog::create_topic(&brokers, &format!("a.{topic}"), (3, 1), &create_time, &[])
+        .await
+        .expect("target topic");
+    let dir = services::temp_dir("mirror-kafka");
+    let log = format!("url = \"kafka://{brokers}\"\ntopic = \"{topic}\"");
+    let (a, b) = (region_job(&dir, "a", &log, ""), region_job(&dir, "b", &log, ""));
+    let source = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
+    let mut rng = StdRng::seed_from_u64(7);
+    tokio::task::block_in_place(|| {
+        produce(&mut source.writer().expect("producer"), &mut rng, 600);
+        mirror_to_the_end(&a, &b);
+        let source = all_records(&mut source.reader().expect("reader"));
+        let target = KafkaLog::connect(&brokers, &format!("a.{topic}"), &[]).expect("connect");
+        let target = all_records(&mut target.reader().expect("reader"));
+        assert_eq!(source.iter().map(Vec::len).sum::<usize>(), 600);
+        assert_mirrored(&source, &target, true);
+    });
+}
