@@ -80,6 +80,10 @@ struct ConfigArg {
 }
 
 impl ConfigArg {
+    fn path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
     fn load(&self) -> anyhow::Result<JobConfig> {
         match &self.config {
             Some(path) => Ok(JobConfig::load(path)?),

@@ -12,7 +12,8 @@ use docfold::lseq::doc_seed;
 use docfold::op::{decode_json, encode};
 use docfold::trace::{Trace, publish, replay};
 
-use super::{ConfigArg, open_writer};
+use super::region::route;
+use super::{ConfigArg, open_writer, runtime};
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
@@ -28,14 +29,28 @@ pub struct ProduceArgs {
     /// Traces: publish the edits to this many documents, `<doc id>-<i>`.
     #[arg(long)]
     copies: Option<usize>,
-    /// Traces: the origin region written in each envelope.
-    #[arg(long, default_value = "local")]
-    region: String,
+    /// The producer's region: the origin written in each trace envelope (default: the
+    /// config's `region.name`, else `local`). With `[region]` the records go where
+    /// `region::Router` says from there: the leader's log (active-passive) or this region's
+    /// (active-active); region R's job file is `R.toml` beside `--config`.
+    #[arg(long)]
+    region: Option<String>,
 }
 
 impl ProduceArgs {
-    pub fn run(self) -> anyhow::Result<bool> {
+    pub fn run(mut self) -> anyhow::Result<bool> {
         let config = self.config.load()?;
+        let local = self.region.clone().or_else(|| config.region.as_ref().map(|r| r.name.clone()));
+        self.region = Some(local.unwrap_or_else(|| "local".into()));
+        let config = match &config.region {
+            Some(_) => {
+                let origin = self.region.as_deref().unwrap_or_default();
+                let (to, routed) = runtime()?.block_on(route(&config, self.config.path(), origin))?;
+                eprintln!("routed to region {to}");
+                routed
+            }
+            None => config,
+        };
         let mut writer = open_writer(&config)?;
         let started = Instant::now();
         let mut total = 0u64;
@@ -77,7 +92,8 @@ impl ProduceArgs {
             None => vec![doc_id],
             Some(n) => (0..n).map(|i| format!("{doc_id}-{i}")).collect(),
         };
-        Ok(publish(writer, &ops, &doc_ids, &self.region, |n| eprintln!("{}: {n} records…", file.display()))?)
+        let origin = self.region.as_deref().unwrap_or("local");
+        Ok(publish(writer, &ops, &doc_ids, origin, |n| eprintln!("{}: {n} records…", file.display()))?)
     }
 }
 

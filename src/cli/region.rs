@@ -4,9 +4,12 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use docfold::config::RegionConfig;
+use std::path::Path;
+
+use docfold::config::{JobConfig, RegionConfig};
 use docfold::region::lease::{Answer, Claim, Lease, LeaseStore, claim};
 use docfold::region::leases::Leases;
+use docfold::region::{Mode, Router};
 use docfold::store::now_ms;
 
 use super::{ConfigArg, runtime};
@@ -50,6 +53,29 @@ fn describe(lease: Option<&Lease>, region: &str, now: i64) -> (&'static str, Opt
         Some(l) if l.expires_ms > now => ("standby", Some(l.expires_ms - now)),
         _ => ("standby (no region leads)", None),
     }
+}
+
+/// Where a producer in region `local` writes: the region the router names (from the lease
+/// as it is now) and its job file, `<region>.toml` beside `path` (`config` itself when it is
+/// this region's).
+pub async fn route(
+    config: &JobConfig,
+    path: Option<&Path>,
+    local: &str,
+) -> anyhow::Result<(String, JobConfig)> {
+    let region = config.region.as_ref().context("the config has no [region] section")?;
+    let lease = match region.mode {
+        Mode::ActivePassive => Leases::of(region).await?.read(&config.job).await?,
+        Mode::ActiveActive => None,
+    };
+    let router = Router { mode: region.mode, local: local.into() };
+    let to = router.route(lease.as_ref(), now_ms())?.to_string();
+    if to == region.name {
+        return Ok((to, config.clone()));
+    }
+    let file = path.and_then(Path::parent).unwrap_or(Path::new("")).join(format!("{to}.toml"));
+    let routed = JobConfig::load(&file).with_context(|| format!("the job file of region {to}"))?;
+    Ok((to, routed))
 }
 
 impl RegionCommand {

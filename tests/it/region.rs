@@ -399,3 +399,42 @@ fn a_standby_takes_over_when_the_leader_dies() {
     assert!(log.contains("this region leads") && log.contains("released the region lease"), "{log}");
     assert_eq!(status(&a)["role"], "standby (no region leads)", "released at once");
 }
+
+/// Records in `config`'s own log (0 when its topic was never made).
+fn records_in(config: &std::path::Path) -> usize {
+    let config = docfold::config::JobConfig::load(config).expect("config");
+    let Ok(topic) = docfold::log::Topic::open(&config, "doc-ops", false) else { return 0 };
+    let mut reader = topic.reader().expect("reader");
+    (0..topic.partitions()).map(|p| reader.end_offset(p).expect("end") as usize).sum()
+}
+
+#[test]
+fn producers_write_to_the_leaders_log() {
+    let dir = services::temp_dir("region-produce");
+    let configs: Vec<_> = ["a", "b", "c"].iter().map(|r| region_config(&dir, r, false)).collect();
+    let ops = dir.join("ops.jsonl");
+    let op = r#"{"schema_version":1,"doc_id":"greeting","origin_region":"a","client_time_ms":0,"op":{"id":{"site":"00000000000000aa","counter":1},"inserts":[{"start":[[5,"00000000000000aa",1]],"text":"hi!"}],"deletes":[]}}"#;
+    std::fs::write(&ops, format!("{op}\n")).expect("write ops");
+    let produce = |config: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["produce", ops.to_str().expect("utf-8 path")];
+        args.extend(extra);
+        docfold(&args, config)
+    };
+    let (ok, _, err) = produce(&configs[0], &[]);
+    assert!(!ok && err.contains("no region holds the leadership lease"), "{err}");
+    assert!(docfold(&["region", "promote", "b"], &configs[0]).0);
+    let (ok, _, err) = produce(&configs[0], &[]);
+    assert!(ok && err.contains("routed to region b"), "{err}");
+    let (ok, _, err) = produce(&configs[2], &["--region", "c"]);
+    assert!(ok && err.contains("routed to region b"), "{err}");
+    let counts: Vec<_> = configs.iter().map(|c| records_in(c)).collect();
+    assert_eq!(counts, [0, 2, 0], "every write went to the leader's log");
+
+    // Active-active: every region writes its own log.
+    let dir = services::temp_dir("region-produce-aa");
+    let log = "url = \"file://a/log\"\npartitions = 2";
+    let local = region_job(&dir, "a", log, "mode = \"active-active\"");
+    let (ok, _, err) = produce(&local, &[]);
+    assert!(ok && err.contains("routed to region a"), "{err}");
+    assert_eq!(records_in(&local), 1);
+}
