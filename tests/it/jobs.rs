@@ -23,6 +23,21 @@ fn the_shipped_job_configs_load() {
     );
     let kafka = JobConfig::load(Path::new("jobs/kafka.toml")).expect("kafka.toml");
     assert_eq!(kafka.log_location(), Ok(LogLocation::Kafka("127.0.0.1:9092".into())));
+    // Three regions, each a peer of the other two, sharing one lease store.
+    let names = ["us-east-1", "eu-west-1", "ap-southeast-1"];
+    let mut leases = std::collections::BTreeSet::new();
+    for name in names {
+        let config = JobConfig::load(&Path::new("jobs/regions").join(format!("{name}.toml"))).expect(name);
+        let region = config.region.expect("[region]");
+        assert_eq!(region.name, name);
+        let mut all = region.regions();
+        all.sort_unstable();
+        let mut expected = names.to_vec();
+        expected.sort_unstable();
+        assert_eq!(all, expected, "{name}: its peers are the other two");
+        leases.insert(region.leases.expose().to_string());
+    }
+    assert_eq!(leases.len(), 1, "one lease store: {leases:?}");
 }
 
 #[test]
@@ -37,6 +52,15 @@ fn a_wrong_config_names_the_file_and_the_field() {
         ("[projection]\nurl = \"mongodb://x\"\n", "projection.url"),
         ("[archive]\npart_bytes = 1024\n", "archive.part_bytes"),
         ("[metrics]\nlisten = \"0.0.0.0:9898\"\n", "metrics.listen"),
+        ("[objects]\nregion = \"eu-west-1\"\n", "aws_region"),
+        ("[region]\nname = \"a\"\npeers = [\"a\"]\nleases = \"sqlite://l.db\"\n", "region.peers"),
+        ("[region]\nname = \"a\"\npeers = [\"b\"]\n", "region.leases"),
+        ("[region]\nname = \"a b\"\nleases = \"sqlite://l.db\"\n", "region.name"),
+        (
+            "[region]\nname = \"a\"\nleases = \"sqlite://l.db\"\ninitial_leader = \"z\"\n",
+            "region.initial_leader",
+        ),
+        ("[region]\nname = \"a\"\nleases = \"sqlite://l.db\"\nttl_ms = 100\n", "region.ttl_ms"),
     ];
     for (i, (text, field)) in cases.into_iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));

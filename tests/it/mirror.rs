@@ -194,3 +194,32 @@ async fn the_mirror_copies_a_kafka_topic_with_partitions_and_timestamps() {
         assert_mirrored(&source, &target, true);
     });
 }
+
+/// The MirrorMaker 2 properties for production name the mirrored topics as `docfold
+/// mirror` does, copy only each region's own op topic, and cover every ordered pair.
+#[test]
+fn the_mirrormaker_2_properties_make_the_same_topic_names() {
+    let text = std::fs::read_to_string("deploy/mm2/mm2.properties").expect("deploy/mm2/mm2.properties");
+    let properties: std::collections::BTreeMap<&str, &str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_once('=').map(|(k, v)| (k.trim(), v.trim())).expect("key = value"))
+        .collect();
+    assert_eq!(
+        properties["replication.policy.class"],
+        "org.apache.kafka.connect.mirror.DefaultReplicationPolicy"
+    );
+    let separator = properties["replication.policy.separator"];
+    let clusters: Vec<&str> = properties["clusters"].split(',').map(str::trim).collect();
+    assert_eq!(clusters.len(), 3);
+    for source in &clusters {
+        for target in clusters.iter().filter(|t| *t != source) {
+            assert_eq!(properties[format!("{source}->{target}.enabled").as_str()], "true");
+            let topics = properties[format!("{source}->{target}.topics").as_str()];
+            assert_eq!(topics, "doc-ops", "{source}->{target}: only the region's own topic");
+            let mm2_name = format!("{source}{separator}{topics}");
+            assert_eq!(mm2_name, docfold::mirror::mirrored_topic(source, topics));
+        }
+    }
+}
