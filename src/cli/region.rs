@@ -7,10 +7,12 @@ use clap::Subcommand;
 use std::path::Path;
 
 use docfold::config::{JobConfig, RegionConfig};
+use docfold::log::Topic;
+use docfold::mirror::mirrored_topic;
 use docfold::region::lease::{Answer, Claim, Lease, LeaseStore, claim};
 use docfold::region::leases::Leases;
 use docfold::region::{Mode, Router};
-use docfold::store::now_ms;
+use docfold::store::{Store, now_ms};
 
 use super::{ConfigArg, runtime};
 
@@ -78,6 +80,67 @@ pub async fn route(
     Ok((to, routed))
 }
 
+/// Records the fold of this region has not checkpointed yet (its own topic, every
+/// partition), and per peer the records of its topic not yet mirrored here (the peer's log
+/// read through its job file `<peer>.toml` beside `path`).
+async fn lags(
+    config: &JobConfig,
+    path: Option<&Path>,
+    peers: &[String],
+) -> (Result<u64, String>, Vec<(String, Result<u64, String>)>) {
+    let store = match Store::open(config.store.url.expose()).await {
+        Ok(store) => store,
+        Err(e) => {
+            let unknown = Err(e.to_string());
+            return (unknown.clone(), peers.iter().map(|p| (p.clone(), unknown.clone())).collect());
+        }
+    };
+    let behind = |config: &JobConfig, checkpoints: Vec<u64>| -> Result<u64, String> {
+        let topic = Topic::open(config, &config.log.topic, false).map_err(|e| e.to_string())?;
+        let mut reader = topic.reader().map_err(|e| e.to_string())?;
+        let ends: Result<Vec<u64>, _> =
+            tokio::task::block_in_place(|| (0..topic.partitions()).map(|p| reader.end_offset(p)).collect());
+        let ends = ends.map_err(|e| e.to_string())?;
+        Ok(ends
+            .iter()
+            .enumerate()
+            .map(|(p, end)| end.saturating_sub(checkpoints.get(p).copied().unwrap_or(0)))
+            .sum())
+    };
+    let folded = match store.checkpoints(&config.job).await {
+        Ok(checkpoints) => {
+            let mut by_partition = vec![0; config.log.partitions as usize];
+            for (partition, next) in checkpoints {
+                if let Some(slot) = by_partition.get_mut(partition as usize) {
+                    *slot = next;
+                }
+            }
+            behind(config, by_partition)
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let mut mirrored = Vec::new();
+    for peer in peers {
+        let file = path.and_then(Path::parent).unwrap_or(Path::new("")).join(format!("{peer}.toml"));
+        let lag = async {
+            let source = JobConfig::load(&file).map_err(|e| e.to_string())?;
+            let topic = mirrored_topic(peer, &source.log.topic);
+            let mut checkpoints = Vec::new();
+            for partition in 0..source.log.partitions {
+                let next = store
+                    .mirror_checkpoint(&config.job, &topic, partition)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                checkpoints.push(next.unwrap_or(0));
+            }
+            behind(&source, checkpoints)
+        };
+        mirrored.push((peer.clone(), lag.await));
+    }
+    store.close().await;
+    (folded, mirrored)
+}
+
 impl RegionCommand {
     pub fn run(self) -> anyhow::Result<bool> {
         runtime()?.block_on(self.run_async())
@@ -85,11 +148,16 @@ impl RegionCommand {
 
     async fn run_async(self) -> anyhow::Result<bool> {
         match self {
-            RegionCommand::Status { config, json } => {
-                let (region, scope) = region_of(&config)?;
+            RegionCommand::Status { config: arg, json } => {
+                let (region, scope) = region_of(&arg)?;
                 let lease = Leases::of(&region).await?.read(&scope).await?;
                 let now = now_ms();
                 let (role, expires_in) = describe(lease.as_ref(), &region.name, now);
+                let (folded, mirrored) = lags(&arg.load()?, arg.path(), &region.peers).await;
+                let shown = |lag: &Result<u64, String>| match lag {
+                    Ok(records) => serde_json::json!(records),
+                    Err(reason) => serde_json::json!({ "unknown": reason }),
+                };
                 if json {
                     let value = serde_json::json!({
                         "region": region.name,
@@ -99,6 +167,8 @@ impl RegionCommand {
                         "holder": lease.as_ref().map(|l| &l.holder),
                         "epoch": lease.as_ref().map(|l| l.epoch),
                         "expires_in_ms": expires_in,
+                        "checkpoint_lag_records": shown(&folded),
+                        "replication_lag_records": mirrored.iter().map(|(peer, lag)| (peer.clone(), shown(lag))).collect::<serde_json::Map<_, _>>(),
                     });
                     println!("{value}");
                 } else {
@@ -112,6 +182,10 @@ impl RegionCommand {
                             expires_in.map_or("expired".into(), |ms| format!("expires in {ms} ms"))
                         ),
                         None => println!("lease:   never taken"),
+                    }
+                    println!("fold:    {} records not checkpointed", shown(&folded));
+                    for (peer, lag) in &mirrored {
+                        println!("mirror:  {} records of {peer} not mirrored here", shown(lag));
                     }
                 }
                 Ok(true)

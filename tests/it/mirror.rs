@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::region::region_job;
+use crate::region::{region_job, status};
 use crate::services;
 
 fn spawn_mirror(from: &Path, to: &Path) -> Child {
@@ -97,6 +97,13 @@ fn the_mirror_copies_every_record_across_kills() {
     let config = JobConfig::load(&a).expect("config a");
     let mut writer = Topic::open(&config, "doc-ops", true).expect("topic").writer(&config).expect("writer");
     produce(writer.as_mut(), &mut rng, 30_000);
+    let lag = |config: &Path| status(config)["replication_lag_records"].clone();
+    assert_eq!(lag(&b)["a"], 30_000, "region status: nothing of a is mirrored yet");
+    assert!(
+        lag(&b)["c"]["unknown"].as_str().is_some_and(|r| r.contains("c.toml")),
+        "no job file for c: {}",
+        lag(&b)
+    );
     let mut killed_mid_copy = 0;
     for run in 0..runs {
         let mut child = spawn_mirror(&a, &b);
@@ -112,6 +119,7 @@ fn the_mirror_copies_every_record_across_kills() {
     let source = all_records(reader_of(&a, "doc-ops").as_mut());
     let target = all_records(reader_of(&b, "a.doc-ops").as_mut());
     let repeated = assert_mirrored(&source, &target, true);
+    assert_eq!(lag(&b)["a"], 0, "region status: every record of a is mirrored");
     eprintln!("{killed_mid_copy} of {runs} kills mid-copy; {repeated} records copied twice\n{summary}");
     assert!(killed_mid_copy > 0, "no kill landed while copying: the test exercised nothing");
     // Caught up, a mirror copies nothing more.

@@ -318,7 +318,7 @@ fn docfold(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
     (out.status.success(), text(out.stdout), text(out.stderr))
 }
 
-fn status(config: &std::path::Path) -> serde_json::Value {
+pub fn status(config: &std::path::Path) -> serde_json::Value {
     let (ok, out, err) = docfold(&["region", "status", "--json"], config);
     assert!(ok, "region status: {err}");
     serde_json::from_str(&out).expect("status is JSON")
