@@ -64,7 +64,10 @@ fn kafka(rt: &tokio::runtime::Runtime, brokers: &str, histories: &[(String, Vec<
     use rdkafka::consumer::{BaseConsumer, Consumer};
     const IDLE_MS: u64 = 1000;
     let topic = format!("bench-{}", std::process::id());
-    rt.block_on(KafkaLog::create_topic(brokers, &topic, (8, 1), &[], &[])).expect("topic");
+    let (invalidations, dead_letters) = (format!("{topic}-inv"), format!("{topic}-dlq"));
+    for (name, partitions) in [(&topic, 8), (&invalidations, 8), (&dead_letters, 1)] {
+        rt.block_on(KafkaLog::create_topic(brokers, name, (partitions, 1), &[], &[])).expect("topic");
+    }
     let log = KafkaLog::connect(brokers, &topic, &[]).expect("connect");
     let mut writer = log.writer().expect("producer");
     let mut produced = 0;
@@ -96,12 +99,16 @@ fn kafka(rt: &tokio::runtime::Runtime, brokers: &str, histories: &[(String, Vec<
 
     let postgres =
         std::env::var("DOCFOLD_BENCH_POSTGRES").expect("DOCFOLD_BENCH_POSTGRES with DOCFOLD_BENCH_KAFKA");
-    let mut config = JobConfig { job: topic.clone(), ..JobConfig::default() };
+    // The sinks beside the log stay embedded, in a folder of the bench's own.
+    let dir = std::env::temp_dir().join(format!("docfold-bench-{topic}"));
+    let mut config = JobConfig { job: topic.clone(), ..JobConfig::in_dir(&dir) };
     config.log.url = format!("kafka://{brokers}").into();
     config.log.topic = topic.clone();
     config.log.group = format!("{topic}-docfold");
     config.log.kafka.insert("session.timeout.ms", "6000");
     config.store.url = postgres.into();
+    config.invalidations.topic = invalidations;
+    config.dead_letters.topic = dead_letters;
     let started = Instant::now();
     let summaries = rt
         .block_on(pipeline::run(&config, Until::Idle { idle_ms: IDLE_MS }, CancellationToken::new()))

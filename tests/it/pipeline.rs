@@ -95,6 +95,18 @@ fn kill_at_random(
     killed_mid_run
 }
 
+/// `docfold run --exit-when-idle` whose stderr the test reads (to see it step down).
+fn spawn_watched(config: &Path, idle_ms: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["run", "--exit-when-idle", "--idle-ms", &idle_ms.to_string(), "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn docfold run")
+}
+
 fn run_to_completion(config: &Path, idle_ms: u64) {
     let status = spawn_run(config, idle_ms).wait().expect("final run");
     // Bad records are dead letters, not a failure of a clean drain.
@@ -388,14 +400,7 @@ async fn a_fenced_owner_steps_down_and_the_new_owner_finishes() {
     let slow = write_config(&dir, "slow.toml", &log_section, &store_url, 20, &sinks_section);
     let fast = write_config(&dir, "fast.toml", &log_section, &store_url, 3000, &sinks_section);
     tokio::task::block_in_place(|| {
-        let stale = Command::new(env!("CARGO_BIN_EXE_docfold"))
-            .args(["run", "--exit-when-idle", "--config"])
-            .arg(&slow)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the first owner");
+        let stale = spawn_watched(&slow, 0);
         std::thread::sleep(Duration::from_millis(1500));
         let newer = spawn_run(&fast, 0);
         let stale = stale.wait_with_output().expect("first owner");
@@ -550,14 +555,7 @@ async fn a_frozen_kafka_member_is_fenced_when_it_wakes() {
         assert!(status.success(), "kill {name}");
     };
     tokio::task::block_in_place(|| {
-        let mut zombie = Command::new(env!("CARGO_BIN_EXE_docfold"))
-            .args(["run", "--exit-when-idle", "--idle-ms", "15000", "--config"])
-            .arg(&slow)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the member to freeze");
+        let mut zombie = spawn_watched(&slow, 15_000);
         // The group join takes ~3 s on tansu; then it folds a transaction per 20 ops.
         std::thread::sleep(Duration::from_millis(4500));
         assert!(zombie.try_wait().expect("status").is_none(), "still folding when frozen");
