@@ -81,6 +81,13 @@ pub struct InvalidationsConfig {
     pub key_prefix: String,
     /// Invalidations are published on this channel.
     pub channel: String,
+    /// Warm the cache instead of only dropping stale entries: each flush writes the new
+    /// text and version into the hash (never over a newer version). A standby region that
+    /// preloads serves reads from a full cache the moment it is promoted.
+    pub preload: bool,
+    /// Texts longer than this (bytes) are not preloaded; their entry is dropped as without
+    /// `preload`, and readers go to the projection.
+    pub preload_max_bytes: usize,
 }
 
 /// Records that cannot be folded, with the reason, source partition and offset.
@@ -140,6 +147,8 @@ impl Default for InvalidationsConfig {
             redis_ca_file: None,
             key_prefix: "docfold:doc:".into(),
             channel: "docfold:invalidations".into(),
+            preload: false,
+            preload_max_bytes: 64 << 10,
         }
     }
 }

@@ -2,8 +2,9 @@
 //! - on the `doc-invalidations` topic (compacted; key = doc id, value = JSON
 //!   `{"doc_id","version","region"}`), for every region's caches;
 //! - to the regional Redis: one script per document that deletes the cached hash at
-//!   `<key_prefix><doc id>` unless it already holds this version or a newer one, and
-//!   publishes the same JSON on `<channel>`.
+//!   `<key_prefix><doc id>` unless it already holds this version or a newer one (with
+//!   `preload`: writes the new text and version there instead), and publishes the same JSON
+//!   on `<channel>`.
 //!
 //! Invalidations carry the version, so a cache drops one older than what it holds; a
 //! replay re-sends them harmlessly.
@@ -22,17 +23,25 @@ pub struct Invalidation {
     pub doc_id: String,
     pub version: u64,
     pub region: String,
+    /// The new text, for a cache that preloads (never on the topic or the channel).
+    #[serde(skip)]
+    pub text: Option<String>,
 }
 
-/// KEYS[1] = cached key; ARGV = version, channel, message.
+/// KEYS[1] = cached key; ARGV = version, channel, message[, text to preload].
 const SCRIPT: &str = r"
 local held = redis.call('HGET', KEYS[1], 'version')
-local dropped = 0
+local changed = 0
 if not held or tonumber(held) < tonumber(ARGV[1]) then
-  dropped = redis.call('DEL', KEYS[1])
+  if ARGV[4] then
+    redis.call('HSET', KEYS[1], 'version', ARGV[1], 'text', ARGV[4])
+    changed = 1
+  else
+    changed = redis.call('DEL', KEYS[1])
+  end
 end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
-return dropped
+return changed
 ";
 
 fn redis_failed(error: redis::RedisError) -> SinkError {
@@ -114,7 +123,7 @@ impl RedisCache {
     }
 
     /// Runs the script for each invalidation, pipelined. Returns how many cached entries
-    /// were dropped.
+    /// were dropped or preloaded.
     pub async fn invalidate(&self, items: &[Invalidation]) -> Result<u64, SinkError> {
         let mut pipe = redis::pipe();
         for item in items {
@@ -126,6 +135,9 @@ impl RedisCache {
                 .arg(item.version)
                 .arg(&self.channel)
                 .arg(message);
+            if let Some(text) = &item.text {
+                pipe.arg(text);
+            }
         }
         let mut connection = self.connection.clone();
         let dropped: Result<Vec<u64>, _> = pipe.query_async(&mut connection).await;
@@ -145,6 +157,8 @@ impl RedisCache {
 pub struct Invalidator {
     topic: Option<TopicSink>,
     redis: Option<RedisCache>,
+    /// `preload_max_bytes` when the cache preloads.
+    preload: Option<usize>,
 }
 
 impl Invalidator {
@@ -155,7 +169,8 @@ impl Invalidator {
             .transpose()?;
         let redis =
             settings.redis.as_ref().map(|url| RedisCache::open(url.expose(), settings)).transpose()?;
-        Ok(Invalidator { topic, redis })
+        let preload = (settings.preload && redis.is_some()).then_some(settings.preload_max_bytes);
+        Ok(Invalidator { topic, redis, preload })
     }
 
     pub fn is_off(&self) -> bool {
@@ -194,6 +209,7 @@ impl super::Sink for Invalidator {
                     doc_id: doc_id.to_string(),
                     version: doc.version,
                     region: doc.region.clone(),
+                    text: self.preload.and_then(|max| Some(doc.state.text()).filter(|t| t.len() <= max)),
                 })
                 .collect();
             self.send(&items).await?;

@@ -72,13 +72,15 @@ fn a_wrong_config_names_the_file_and_the_field() {
     }
 }
 
+const GREETING: [&str; 2] = [
+    r#"{"schema_version":1,"doc_id":"greeting","origin_region":"r","client_time_ms":0,"op":{"id":{"site":"00000000000000aa","counter":1},"inserts":[{"start":[[5,"00000000000000aa",1]],"text":"hi!"}],"deletes":[]}}"#,
+    r#"{"schema_version":1,"doc_id":"greeting","origin_region":"r","client_time_ms":0,"op":{"id":{"site":"00000000000000aa","counter":4},"inserts":[],"deletes":[[[7,"00000000000000aa",3]]]}}"#,
+];
+
 #[test]
 fn produce_run_and_doc_show_on_the_embedded_default() {
     let dir = services::temp_dir("cli-run");
-    let lines = [
-        r#"{"schema_version":1,"doc_id":"greeting","origin_region":"r","client_time_ms":0,"op":{"id":{"site":"00000000000000aa","counter":1},"inserts":[{"start":[[5,"00000000000000aa",1]],"text":"hi!"}],"deletes":[]}}"#,
-        r#"{"schema_version":1,"doc_id":"greeting","origin_region":"r","client_time_ms":0,"op":{"id":{"site":"00000000000000aa","counter":4},"inserts":[],"deletes":[[[7,"00000000000000aa",3]]]}}"#,
-    ];
+    let lines = GREETING;
     std::fs::write(dir.join("ops.jsonl"), lines.join("\n")).expect("write ops");
     let (code, out, err) = docfold(&dir, &["produce", "ops.jsonl"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -101,4 +103,28 @@ fn produce_run_and_doc_show_on_the_embedded_default() {
     let (code, _, err) = docfold(&dir, &["doc", "show", "nobody"]);
     assert_eq!(code, 2);
     assert!(err.contains("no document \"nobody\""), "{err}");
+}
+
+/// With `invalidations.preload` the cache holds each folded document's text and version
+/// (a warm cache, as a standby region keeps it), not only the absence of a stale entry.
+#[test]
+fn a_preloading_cache_holds_the_folded_text() {
+    let dir = services::temp_dir("preload");
+    let prefix = format!("test:preload:{}:", services::unique());
+    let config = format!(
+        "[invalidations]\nredis = \"{}\"\nkey_prefix = \"{prefix}\"\nchannel = \"{prefix}channel\"\npreload = true\n",
+        services::redis()
+    );
+    std::fs::write(dir.join("job.toml"), config).expect("write config");
+    std::fs::write(dir.join("ops.jsonl"), GREETING.join("\n")).expect("write ops");
+    let (code, out, err) = docfold(&dir, &["produce", "ops.jsonl", "--config", "job.toml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = docfold(&dir, &["run", "--exit-when-idle", "--config", "job.toml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let client = redis::Client::open(services::redis()).expect("redis url");
+    let mut conn = client.get_connection().expect("connect to Redis");
+    let cached: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(format!("{prefix}greeting")).query(&mut conn).expect("hgetall");
+    assert_eq!(cached.get("text").map(String::as_str), Some("hi"), "{cached:?}");
+    assert_eq!(cached.get("version").map(String::as_str), Some("2"), "{cached:?}");
 }

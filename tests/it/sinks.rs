@@ -14,7 +14,7 @@ use docfold::lseq::Sequence;
 use docfold::lseq::{Ident, InsertRun, Level, Op, OpId};
 use docfold::op::Envelope;
 use docfold::sink::archive::PartitionArchive;
-use docfold::sink::invalidate::{Invalidation, Invalidator};
+use docfold::sink::invalidate::{Invalidation, Invalidator, RedisCache};
 use docfold::sink::objects::Objects;
 use docfold::sink::projection::{Body, Projection, ProjectionStore, Projections, Written};
 use docfold::sink::snapshots;
@@ -402,8 +402,8 @@ async fn invalidations_conformance(config: JobConfig, topic: Box<dyn FnOnce() ->
 
     let invalidator = Invalidator::open(&config).expect("open");
     let items = [
-        Invalidation { doc_id: "old".into(), version: 4, region: "r1".into() },
-        Invalidation { doc_id: "fresh".into(), version: 8, region: "r1".into() },
+        Invalidation { doc_id: "old".into(), version: 4, region: "r1".into(), text: None },
+        Invalidation { doc_id: "fresh".into(), version: 8, region: "r1".into(), text: None },
     ];
     invalidator.send(&items).await.expect("send");
     let exists = async |doc: &str| -> u32 {
@@ -444,6 +444,40 @@ fn read_all(reader: &mut dyn LogReader) -> Vec<Vec<u8>> {
         out.extend(records.into_iter().map(|r| r.value));
     }
     out
+}
+
+/// A preloading cache takes the new text and version, and never an older version over a
+/// newer one; an item without a text (too large to preload) drops the entry as before.
+#[tokio::test]
+async fn a_preloading_cache_never_goes_back() {
+    let settings = InvalidationsConfig { preload: true, ..redis_settings("preload") };
+    let cache = RedisCache::open(services::redis().as_str(), &settings).expect("open");
+    let item = |doc: &str, version, text: Option<&str>| Invalidation {
+        doc_id: doc.into(),
+        version,
+        region: "r".into(),
+        text: text.map(str::to_string),
+    };
+    assert_eq!(cache.invalidate(&[item("d", 5, Some("five"))]).await.expect("preload"), 1);
+    assert_eq!(
+        cache.invalidate(&[item("d", 4, Some("four"))]).await.expect("older"),
+        0,
+        "an older version is not written"
+    );
+    let client = redis::Client::open(services::redis()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let held = async |conn: &mut redis::aio::MultiplexedConnection| -> (Option<String>, Option<String>) {
+        redis::cmd("HMGET")
+            .arg(cache.key("d"))
+            .arg("version")
+            .arg("text")
+            .query_async(conn)
+            .await
+            .expect("hmget")
+    };
+    assert_eq!(held(&mut conn).await, (Some("5".into()), Some("five".into())));
+    assert_eq!(cache.invalidate(&[item("d", 6, None)]).await.expect("drop"), 1);
+    assert_eq!(held(&mut conn).await, (None, None), "a text too large to preload drops the entry");
 }
 
 #[tokio::test]
