@@ -154,6 +154,9 @@ impl RegionCommand {
                 let now = now_ms();
                 let (role, expires_in) = describe(lease.as_ref(), &region.name, now);
                 let (folded, mirrored) = lags(&arg.load()?, arg.path(), &region.peers).await;
+                let router = Router { mode: region.mode, local: region.name.clone() };
+                let reads =
+                    router.read_from(lease.as_ref(), now, region.standby_reads).map_err(|e| e.to_string());
                 let shown = |lag: &Result<u64, String>| match lag {
                     Ok(records) => serde_json::json!(records),
                     Err(reason) => serde_json::json!({ "unknown": reason }),
@@ -167,6 +170,7 @@ impl RegionCommand {
                         "holder": lease.as_ref().map(|l| &l.holder),
                         "epoch": lease.as_ref().map(|l| l.epoch),
                         "expires_in_ms": expires_in,
+                        "reads_from": reads.as_deref().ok(),
                         "checkpoint_lag_records": shown(&folded),
                         "replication_lag_records": mirrored.iter().map(|(peer, lag)| (peer.clone(), shown(lag))).collect::<serde_json::Map<_, _>>(),
                     });
@@ -182,6 +186,10 @@ impl RegionCommand {
                             expires_in.map_or("expired".into(), |ms| format!("expires in {ms} ms"))
                         ),
                         None => println!("lease:   never taken"),
+                    }
+                    match &reads {
+                        Ok(from) => println!("reads:   served by {from}"),
+                        Err(reason) => println!("reads:   nowhere: {reason}"),
                     }
                     println!("fold:    {} records not checkpointed", shown(&folded));
                     for (peer, lag) in &mirrored {

@@ -22,7 +22,7 @@ pub enum Mode {
     ActiveActive,
 }
 
-/// Where a producer in region `local` writes.
+/// Where a producer or a reader in region `local` goes.
 #[derive(Clone, Debug)]
 pub struct Router {
     pub mode: Mode,
@@ -44,6 +44,21 @@ impl Router {
                 Some(lease) if now_ms < lease.expires_ms => Ok(&lease.holder),
                 _ => Err(RouteError::NoLeader),
             },
+        }
+    }
+
+    /// The region whose projections and cache a reader uses: its own when every region
+    /// serves reads (active-active, or `standby_reads`), else the leader's.
+    pub fn read_from<'a>(
+        &'a self,
+        lease: Option<&'a Lease>,
+        now_ms: i64,
+        standby_reads: bool,
+    ) -> Result<&'a str, RouteError> {
+        if standby_reads || self.mode == Mode::ActiveActive {
+            Ok(&self.local)
+        } else {
+            self.route(lease, now_ms)
         }
     }
 }

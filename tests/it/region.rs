@@ -270,7 +270,7 @@ fn a_leader_renews_every_third_of_the_ttl_and_a_standby_only_watches() {
 }
 
 #[test]
-fn the_router_sends_writes_to_the_lease_holder_or_the_local_region() {
+fn the_router_sends_writes_to_the_lease_holder_and_reads_where_they_are_served() {
     let held = lease("eu", 3, 1_000);
     let passive = Router { mode: Mode::ActivePassive, local: "us".into() };
     assert_eq!(passive.route(Some(&held), 999), Ok("eu"));
@@ -282,6 +282,11 @@ fn the_router_sends_writes_to_the_lease_holder_or_the_local_region() {
     assert_eq!(passive.route(None, 0), Err(RouteError::NoLeader));
     let active = Router { mode: Mode::ActiveActive, local: "us".into() };
     assert_eq!(active.route(None, 0), Ok("us"));
+    // Reads: a standby serves them when `standby_reads`, else they go to the leader.
+    assert_eq!(passive.read_from(Some(&held), 999, true), Ok("us"));
+    assert_eq!(passive.read_from(Some(&held), 999, false), Ok("eu"));
+    assert_eq!(passive.read_from(None, 0, false), Err(RouteError::NoLeader));
+    assert_eq!(active.read_from(None, 0, false), Ok("us"));
 }
 
 /// A job file for region `name` of {a, b, c} under `dir/name`, its `[log]` section `log`,
@@ -332,6 +337,7 @@ fn operators_promote_and_demote_regions() {
     let (ok, out, err) = docfold(&["region", "promote", "a"], &b);
     assert!(ok && out.contains("a leads at epoch 1"), "{out}{err}");
     assert_eq!((status(&a)["role"].as_str(), status(&b)["role"].as_str()), (Some("leader"), Some("standby")));
+    assert_eq!(status(&b)["reads_from"], "b", "standby_reads is on by default");
     let (ok, _, err) = docfold(&["region", "promote", "b"], &b);
     assert!(
         !ok && err.contains("a holds the lease at epoch 1"),
