@@ -93,7 +93,10 @@ fn the_mirror_copies_every_record_across_kills() {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = services::temp_dir("mirror");
     let log = |name: &str| format!("url = \"file://{name}/log\"\npartitions = 3\nfsync = \"never\"");
-    let (a, b) = (region_job(&dir, "a", &log("a"), ""), region_job(&dir, "b", &log("b"), ""));
+    // Small batches: the mirror copies in many rounds (a flush and a checkpoint each), so
+    // kills land mid-copy.
+    let small_batches = format!("{}\n[pipeline]\nbatch = 50", log("b"));
+    let (a, b) = (region_job(&dir, "a", &log("a"), ""), region_job(&dir, "b", &small_batches, ""));
     let config = JobConfig::load(&a).expect("config a");
     let mut writer = Topic::open(&config, "doc-ops", true).expect("topic").writer(&config).expect("writer");
     produce(writer.as_mut(), &mut rng, 30_000);
@@ -178,29 +181,38 @@ fn a_delayed_link_copies_a_prefix_of_what_is_old_enough() {
     assert_eq!(due(&[], 0, 0), 0);
 }
 
+/// Two regions, two brokers: region a's topic on the shared broker, region b's log on a
+/// tansu of the test's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mirror_copies_a_kafka_topic_with_partitions_and_timestamps() {
-    let brokers = services::kafka();
+async fn the_mirror_copies_a_kafka_topic_to_another_cluster() {
+    let source_brokers = services::kafka();
+    let port = services::free_port();
+    let mut target_broker = services::start_tansu(port, "memory://tansu/", &[]);
+    let target_brokers = format!("127.0.0.1:{port}");
     let topic = format!("mirror-{}", services::unique());
-    KafkaLog::create_topic(&brokers, &topic, (3, 1), &[], &[]).await.expect("source topic");
+    KafkaLog::create_topic(&source_brokers, &topic, (3, 1), &[], &[]).await.expect("source topic");
     let create_time = [("message.timestamp.type".to_string(), "CreateTime".to_string())];
-    KafkaLog::create_topic(&brokers, &format!("a.{topic}"), (3, 1), &create_time, &[])
+    let mirrored = format!("a.{topic}");
+    KafkaLog::create_topic(&target_brokers, &mirrored, (3, 1), &create_time, &[])
         .await
         .expect("target topic");
     let dir = services::temp_dir("mirror-kafka");
-    let log = format!("url = \"kafka://{brokers}\"\ntopic = \"{topic}\"");
-    let (a, b) = (region_job(&dir, "a", &log, ""), region_job(&dir, "b", &log, ""));
-    let source = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
+    let log = |brokers: &str| format!("url = \"kafka://{brokers}\"\ntopic = \"{topic}\"");
+    let (a, b) =
+        (region_job(&dir, "a", &log(&source_brokers), ""), region_job(&dir, "b", &log(&target_brokers), ""));
+    let source = KafkaLog::connect(&source_brokers, &topic, &[]).expect("connect");
     let mut rng = StdRng::seed_from_u64(7);
     tokio::task::block_in_place(|| {
         produce(&mut source.writer().expect("producer"), &mut rng, 600);
         mirror_to_the_end(&a, &b);
         let source = all_records(&mut source.reader().expect("reader"));
-        let target = KafkaLog::connect(&brokers, &format!("a.{topic}"), &[]).expect("connect");
+        let target = KafkaLog::connect(&target_brokers, &mirrored, &[]).expect("connect");
         let target = all_records(&mut target.reader().expect("reader"));
         assert_eq!(source.iter().map(Vec::len).sum::<usize>(), 600);
         assert_mirrored(&source, &target, true);
     });
+    target_broker.kill().expect("stop the target broker");
+    target_broker.wait().expect("reap");
 }
 
 /// The MirrorMaker 2 properties for production name the mirrored topics as `docfold

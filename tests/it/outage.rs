@@ -16,7 +16,7 @@ use docfold::store::Store;
 use docfold::trace::{Trace, publish, replay};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -231,23 +231,8 @@ async fn the_pipeline_rides_out_backend_outages() {
 /// A tansu broker of the test's own on `port`, keeping its log in the S3 server's `bucket`
 /// so that a restart loses nothing.
 fn start_broker(port: u16, s3: &str, bucket: &str) -> Child {
-    let listener = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(services::tansu())
-        .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
-        .args(["--storage-engine", &format!("s3://{bucket}/")])
-        .env("AWS_ENDPOINT", s3)
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tansu");
-    let since = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(since.elapsed() < Duration::from_secs(10), "tansu did not open port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    let env = [("AWS_ENDPOINT", s3), ("AWS_ALLOW_HTTP", "true"), ("AWS_DEFAULT_REGION", "us-east-1")];
+    services::start_tansu(port, &format!("s3://{bucket}/"), &env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,8 +242,7 @@ async fn the_pipeline_rides_out_a_kafka_outage() {
     let (s3, _) = services::s3_bucket();
     let bucket = format!("tansu-{}", services::unique());
     services::create_bucket(&s3, &bucket);
-    let port =
-        std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let port = services::free_port();
     let mut broker = start_broker(port, &s3, &bucket);
     let brokers = format!("127.0.0.1:{port}");
     for (topic, partitions) in [("doc-ops", 2), ("doc-invalidations", 2), ("doc-ops-dlq", 1)] {

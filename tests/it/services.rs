@@ -107,6 +107,32 @@ pub fn tansu() -> PathBuf {
 }
 
 /// The Python with pyarrow and DuckDB that scripts/services installs.
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
+}
+
+/// A tansu broker of the test's own on `port`, with `storage` (`memory://tansu/`, `s3://…`);
+/// returns once it accepts connections.
+pub fn start_tansu(port: u16, storage: &str, env: &[(&str, &str)]) -> std::process::Child {
+    use std::time::{Duration, Instant};
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let child = std::process::Command::new(tansu())
+        .args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+        .args(["--storage-engine", storage])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let since = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(since.elapsed() < Duration::from_secs(10), "tansu did not open port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 pub fn python() -> String {
     let python = std::env::var("DOCFOLD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = std::process::Command::new(&python)

@@ -93,10 +93,6 @@ impl Certificates {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port()
-}
-
 #[tokio::test]
 async fn postgres_over_tls_is_verified_and_a_wrong_ca_is_refused() {
     let dir = temp_dir("tls-pg");
@@ -138,7 +134,7 @@ struct TlsRedis {
 impl TlsRedis {
     fn start(certificates: &Certificates) -> TlsRedis {
         let binary = std::env::var("DOCFOLD_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let port = free_port();
+        let port = services::free_port();
         let child = Command::new(&binary)
             .args(["--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--tls-port")
