@@ -508,17 +508,23 @@ async fn kafka_and_postgres_pipeline_survives_sigkill() {
     assert!(killed >= 2, "kills must land mid-run ({killed} of 3)");
     tokio::task::block_in_place(|| run_to_completion(&fast, 8000));
     tokio::task::block_in_place(&mut check);
+    let expected = assert_kafka_run_equals_reference(&setup, &sinks).await;
+    assert_eq!(group_offsets(&setup), expected.ends, "the group's committed offsets are the checkpoints");
+}
+
+/// The store and every sink of a Kafka run equal the reference fold of its log; returns it.
+async fn assert_kafka_run_equals_reference(setup: &KafkaSetup, sinks: &Sinks) -> Reference {
     let expected = reference(&mut setup.log.reader().expect("reader"));
     assert_store_equals_reference(&setup.store_url, &expected).await;
-    assert_eq!(group_offsets(&setup), expected.ends, "the group's committed offsets are the checkpoints");
     let mut dead_letters = setup.dead_letters.reader().expect("reader");
     tokio::task::block_in_place(|| {
         tokio::runtime::Handle::current().block_on(assert_sinks_equal_reference(
-            &sinks,
+            sinks,
             &expected,
             &mut dead_letters,
         ))
     });
+    expected
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,14 +579,5 @@ async fn a_frozen_kafka_member_is_fenced_when_it_wakes() {
         assert!(log.contains("stepped down"), "it was fenced: {log}");
         check();
     });
-    let expected = reference(&mut setup.log.reader().expect("reader"));
-    assert_store_equals_reference(&setup.store_url, &expected).await;
-    let mut dead_letters = setup.dead_letters.reader().expect("reader");
-    tokio::task::block_in_place(|| {
-        tokio::runtime::Handle::current().block_on(assert_sinks_equal_reference(
-            &sinks,
-            &expected,
-            &mut dead_letters,
-        ))
-    });
+    assert_kafka_run_equals_reference(&setup, &sinks).await;
 }
