@@ -18,16 +18,6 @@ pub enum Role {
     Demoted,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Standby => "standby",
-            Role::Leader => "leader",
-            Role::Demoted => "demoted",
-        }
-    }
-}
-
 /// The timing and policy of one region's machine.
 #[derive(Clone, Debug)]
 pub struct RoleSettings {
