@@ -4,7 +4,7 @@
 //! clock and a real lease store, the simulator with virtual time; neither has its own copy.
 //!
 //! A leader accepts writes only while its lease runs (by its own clock); it renews every
-//! ttl/3, so two lost renewals still leave a third try before the lease expires. A region
+//! ttl/3, so a lost renewal leaves a second try before the lease expires. A region
 //! cut off from the lease store stops accepting writes when its lease runs out, and no
 //! other region takes the lease before ttl + the skew bound: never two leaders at once.
 
@@ -136,7 +136,7 @@ impl RoleMachine {
             }
             Answer::Theirs(lease) => {
                 self.seen = lease;
-                self.step_down("another region holds the lease at a higher epoch")
+                self.step_down("the lease is no longer ours at this epoch (lapsed, or another region took it)")
             }
             Answer::Released => {
                 self.seen = None;
