@@ -136,7 +136,9 @@ impl RoleMachine {
             }
             Answer::Theirs(lease) => {
                 self.seen = lease;
-                self.step_down("the lease is no longer ours at this epoch (lapsed, or another region took it)")
+                self.step_down(
+                    "the lease is no longer ours at this epoch (lapsed, or another region took it)",
+                )
             }
             Answer::Released => {
                 self.seen = None;
