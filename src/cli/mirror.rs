@@ -28,6 +28,10 @@ pub struct MirrorArgs {
     /// Stop once every partition is copied to its end.
     #[arg(long)]
     exit_when_idle: bool,
+    /// Serve Prometheus metrics (the replication lag) here, e.g. `127.0.0.1:9899`; only
+    /// loopback unless the target's `metrics.allow_remote`.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn region(config: &JobConfig, which: &str) -> anyhow::Result<RegionConfig> {
@@ -53,6 +57,12 @@ impl MirrorArgs {
         };
         let runtime = runtime()?;
         let copied = runtime.block_on(async {
+            if let Some(addr) = self.metrics_listen {
+                if !addr.ip().is_loopback() && !target.metrics.allow_remote {
+                    anyhow::bail!("--metrics-listen {addr} is reachable from other hosts; set metrics.allow_remote = true in the target's config to mean it");
+                }
+                docfold::telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
+            }
             let store = Store::open(target.store.url.expose()).await?;
             let cancel = CancellationToken::new();
             let on_signal = cancel.clone();

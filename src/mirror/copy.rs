@@ -4,7 +4,7 @@
 //! between the flush and the checkpoint repeats those records; none is ever skipped. Memory
 //! is one batch per partition.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::due;
@@ -14,6 +14,8 @@ use crate::telemetry;
 
 /// How long a caught-up mirror waits before looking for new records.
 const POLL: Duration = Duration::from_millis(20);
+/// How often the lag metrics are brought up to date.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// One mirror: the source region's topic into `topic` of the target log.
 #[derive(Clone, Debug)]
@@ -82,8 +84,10 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
         copied.push(Copied { partition, from: checkpoint, next: checkpoint, records: 0 });
     }
     let mut records: Vec<Record> = Vec::with_capacity(mirror.batch);
+    let mut lag_reported: Option<Instant> = None;
     while !cancel.is_cancelled() {
         let now = now_ms();
+        let report_lag = lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY);
         let (mut moved, mut pending) = (Vec::new(), false);
         for progress in &mut copied {
             records.clear();
@@ -96,19 +100,25 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
                 writer.copy(partition, record)?;
             }
             pending |= !records.is_empty();
-            let behind = records.get(ready).map_or(0.0, |r| (now - r.timestamp_ms).max(0) as f64 / 1000.0);
+            // The oldest record not copied: the first one not due, or past a full batch (at
+            // least as old as its last record), else none.
+            let full = records.len() == mirror.batch;
+            let oldest = records.get(ready).or(records.last().filter(|_| full));
+            let behind = oldest.map_or(0.0, |r| (now - r.timestamp_ms).max(0) as f64 / 1000.0);
             if let Some(last) = records[..ready].last() {
                 progress.next = last.offset + 1;
                 progress.records += ready as u64;
                 moved.push((partition, progress.next));
             }
-            let end = reader.end_offset(partition)?;
-            telemetry::mirror_lag(
-                &mirror.source_region,
-                partition,
-                end.saturating_sub(progress.next),
-                behind,
-            );
+            // The end offset is a broker round trip on Kafka: at most once per LAG_EVERY.
+            if report_lag {
+                let end = reader.end_offset(partition)?;
+                let records_behind = end.saturating_sub(progress.next);
+                telemetry::mirror_lag(&mirror.source_region, partition, records_behind, behind);
+            }
+        }
+        if report_lag {
+            lag_reported = Some(Instant::now());
         }
         if !moved.is_empty() {
             tokio::task::block_in_place(|| writer.flush())?;

@@ -243,3 +243,59 @@ fn the_mirrormaker_2_properties_make_the_same_topic_names() {
         }
     }
 }
+
+/// A link delayed by an hour copies nothing yet; the mirror's metrics say how far behind
+/// it is, in records and seconds.
+#[test]
+fn a_delayed_mirror_reports_its_lag() {
+    let dir = services::temp_dir("mirror-lag");
+    let log = |name: &str| format!("url = \"file://{name}/log\"\npartitions = 2");
+    let (a, b) = (region_job(&dir, "a", &log("a"), ""), region_job(&dir, "b", &log("b"), ""));
+    let config = JobConfig::load(&a).expect("config a");
+    let mut writer = Topic::open(&config, "doc-ops", true).expect("topic").writer(&config).expect("writer");
+    produce(writer.as_mut(), &mut StdRng::seed_from_u64(3), 500);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let port = services::free_port();
+    let mut mirror = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["mirror", "--delay-ms", "3600000", "--metrics-listen", &format!("127.0.0.1:{port}"), "--from"])
+        .arg(&a)
+        .arg("--config")
+        .arg(&b)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn docfold mirror");
+    let scrape = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let value = |body: &str, name: &str, partition: u32| -> Option<f64> {
+        let prefix = format!("{name}{{");
+        body.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(&format!("partition=\"{partition}\"")))
+            .find(|l| l.contains("source=\"a\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let since = std::time::Instant::now();
+    let body = loop {
+        if let Some(body) = scrape().filter(|b| b.contains("docfold_mirror_lag_records")) {
+            break body;
+        }
+        assert!(since.elapsed() < Duration::from_secs(20), "no mirror metrics on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    mirror.kill().expect("stop the mirror");
+    mirror.wait().expect("reap");
+    let source = all_records(reader_of(&a, "doc-ops").as_mut());
+    for (partition, records) in source.iter().enumerate() {
+        let partition = partition as u32;
+        let behind = value(&body, "docfold_mirror_lag_records", partition);
+        assert_eq!(behind, Some(records.len() as f64), "partition {partition}:\n{body}");
+        let seconds = value(&body, "docfold_mirror_lag_seconds", partition).expect("lag seconds");
+        assert!(seconds >= 1.0, "the oldest uncopied record is over a second old: {seconds}");
+    }
+}
