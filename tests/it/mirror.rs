@@ -265,29 +265,10 @@ fn a_delayed_mirror_reports_its_lag() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn docfold mirror");
-    let scrape = || -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        Some(body)
+    let value = |body: &str, name: &str, partition: u32| {
+        services::metric(body, name, &[("source", "a"), ("partition", &partition.to_string())])
     };
-    let value = |body: &str, name: &str, partition: u32| -> Option<f64> {
-        let prefix = format!("{name}{{");
-        body.lines()
-            .filter(|l| l.starts_with(&prefix) && l.contains(&format!("partition=\"{partition}\"")))
-            .find(|l| l.contains("source=\"a\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    };
-    let since = std::time::Instant::now();
-    let body = loop {
-        if let Some(body) = scrape().filter(|b| b.contains("docfold_mirror_lag_records")) {
-            break body;
-        }
-        assert!(since.elapsed() < Duration::from_secs(20), "no mirror metrics on port {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let body = services::scrape_until(port, |body| body.contains("docfold_mirror_lag_records"));
     mirror.kill().expect("stop the mirror");
     mirror.wait().expect("reap");
     let source = all_records(reader_of(&a, "doc-ops").as_mut());

@@ -363,7 +363,10 @@ fn a_standby_takes_over_when_the_leader_dies() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let dir = services::temp_dir("region-failover");
-    let (a, b) = (region_config(&dir, "a", true), region_config(&dir, "b", true));
+    let port = services::free_port();
+    let b_log = "url = \"file://b/log\"\npartitions = 2";
+    let b_extra = format!("auto_failover = true\n[metrics]\nlisten = \"127.0.0.1:{port}\"");
+    let (a, b) = (region_config(&dir, "a", true), region_job(&dir, "b", b_log, &b_extra));
     let spawn = |config: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_docfold"))
             .args(["run", "--config"])
@@ -396,6 +399,10 @@ fn a_standby_takes_over_when_the_leader_dies() {
     eprintln!("failover: b took the lease at epoch {second}, {} ms after a was killed", rto.as_millis());
     assert!(second > first, "the new term has a higher epoch ({second} after {first})");
     assert!(rto <= Duration::from_millis(1_500 + 200 + 500 + 2_000), "took {rto:?}");
+    let body = services::scrape_until(port, |body| body.contains("docfold_region_leader"));
+    let leader = services::metric(&body, "docfold_region_leader", &[("region", "b")]);
+    let epoch = services::metric(&body, "docfold_region_epoch", &[("region", "b")]);
+    assert_eq!((leader, epoch), (Some(1.0), Some(second as f64)), "b's metrics say it leads:\n{body}");
     // SIGTERM: a planned stop drains and releases the lease.
     let pid = standby.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());

@@ -133,6 +133,36 @@ pub fn start_tansu(port: u16, storage: &str, env: &[(&str, &str)]) -> std::proce
     child
 }
 
+/// The Prometheus page on `port` once `ready` says it holds what the test waits for
+/// (within 20 s).
+pub fn scrape_until(port: u16, ready: impl Fn(&str) -> bool) -> String {
+    use std::io::{Read, Write};
+    let scrape = || -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let since = std::time::Instant::now();
+    loop {
+        if let Some(body) = scrape().filter(|b| ready(b)) {
+            return body;
+        }
+        assert!(since.elapsed().as_secs() < 20, "the metrics on port {port} never held what was awaited");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The value of metric `name` with every one of `labels` in a Prometheus page.
+pub fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let prefix = format!("{name}{{");
+    body.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 pub fn python() -> String {
     let python = std::env::var("DOCFOLD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = std::process::Command::new(&python)
