@@ -13,6 +13,7 @@ use docfold::config::{JobConfig, LogLocation};
 use docfold::log::file::FileLog;
 use docfold::log::kafka::KafkaLog;
 use docfold::mirror::mirrored_topic;
+use docfold::region::leases::Leases;
 use docfold::sink::objects::Objects;
 use docfold::sink::projection::ProjectionStore;
 
@@ -150,8 +151,9 @@ impl TopicArgs {
         Ok(())
     }
 
-    /// `docfold setup`: the topics, the projection table and the S3 bucket (each unless it
-    /// exists), and a check that object storage answers.
+    /// `docfold setup`: the topics (with `[region]`, the peers' mirrored ones too), the
+    /// projection table, the S3 bucket and the lease store (each unless it exists), and a
+    /// check that object storage answers.
     pub fn setup(self) -> anyhow::Result<bool> {
         let config = self.config.load()?;
         self.apply(&config)?;
@@ -169,6 +171,11 @@ impl TopicArgs {
                 .await
                 .with_context(|| format!("object storage {} does not answer", config.objects.url))?;
             println!("object storage ready: {}", config.objects.url);
+            if let Some(region) = &config.region {
+                // Opening it migrates the SQL table or creates the DynamoDB one.
+                Leases::of(region).await.with_context(|| format!("lease store {}", region.leases))?;
+                println!("lease store ready: {}", region.leases);
+            }
             anyhow::Ok(())
         })?;
         Ok(true)

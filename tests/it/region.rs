@@ -333,6 +333,13 @@ pub fn status(config: &std::path::Path) -> serde_json::Value {
 fn operators_promote_and_demote_regions() {
     let dir = services::temp_dir("region-cli");
     let (a, b) = (region_config(&dir, "a", false), region_config(&dir, "b", false));
+    let (ok, out, err) = docfold(&["setup"], &a);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("topic b.doc-ops") && out.contains("topic c.doc-ops"),
+        "the peers' mirrored topics: {out}"
+    );
+    assert!(out.contains("lease store ready: sqlite://"), "{out}");
     assert_eq!(status(&a)["role"], "standby (no region leads)");
     let (ok, out, err) = docfold(&["region", "promote", "a"], &b);
     assert!(ok && out.contains("a leads at epoch 1"), "{out}{err}");
