@@ -38,14 +38,13 @@ pub struct ProduceArgs {
 }
 
 impl ProduceArgs {
-    pub fn run(mut self) -> anyhow::Result<bool> {
+    pub fn run(self) -> anyhow::Result<bool> {
         let config = self.config.load()?;
-        let local = self.region.clone().or_else(|| config.region.as_ref().map(|r| r.name.clone()));
-        self.region = Some(local.unwrap_or_else(|| "local".into()));
+        let origin = self.region.clone().or_else(|| config.region.as_ref().map(|r| r.name.clone()));
+        let origin = origin.unwrap_or_else(|| "local".into());
         let config = match &config.region {
             Some(_) => {
-                let origin = self.region.as_deref().unwrap_or_default();
-                let (to, routed) = runtime()?.block_on(route(&config, self.config.path(), origin))?;
+                let (to, routed) = runtime()?.block_on(route(&config, self.config.path(), &origin))?;
                 eprintln!("routed to region {to}");
                 routed
             }
@@ -58,7 +57,7 @@ impl ProduceArgs {
             let produced = if file.as_os_str() == "-" || file.extension().is_some_and(|e| e == "jsonl") {
                 produce_lines(writer.as_mut(), file)
             } else {
-                self.produce_trace(writer.as_mut(), file)
+                self.produce_trace(writer.as_mut(), file, &origin)
             };
             let count = match produced {
                 Ok(count) => count,
@@ -81,7 +80,7 @@ impl ProduceArgs {
         Ok(true)
     }
 
-    fn produce_trace(&self, writer: &mut dyn LogWriter, file: &Path) -> anyhow::Result<u64> {
+    fn produce_trace(&self, writer: &mut dyn LogWriter, file: &Path, origin: &str) -> anyhow::Result<u64> {
         let trace = Trace::read(file)?;
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let doc_id =
@@ -92,7 +91,6 @@ impl ProduceArgs {
             None => vec![doc_id],
             Some(n) => (0..n).map(|i| format!("{doc_id}-{i}")).collect(),
         };
-        let origin = self.region.as_deref().unwrap_or("local");
         Ok(publish(writer, &ops, &doc_ids, origin, |n| eprintln!("{}: {n} records…", file.display()))?)
     }
 }

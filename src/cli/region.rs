@@ -42,10 +42,12 @@ pub enum RegionCommand {
     },
 }
 
-fn region_of(config: &ConfigArg) -> anyhow::Result<(RegionConfig, String)> {
+/// The job and its `[region]` (the lease scope is the job's name).
+fn region_of(config: &ConfigArg) -> anyhow::Result<(JobConfig, RegionConfig)> {
     let job = config.load()?;
-    let region = job.region.context("the config has no [region] section: this job runs in one region")?;
-    Ok((region, job.job))
+    let region =
+        job.region.clone().context("the config has no [region] section: this job runs in one region")?;
+    Ok((job, region))
 }
 
 /// The lease seen from `region`: its role and when the lease runs out.
@@ -149,11 +151,12 @@ impl RegionCommand {
     async fn run_async(self) -> anyhow::Result<bool> {
         match self {
             RegionCommand::Status { config: arg, json } => {
-                let (region, scope) = region_of(&arg)?;
-                let lease = Leases::of(&region).await?.read(&scope).await?;
+                let (job, region) = region_of(&arg)?;
+                let scope = &job.job;
+                let lease = Leases::of(&region).await?.read(scope).await?;
                 let now = now_ms();
                 let (role, expires_in) = describe(lease.as_ref(), &region.name, now);
-                let (folded, mirrored) = lags(&arg.load()?, arg.path(), &region.peers).await;
+                let (folded, mirrored) = lags(&job, arg.path(), &region.peers).await;
                 let router = Router { mode: region.mode, local: region.name.clone() };
                 let reads =
                     router.read_from(lease.as_ref(), now, region.standby_reads).map_err(|e| e.to_string());
@@ -199,7 +202,8 @@ impl RegionCommand {
                 Ok(true)
             }
             RegionCommand::Promote { region: target, force, config } => {
-                let (region, scope) = region_of(&config)?;
+                let (job, region) = region_of(&config)?;
+                let scope = &job.job;
                 if !region.regions().contains(&target.as_str()) {
                     bail!(
                         "{target:?} is not a region of this job (regions: {})",
@@ -209,7 +213,7 @@ impl RegionCommand {
                 let leases = Leases::of(&region).await?;
                 let want = if force { Claim::Force } else { Claim::Acquire };
                 let times = region.role().times(now_ms());
-                match claim(&leases, &scope, &target, want, times).await? {
+                match claim(&leases, scope, &target, want, times).await? {
                     Answer::Ours(lease) => {
                         println!(
                             "{target} leads at epoch {} (lease expires in {} ms unless renewed)",
@@ -231,15 +235,16 @@ impl RegionCommand {
                 }
             }
             RegionCommand::Demote { config } => {
-                let (region, scope) = region_of(&config)?;
+                let (job, region) = region_of(&config)?;
+                let scope = &job.job;
                 let leases = Leases::of(&region).await?;
-                let lease = leases.read(&scope).await?;
+                let lease = leases.read(scope).await?;
                 let Some(lease) = lease.filter(|l| l.holder == region.name && l.expires_ms > now_ms()) else {
                     eprintln!("{} does not lead: nothing to release", region.name);
                     return Ok(false);
                 };
                 let times = region.role().times(now_ms());
-                match claim(&leases, &scope, &region.name, Claim::Release { epoch: lease.epoch }, times)
+                match claim(&leases, scope, &region.name, Claim::Release { epoch: lease.epoch }, times)
                     .await?
                 {
                     Answer::Released => {

@@ -182,23 +182,18 @@ pub async fn restore(
             store.commit(&owner, done, &[]).await.map_err(store_failed)?;
         }
         while let Some(chunk) = chunks.next() {
-            let mut states = Vec::with_capacity(chunk.len());
-            for (_, doc) in chunk {
+            let mut writes = Vec::with_capacity(chunk.len());
+            for (doc_id, doc) in chunk {
                 let state = objects.get(&stored_key("snapshots", &doc.key)?).await?.ok_or_else(|| {
                     corrupt(format!("manifest of partition {partition} names {}, which is missing", doc.key))
                 })?;
-                states.push(state);
-            }
-            let writes: Vec<DocWrite> = chunk
-                .iter()
-                .zip(&states)
-                .map(|((doc_id, doc), state)| DocWrite {
+                writes.push(DocWrite {
                     doc_id,
                     version: doc.version,
                     offset: doc.offset,
                     state: state.to_vec(),
-                })
-                .collect();
+                });
+            }
             let checkpoint = if chunks.peek().is_some() { before } else { done };
             store.commit(&owner, checkpoint, &writes).await.map_err(store_failed)?;
         }
