@@ -23,6 +23,7 @@ use docfold::pipeline::{self, Until};
 use docfold::sink::archive::PartitionArchive;
 use docfold::sink::objects::Objects;
 use docfold::sink::projection::ProjectionStore;
+use docfold::store::LOCAL_TOPIC;
 use docfold::trace::{Trace, replay};
 use tokio_util::sync::CancellationToken;
 
@@ -56,12 +57,13 @@ async fn archive_ops(dir: &Path, name: &str, ops: &[Op]) -> (u64, f64, u64) {
         .enumerate()
         .map(|(i, op)| Envelope::new(name, "eu-west-1", 1_700_000_000_000 + i as i64, op.clone()))
         .collect();
-    let mut archive = PartitionArchive::new(0, objects, ArchiveConfig::default(), 0);
+    let mut archive = PartitionArchive::new((LOCAL_TOPIC, 0), objects, ArchiveConfig::default(), 0);
     let (mut rows, mut bytes) = (0u64, 0u64);
     let started = Instant::now();
     for (offset, envelope) in envelopes.iter().enumerate() {
         let timestamp_type = docfold::log::TimestampType::LogAppend;
         let record = docfold::log::Record {
+            topic: "doc-ops".into(),
             offset: offset as u64,
             timestamp_ms: 1_700_000_000_000,
             timestamp_type,

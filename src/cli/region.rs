@@ -9,6 +9,7 @@ use std::path::Path;
 use docfold::config::{JobConfig, RegionConfig};
 use docfold::log::Topic;
 use docfold::mirror::mirrored_topic;
+use docfold::pipeline;
 use docfold::region::lease::{Answer, Claim, Lease, LeaseStore, claim};
 use docfold::region::leases::Leases;
 use docfold::region::{Mode, Router};
@@ -82,7 +83,7 @@ pub async fn route(
     Ok((to, routed))
 }
 
-/// Records the fold of this region has not checkpointed yet (its own topic, every
+/// Records the fold of this region has not checkpointed yet (every source topic, every
 /// partition), and per peer the records of its topic not yet mirrored here (the peer's log
 /// read through its job file `<peer>.toml` beside `path`).
 async fn lags(
@@ -97,8 +98,9 @@ async fn lags(
             return (unknown.clone(), peers.iter().map(|p| (p.clone(), unknown.clone())).collect());
         }
     };
-    let behind = |config: &JobConfig, checkpoints: Vec<u64>| -> Result<u64, String> {
-        let topic = Topic::open(config, &config.log.topic, false).map_err(|e| e.to_string())?;
+    // Records of `topic` in `config`'s log past `checkpoints` (by partition).
+    let behind = |config: &JobConfig, topic: &str, checkpoints: Vec<u64>| -> Result<u64, String> {
+        let topic = Topic::open(config, topic, false).map_err(|e| e.to_string())?;
         let mut reader = topic.reader().map_err(|e| e.to_string())?;
         let ends: Result<Vec<u64>, _> =
             tokio::task::block_in_place(|| (0..topic.partitions()).map(|p| reader.end_offset(p)).collect());
@@ -110,15 +112,18 @@ async fn lags(
             .sum())
     };
     let folded = match store.checkpoints(&config.job).await {
-        Ok(checkpoints) => {
-            let mut by_partition = vec![0; config.log.partitions as usize];
-            for (partition, next) in checkpoints {
-                if let Some(slot) = by_partition.get_mut(partition as usize) {
-                    *slot = next;
+        Ok(checkpoints) => (pipeline::source_topics(config).iter().enumerate())
+            .map(|(index, topic)| {
+                let stored = pipeline::stored_topic(index, topic);
+                let mut by_partition = vec![0; config.log.partitions as usize];
+                for (partition, _, next) in checkpoints.iter().filter(|(_, t, _)| t == stored) {
+                    if let Some(slot) = by_partition.get_mut(*partition as usize) {
+                        *slot = *next;
+                    }
                 }
-            }
-            behind(config, by_partition)
-        }
+                behind(config, topic, by_partition)
+            })
+            .sum(),
         Err(e) => Err(e.to_string()),
     };
     let mut mirrored = Vec::new();
@@ -135,7 +140,7 @@ async fn lags(
                     .map_err(|e| e.to_string())?;
                 checkpoints.push(next.unwrap_or(0));
             }
-            behind(&source, checkpoints)
+            behind(&source, &source.log.topic, checkpoints)
         };
         mirrored.push((peer.clone(), lag.await));
     }

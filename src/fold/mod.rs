@@ -17,7 +17,9 @@ pub struct Doc {
     /// Ops folded that changed the state or recorded a tombstone (duplicates do not count).
     /// Monotonic, and the same after a crash and replay: the log order decides it.
     pub version: u64,
-    /// Log offset of the last record folded into this document.
+    /// The partition's position at the last record folded into this document: the
+    /// record's offset plus the next offsets of the partition's other source topics (with
+    /// one source topic, the record's log offset). It only grows.
     pub offset: u64,
     /// Origin region of the last op folded in this process (empty after a reload).
     pub region: String,
@@ -105,8 +107,8 @@ impl PartitionFold {
         self.docs.insert(doc_id, Entry { doc, touched: self.clock, dirty: false });
     }
 
-    /// Folds the record at `offset`.
-    pub fn fold(&mut self, offset: u64, bytes: &[u8]) -> Result<Folded, BadRecord> {
+    /// Folds the record at `position` (see [`Doc::offset`]).
+    pub fn fold(&mut self, position: u64, bytes: &[u8]) -> Result<Folded, BadRecord> {
         let envelope = self.decoder.decode(bytes)?;
         if let Some((partition, partitions)) = self.home {
             let belongs = partition_for(envelope.doc_id.as_bytes(), partitions);
@@ -123,7 +125,7 @@ impl PartitionFold {
         if outcome.changed() || outcome.tombstoned > 0 {
             entry.doc.version += 1;
         }
-        entry.doc.offset = offset;
+        entry.doc.offset = position;
         if entry.doc.region != envelope.origin_region {
             entry.doc.region.clone_from(&envelope.origin_region);
         }

@@ -28,8 +28,8 @@ pub struct KafkaLog {
     overrides: Vec<(String, String)>,
 }
 
-/// A consumed message as a record, with the kind of timestamp the topic gives.
-pub fn record_of(message: &impl Message) -> Record {
+/// A consumed message of `topic` as a record, with the kind of timestamp the topic gives.
+pub fn record_of(topic: &Arc<str>, message: &impl Message) -> Record {
     use rdkafka::Timestamp as T;
     let (timestamp_ms, timestamp_type) = match message.timestamp() {
         T::LogAppendTime(ms) => (ms, TimestampType::LogAppend),
@@ -37,6 +37,7 @@ pub fn record_of(message: &impl Message) -> Record {
         T::NotAvailable => (0, TimestampType::Create),
     };
     Record {
+        topic: topic.clone(),
         offset: message.offset() as u64,
         timestamp_ms,
         timestamp_type,
@@ -157,7 +158,7 @@ impl KafkaLog {
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(kafka)?;
-        Ok(KafkaReader { consumer, log: self.clone(), position: None })
+        Ok(KafkaReader { consumer, topic: self.topic.as_str().into(), log: self.clone(), position: None })
     }
 }
 
@@ -242,6 +243,7 @@ impl LogWriter for KafkaWriter {
 /// Reads one partition at a time by manual assignment.
 pub struct KafkaReader {
     consumer: BaseConsumer,
+    topic: Arc<str>,
     log: KafkaLog,
     /// The assigned partition and the offset the next message will have.
     position: Option<(u32, u64)>,
@@ -279,7 +281,7 @@ impl LogReader for KafkaReader {
                     if message.partition() as u32 != partition || Some(message.offset() as u64) != expected {
                         continue; // fetched for an earlier assignment
                     }
-                    out.push(record_of(&message));
+                    out.push(record_of(&self.topic, &message));
                     self.position = Some((partition, message.offset() as u64 + 1));
                     read += 1;
                     wait = Duration::from_millis(100);

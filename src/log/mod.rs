@@ -9,6 +9,8 @@ mod murmur2;
 
 pub use murmur2::{murmur2, partition_for};
 
+use std::sync::Arc;
+
 use crate::config::{JobConfig, LogLocation};
 use file::FileLog;
 use kafka::KafkaLog;
@@ -62,6 +64,8 @@ impl Topic {
 /// One record of a partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// The topic it was read from: the job's own, or a peer region's mirrored one.
+    pub topic: Arc<str>,
     pub offset: u64,
     /// The log's timestamp of the record, milliseconds since the Unix epoch; which time it
     /// is, `timestamp_type` says.

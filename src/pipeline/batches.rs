@@ -62,6 +62,7 @@ mod tests {
     fn record(offset: u64) -> Record {
         use crate::log::TimestampType;
         Record {
+            topic: "doc-ops".into(),
             offset,
             timestamp_ms: 0,
             timestamp_type: TimestampType::LogAppend,

@@ -1,13 +1,14 @@
-//! The embedded file log as a source: a task per partition reads from the worker's
-//! checkpoint, folds, and polls for more when it reaches the end.
+//! The embedded file log as a source: a task per partition reads partition p of every
+//! source topic from the worker's checkpoints, folds, and polls for more when it reaches
+//! the end of all of them.
 
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Job, PartitionSummary, PartitionWorker, PipelineError, Until};
-use crate::log::LogReader;
 use crate::log::file::{FileLog, FileReader};
+use crate::log::{LogError, LogReader, Record};
 use crate::telemetry;
 
 /// How long a caught-up partition waits before looking for new records.
@@ -15,17 +16,22 @@ const POLL: Duration = Duration::from_millis(50);
 
 pub(super) async fn run(
     job: Job,
-    log: FileLog,
+    logs: Vec<FileLog>,
     until: Until,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let mut tasks = JoinSet::new();
-    let partitions = log.partitions();
+    let partitions = logs.first().map_or(0, FileLog::partitions);
     let cancel = job.cancel.clone();
     for partition in 0..partitions {
         let worker = PartitionWorker::start(&job, (partition, partitions)).await?;
-        let mut reader = log.reader();
-        worker.check_in_log(reader.earliest_offset(partition)?, reader.end_offset(partition)?)?;
-        tasks.spawn(partition_loop(worker, reader, job.settings.batch, until, cancel.clone()));
+        let mut readers = Vec::with_capacity(logs.len());
+        for log in &logs {
+            let mut reader = log.reader();
+            let (earliest, end) = (reader.earliest_offset(partition)?, reader.end_offset(partition)?);
+            worker.check_in_log(log.topic(), earliest, end)?;
+            readers.push(reader);
+        }
+        tasks.spawn(partition_loop(worker, readers, job.settings.batch, until, cancel.clone()));
     }
     let mut summaries = Vec::new();
     let mut failure = None;
@@ -43,26 +49,40 @@ pub(super) async fn run(
     failure.map_or(Ok(summaries), Err)
 }
 
+/// Reads up to `batch` records of `partition` from each source topic's reader (in the
+/// job's order), each from the offset the worker needs.
+fn read_sources(
+    readers: &mut [FileReader],
+    partition: u32,
+    from: &[u64],
+    batch: usize,
+) -> Result<Vec<Record>, LogError> {
+    let mut records = Vec::with_capacity(batch);
+    for (reader, &from) in readers.iter_mut().zip(from) {
+        reader.read(partition, from, batch, &mut records)?;
+    }
+    Ok(records)
+}
+
 async fn partition_loop(
     mut worker: PartitionWorker,
-    reader: FileReader,
+    readers: Vec<FileReader>,
     batch: usize,
     until: Until,
     cancel: CancellationToken,
 ) -> Result<PartitionSummary, PipelineError> {
     let partition = worker.summary().partition;
-    let mut reader = Some(reader);
+    let mut readers = Some(readers);
     while !cancel.is_cancelled() {
-        let from = worker.next_offset();
-        let mut taken = reader.take().expect("the reader is put back after each read");
+        let from: Vec<u64> = worker.next_offsets().into_iter().map(|(_, offset)| offset).collect();
+        let mut taken = readers.take().expect("the readers are put back after each read");
         let (taken, records) = tokio::task::spawn_blocking(move || {
-            let mut records = Vec::with_capacity(batch);
-            let result = taken.read(partition, from, batch, &mut records);
-            (taken, result.map(|()| records))
+            let records = read_sources(&mut taken, partition, &from, batch);
+            (taken, records)
         })
         .await
         .map_err(|e| PipelineError::Task(e.to_string()))?;
-        reader = Some(taken);
+        readers = Some(taken);
         let records = records?;
         if records.is_empty() {
             telemetry::consumer_lag(partition, 0);
@@ -79,6 +99,10 @@ async fn partition_loop(
         worker.handle(&records).await?;
     }
     worker.flush_final().await?;
-    tracing::info!(partition, offset = worker.next_offset(), "partition drained; final checkpoint written");
+    tracing::info!(
+        partition,
+        position = worker.summary().next_offset,
+        "partition drained; final checkpoint written"
+    );
     Ok(worker.summary().clone())
 }

@@ -2,8 +2,9 @@
 //! 1. the job's sinks, in order ([`Sinks::effects`](crate::sink::Sinks::effects)): dead
 //!    letters made durable, projections of the changed documents (conditional on the
 //!    version), invalidations announcing them;
-//! 2. a due archive file is uploaded;
-//! 3. snapshots and the checkpoint (fold and archive offsets) commit in one transaction;
+//! 2. a due archive file is uploaded (per source topic);
+//! 3. snapshots and the checkpoints (fold and archive offsets of every source topic)
+//!    commit in one transaction;
 //! 4. a due disaster-recovery export runs (from the store, after the commit).
 //!
 //! A backend that is unavailable fails the flush: it is retried with backoff and jitter
@@ -12,19 +13,20 @@
 //! idempotent, so a retry (or a replay after a crash) repeats effects harmlessly.
 //!
 //! [`Flusher`] owns what only the flush needs (when it last ran, what waits for it, its
-//! retries); the worker hands it the partition's fold and archive per call ([`Parts`]) and
+//! retries); the worker hands it the partition's fold and sources per call ([`Parts`]) and
 //! takes back what it did ([`Flushed`]).
 
 use std::time::{Duration, Instant};
 
+use super::source::{self, Source};
 use super::{Job, PipelineError};
 use crate::fold::{PartitionFold, snapshot};
-use crate::sink::archive::PartitionArchive;
 use crate::sink::dead_letter::DeadLetter;
 use crate::sink::snapshots::{self, Manifest};
 use crate::sink::{Backoff, Changes};
 use crate::store::{Checkpoint, DocWrite, Owner};
 use crate::telemetry;
+use std::collections::BTreeMap;
 
 /// How long the final flush (shutdown, rebalance) keeps retrying an unavailable backend.
 const FINAL_FLUSH_PATIENCE: Duration = Duration::from_secs(60);
@@ -38,9 +40,14 @@ pub(super) struct Parts<'a> {
     pub job: &'a Job,
     pub owner: &'a Owner,
     pub fold: &'a mut PartitionFold,
-    pub archive: Option<&'a mut PartitionArchive>,
-    /// The next record to fold: the checkpoint a flush writes.
-    pub next_offset: u64,
+    /// The source topics: their offsets are the checkpoints a flush writes.
+    pub sources: &'a mut [Source],
+}
+
+impl Parts<'_> {
+    fn archive_due(&self) -> bool {
+        self.sources.iter().any(|s| s.archive.as_ref().is_some_and(|a| a.is_due()))
+    }
 }
 
 /// What flush calls did, for the worker's summary.
@@ -60,8 +67,8 @@ pub(super) struct Flusher {
     /// When the oldest op not yet flushed was folded.
     unflushed_since: Option<Instant>,
     last_flush: Instant,
-    /// The offset the stored checkpoint holds.
-    flushed_offset: u64,
+    /// The fold offsets the stored checkpoints hold, per source (the job's order).
+    flushed: Vec<u64>,
     dead: Vec<DeadLetter>,
     /// Bytes of the raw records in `dead`.
     dead_bytes: usize,
@@ -74,14 +81,14 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    /// A partition whose stored checkpoint is at `flushed_offset`.
-    pub fn new(partition: u32, flushed_offset: u64) -> Flusher {
+    /// A partition whose stored checkpoints are at `flushed` (per source).
+    pub fn new(partition: u32, flushed: Vec<u64>) -> Flusher {
         Flusher {
             label: partition.to_string(),
             ops_since_flush: 0,
             unflushed_since: None,
             last_flush: Instant::now(),
-            flushed_offset,
+            flushed,
             dead: Vec::new(),
             dead_bytes: 0,
             manifest: None,
@@ -91,8 +98,8 @@ impl Flusher {
         }
     }
 
-    pub fn flushed_offset(&self) -> u64 {
-        self.flushed_offset
+    pub fn flushed_offsets(&self) -> &[u64] {
+        &self.flushed
     }
 
     /// `ops` were folded, the first of them at `at`.
@@ -118,13 +125,13 @@ impl Flusher {
             return Ok(Flushed::default());
         }
         let settings = &parts.job.settings;
-        let moved = parts.next_offset != self.flushed_offset;
+        let moved = parts.sources.iter().zip(&self.flushed).any(|(s, &flushed)| s.next_offset != flushed);
         let due = moved
             && (self.ops_since_flush >= settings.flush_ops
                 || age >= Duration::from_millis(settings.flush_interval_ms))
             || parts.fold.len() > settings.max_docs_in_memory
             || self.dead_bytes > parts.job.sinks.dead_letters.max_buffered_bytes
-            || parts.archive.as_ref().is_some_and(|a| a.is_due())
+            || parts.archive_due()
             || self.retry_at.is_some();
         if due { self.flush(parts).await } else { Ok(Flushed::default()) }
     }
@@ -133,7 +140,7 @@ impl Flusher {
     /// bound: reading must wait.
     fn over_bound(&self, parts: &Parts<'_>) -> bool {
         parts.fold.len() > 2 * parts.job.settings.max_docs_in_memory
-            || parts.archive.as_ref().is_some_and(|a| a.is_over_bound())
+            || parts.sources.iter().any(|s| s.archive.as_ref().is_some_and(|a| a.is_over_bound()))
             || self.dead_bytes > parts.job.sinks.dead_letters.max_buffered_bytes
     }
 
@@ -216,30 +223,32 @@ impl Flusher {
                 state: snapshot::encode(&doc.state),
             })
             .collect();
-        if let Some(archive) = parts.archive.as_deref_mut()
-            && (last || archive.is_due())
-        {
-            // Checked again just before the upload: a file with other boundaries than the
+        if last || parts.archive_due() {
+            // Checked again just before the uploads: a file with other boundaries than the
             // new owner's would duplicate rows.
             job.store.check_owner(parts.owner).await?;
+        }
+        for archive in parts.sources.iter_mut().filter_map(|s| s.archive.as_mut()) {
+            if !(last || archive.is_due()) {
+                continue;
+            }
             if let Some(file) = archive.write().await? {
                 tracing::debug!(partition = %self.label, key = file.key, rows = file.rows, bytes = file.bytes, "archive file written");
                 telemetry::archive_file(file.rows);
                 flushed.archive_files += 1;
             }
         }
-        let next_offset = parts.next_offset;
-        let archived_offset = parts.archive.as_ref().map_or(next_offset, |a| a.progress());
-        let checkpoint = Checkpoint { next_offset, archived_offset };
-        job.store.commit(parts.owner, checkpoint, &writes).await?;
-        tracing::debug!(partition = %self.label, offset = next_offset, archived_offset, docs = writes.len(), "checkpoint written");
+        let checkpoints: Vec<(&str, Checkpoint)> =
+            parts.sources.iter().map(|s| (s.stored.as_str(), s.checkpoint())).collect();
+        job.store.commit(parts.owner, &checkpoints, &writes).await?;
+        tracing::debug!(partition = %self.label, position = source::position(parts.sources), docs = writes.len(), "checkpoint written");
         drop(writes);
         drop(docs);
         parts.fold.mark_clean();
         parts.fold.evict(job.settings.max_docs_in_memory);
         self.ops_since_flush = 0;
         self.unflushed_since = None;
-        self.flushed_offset = next_offset;
+        self.flushed = parts.sources.iter().map(|s| s.next_offset).collect();
         self.last_flush = Instant::now();
         flushed.flushes += 1;
         self.backoff.reset();
@@ -247,12 +256,20 @@ impl Flusher {
         telemetry::sink_failing(&self.label, false);
         telemetry::flush_seconds(&self.label, started.elapsed().as_secs_f64());
         telemetry::docs_in_memory(&self.label, parts.fold.len());
-        self.export_if_due(job, parts.owner.partition, last).await
+        let sources: BTreeMap<String, u64> =
+            parts.sources.iter().map(|s| (s.stored.clone(), s.next_offset)).collect();
+        self.export_if_due(job, (parts.owner.partition, sources), last).await
     }
 
-    /// Writes a disaster-recovery snapshot when one is due (a failure is retried at the
-    /// next flush; the checkpoint is already safe).
-    async fn export_if_due(&mut self, job: &Job, partition: u32, last: bool) -> Result<(), PipelineError> {
+    /// Writes a disaster-recovery snapshot of the partition at `sources` (the checkpoints
+    /// just committed) when one is due (a failure is retried at the next flush; the
+    /// checkpoint is already safe).
+    async fn export_if_due(
+        &mut self,
+        job: &Job,
+        (partition, sources): (u32, BTreeMap<String, u64>),
+        last: bool,
+    ) -> Result<(), PipelineError> {
         let settings = &job.sinks.snapshots;
         if settings.interval_ms == 0
             || self.last_export.elapsed() < Duration::from_millis(settings.interval_ms) && !last
@@ -264,21 +281,15 @@ impl Flusher {
             Some(manifest) => Some(manifest),
             None => snapshots::latest_manifest(objects, partition).await?,
         };
-        if previous.as_ref().is_some_and(|m| m.next_offset == self.flushed_offset) {
+        let position: u64 = sources.values().sum();
+        if previous.as_ref().is_some_and(|m| m.next_offset == position) {
             self.keep_manifest(previous);
             self.last_export = Instant::now();
             return Ok(());
         }
         let at = (job.name.as_str(), partition);
-        let exported = snapshots::export(
-            objects,
-            &job.store,
-            at,
-            self.flushed_offset,
-            previous.clone(),
-            settings.batch_docs,
-        )
-        .await;
+        let exported =
+            snapshots::export(objects, &job.store, at, sources, previous.clone(), settings.batch_docs).await;
         match exported {
             Ok(manifest) => {
                 tracing::info!(

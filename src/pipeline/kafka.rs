@@ -1,5 +1,8 @@
 //! Kafka as a source: a consumer group splits the partitions between `docfold run`
-//! processes. On a rebalance the group's callback runs on the consumer thread: revoked
+//! processes. The group subscribes to every source topic with the `range` assignor, which
+//! gives each member the same partition numbers of every topic (the topics have one
+//! partition count), so a partition's worker gets partition p of all of them; the
+//! assignment is checked when it arrives. On a rebalance the group's callback runs on the consumer thread: revoked
 //! partitions are drained and write their final checkpoint before the group moves on;
 //! assigned partitions start a worker that reads its checkpoint, and the consumer is
 //! assigned at exactly that offset. Offsets are never auto-committed: the store is the truth.
@@ -33,29 +36,36 @@ const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) async fn run(
     config: &JobConfig,
     job: Job,
-    log: KafkaLog,
+    logs: Vec<KafkaLog>,
     until: Until,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let cancel = job.cancel.clone();
+    let Some(local) = logs.first().cloned() else {
+        return Err(PipelineError::Config("a job has at least its own topic".into()));
+    };
+    let topics: Vec<String> = job.sources.iter().map(|t| t.to_string()).collect();
     let group = Group {
-        log: log.clone(),
+        logs,
         handle: Handle::current(),
         job,
-        topic: config.log.topic.clone(),
         workers: Mutex::new(HashMap::new()),
         flushed: Flushed::default(),
         done: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
     };
-    let consumer: BaseConsumer<Group> = log
+    let consumer: BaseConsumer<Group> = local
         .config()
         .set("group.id", &config.log.group)
+        // Co-partitioning: `range` splits each topic's partitions over the sorted members
+        // alike (`Group::assign` checks it).
+        .set("partition.assignment.strategy", "range")
         .set("enable.auto.commit", "false")
         // An assigned offset outside the log is an error to report, never a silent reset.
         .set("auto.offset.reset", "error")
         .create_with_context(group)
         .map_err(|e| LogError::Kafka(e.to_string()))?;
-    consumer.subscribe(&[&config.log.topic]).map_err(|e| LogError::Kafka(e.to_string()))?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(|e| LogError::Kafka(e.to_string()))?;
     let batching = (config.pipeline.batch, config.pipeline.batch_ms);
     let join = tokio::task::spawn_blocking(move || consume(consumer, batching, until, cancel));
     join.await.map_err(|e| PipelineError::Task(e.to_string()))?
@@ -64,22 +74,24 @@ pub(super) async fn run(
 struct Worker {
     records: mpsc::Sender<Vec<Record>>,
     task: JoinHandle<Result<PartitionSummary, PipelineError>>,
-    /// The offset the partition was assigned at (its checkpoint).
-    start: u64,
+    /// The offsets the partition's topics were assigned at (its checkpoints).
+    start: TopicOffsets,
 }
 
-/// Each partition's last stored checkpoint, committed to the consumer group for the
-/// ecosystem's lag tools (`kafka-consumer-groups`, Burrow); informational, the store is
-/// the truth.
-type Flushed = Arc<Mutex<HashMap<u32, u64>>>;
+/// A partition's offsets, per source topic.
+type TopicOffsets = Vec<(Arc<str>, u64)>;
+
+/// Each partition's last stored checkpoints (per source topic), committed to the consumer
+/// group for the ecosystem's lag tools (`kafka-consumer-groups`, Burrow); informational,
+/// the store is the truth.
+type Flushed = Arc<Mutex<HashMap<u32, TopicOffsets>>>;
 
 /// The group's state, reached from the rebalance callback.
 struct Group {
     handle: Handle,
     job: Job,
-    topic: String,
-    /// The topic (its partition count: an op's document belongs to one of them).
-    log: KafkaLog,
+    /// The source topics, in the job's order (`job.sources`).
+    logs: Vec<KafkaLog>,
     workers: Mutex<HashMap<u32, Worker>>,
     flushed: Flushed,
     done: Mutex<Vec<PartitionSummary>>,
@@ -93,27 +105,53 @@ impl Group {
         self.job.cancel.cancel();
     }
 
-    /// Starts workers for `partitions` and returns the offsets to consume them from. A
-    /// checkpoint outside the partition's watermarks is refused here; should the log shrink
-    /// after that, the consumer reports it (`auto.offset.reset=error`, [`Group::out_of_range`]).
+    /// The source topic named `topic`, as the job's `Arc`.
+    fn source(&self, topic: &str) -> Option<&Arc<str>> {
+        self.job.sources.iter().find(|t| &***t == topic)
+    }
+
+    /// Checks that the group gave this member partition p of every source topic or of
+    /// none, and returns the partition numbers.
+    fn co_partitioned(&self, assigned: &[(String, u32)]) -> Result<Vec<u32>, PipelineError> {
+        let mut partitions: Vec<u32> = assigned.iter().map(|(_, p)| *p).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for &partition in &partitions {
+            let missing: Vec<&str> = (self.job.sources.iter())
+                .filter(|topic| !assigned.iter().any(|(t, p)| *p == partition && t == &***topic))
+                .map(|topic| &**topic)
+                .collect();
+            if !missing.is_empty() {
+                return Err(PipelineError::SplitAssignment { partition, missing: missing.join(", ") });
+            }
+        }
+        Ok(partitions)
+    }
+
+    /// Starts workers for `partitions` and returns the offsets to consume their topics
+    /// from. A checkpoint outside a partition's watermarks is refused here; should the log
+    /// shrink after that, the consumer reports it (`auto.offset.reset=error`,
+    /// [`Group::out_of_range`]).
     fn assign(
         &self,
         consumer: &BaseConsumer<Group>,
         partitions: &[u32],
     ) -> Result<TopicPartitionList, PipelineError> {
         let mut list = TopicPartitionList::new();
+        let count = self.logs.first().map_or(0, KafkaLog::partitions);
         for &partition in partitions {
-            let worker = self
-                .handle
-                .block_on(PartitionWorker::start(&self.job, (partition, self.log.partitions())))?;
-            let (low, high) = consumer
-                .fetch_watermarks(&self.topic, partition as i32, WATERMARKS_TIMEOUT)
-                .map_err(|e| LogError::Kafka(e.to_string()))?;
-            let end = self.confirmed_end(partition, worker.summary().next_offset, high as u64)?;
-            worker.check_in_log(low as u64, end)?;
-            let start = worker.next_offset();
-            list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(start as i64))
-                .map_err(|e| LogError::Kafka(e.to_string()))?;
+            let worker = self.handle.block_on(PartitionWorker::start(&self.job, (partition, count)))?;
+            for (log, (topic, start)) in self.logs.iter().zip(worker.next_offsets()) {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, partition as i32, WATERMARKS_TIMEOUT)
+                    .map_err(|e| LogError::Kafka(e.to_string()))?;
+                let folded = worker.fold_offset(&topic).unwrap_or(start);
+                let end = confirmed_end(log, partition, folded, high as u64)?;
+                worker.check_in_log(&topic, low as u64, end)?;
+                list.add_partition_offset(&topic, partition as i32, Offset::Offset(start as i64))
+                    .map_err(|e| LogError::Kafka(e.to_string()))?;
+            }
+            let start = worker.next_offsets();
             let (records, queue) = mpsc::channel(QUEUE);
             let task = self.handle.spawn(partition_task(
                 worker,
@@ -140,30 +178,20 @@ impl Group {
         }
     }
 
-    /// The end of `partition` as far as `checkpoint` is concerned: the high watermark, or
-    /// the checkpoint itself when the record just before it can be read (some brokers, tansu
-    /// among them, report a high watermark below the end: `SERVICES.md`).
-    fn confirmed_end(&self, partition: u32, checkpoint: u64, high: u64) -> Result<u64, PipelineError> {
-        if checkpoint <= high {
-            return Ok(high);
-        }
-        let mut found = Vec::new();
-        self.log.reader()?.read(partition, checkpoint - 1, 1, &mut found)?;
-        Ok(if found.first().is_some_and(|r| r.offset == checkpoint - 1) { checkpoint } else { high })
-    }
-
     /// Commits the checkpoints stored since the last call to the consumer group.
     fn commit_flushed(&self, consumer: &BaseConsumer<Group>, mode: CommitMode) {
-        let flushed: Vec<(u32, u64)> = self.flushed.lock().expect("flushed lock").drain().collect();
+        let flushed: Vec<(u32, TopicOffsets)> = self.flushed.lock().expect("flushed lock").drain().collect();
         if flushed.is_empty() {
             return;
         }
         let mut list = TopicPartitionList::new();
-        for (partition, offset) in flushed {
-            if let Err(e) =
-                list.add_partition_offset(&self.topic, partition as i32, Offset::Offset(offset as i64))
-            {
-                tracing::debug!(partition, error = %e, "group commit skipped");
+        for (partition, topics) in flushed {
+            for (topic, offset) in topics {
+                if let Err(e) =
+                    list.add_partition_offset(&topic, partition as i32, Offset::Offset(offset as i64))
+                {
+                    tracing::debug!(partition, %topic, error = %e, "group commit skipped");
+                }
             }
         }
         if let Err(e) = consumer.commit(&list, mode) {
@@ -174,14 +202,17 @@ impl Group {
     /// The consumer found an assigned offset outside the log: which partition's checkpoint
     /// it is, as an error naming both offsets.
     fn out_of_range(&self, consumer: &BaseConsumer<Group>, error: &KafkaError) -> PipelineError {
-        let starts: Vec<(u32, u64)> =
-            self.workers.lock().expect("workers lock").iter().map(|(&p, w)| (p, w.start)).collect();
-        for (partition, start) in starts {
-            if let Ok((low, high)) =
-                consumer.fetch_watermarks(&self.topic, partition as i32, WATERMARKS_TIMEOUT)
-                && let Err(error) = super::check_in_log(partition, [start], low as u64, high as u64)
-            {
-                return error;
+        let starts: Vec<(u32, TopicOffsets)> =
+            self.workers.lock().expect("workers lock").iter().map(|(&p, w)| (p, w.start.clone())).collect();
+        for (partition, topics) in starts {
+            for (topic, start) in topics {
+                if let Ok((low, high)) =
+                    consumer.fetch_watermarks(&topic, partition as i32, WATERMARKS_TIMEOUT)
+                    && let Err(error) =
+                        super::check_in_log((&topic, partition), [start], low as u64, high as u64)
+                {
+                    return error;
+                }
             }
         }
         LogError::Kafka(format!("{error}: a checkpoint is outside the log; see `docfold snapshots restore`"))
@@ -204,10 +235,12 @@ impl Group {
         }
     }
 
-    /// Pauses or resumes fetching `partition`.
+    /// Pauses or resumes fetching `partition` (of every source topic).
     fn set_paused(&self, consumer: &BaseConsumer<Group>, partition: u32, paused: bool) {
         let mut list = TopicPartitionList::new();
-        list.add_partition(&self.topic, partition as i32);
+        for topic in self.job.sources.iter() {
+            list.add_partition(topic, partition as i32);
+        }
         let done = if paused { consumer.pause(&list) } else { consumer.resume(&list) };
         match done {
             Ok(()) => {
@@ -250,9 +283,11 @@ impl ConsumerContext for Group {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: Vec<u32> = tpl.elements().iter().map(|e| e.partition() as u32).collect();
-                tracing::info!(?partitions, "partitions assigned");
-                match self.assign(consumer, &partitions) {
+                let assigned: Vec<(String, u32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition() as u32)).collect();
+                tracing::info!(?assigned, "partitions assigned");
+                match self.co_partitioned(&assigned).and_then(|partitions| self.assign(consumer, &partitions))
+                {
                     Ok(list) => {
                         // Fetching starts unpaused, whatever an earlier owner of the partition did.
                         if let Err(e) = consumer.assign(&list).and_then(|()| consumer.resume(&list)) {
@@ -275,6 +310,18 @@ impl ConsumerContext for Group {
     }
 }
 
+/// The end of `partition` of `log` as far as `checkpoint` is concerned: the high
+/// watermark, or the checkpoint itself when the record just before it can be read (some
+/// brokers, tansu among them, report a high watermark below the end: `SERVICES.md`).
+fn confirmed_end(log: &KafkaLog, partition: u32, checkpoint: u64, high: u64) -> Result<u64, PipelineError> {
+    if checkpoint <= high {
+        return Ok(high);
+    }
+    let mut found = Vec::new();
+    log.reader()?.read(partition, checkpoint - 1, 1, &mut found)?;
+    Ok(if found.first().is_some_and(|r| r.offset == checkpoint - 1) { checkpoint } else { high })
+}
+
 async fn partition_task(
     mut worker: PartitionWorker,
     mut queue: mpsc::Receiver<Vec<Record>>,
@@ -291,13 +338,13 @@ async fn partition_task(
             },
             () = tokio::time::sleep(tick) => worker.flush_if_due().await?,
         }
-        flushed.lock().expect("flushed lock").insert(partition, worker.flushed_offset());
+        flushed.lock().expect("flushed lock").insert(partition, worker.flushed_offsets());
     }
     worker.flush_final().await?;
-    flushed.lock().expect("flushed lock").insert(partition, worker.flushed_offset());
+    flushed.lock().expect("flushed lock").insert(partition, worker.flushed_offsets());
     tracing::info!(
-        partition = worker.summary().partition,
-        offset = worker.next_offset(),
+        partition,
+        position = worker.summary().next_offset,
         "partition drained; final checkpoint written"
     );
     Ok(worker.summary().clone())
@@ -313,7 +360,7 @@ fn consume(
     let max_wait = Duration::from_millis(batch_ms);
     let mut batches = Batches::new(batch, max_wait);
     let mut paused: HashSet<u32> = HashSet::new();
-    let mut positions: HashMap<u32, i64> = HashMap::new();
+    let mut positions: HashMap<(Arc<str>, u32), i64> = HashMap::new();
     let mut last_message = Instant::now();
     let mut last_lag = Instant::now();
     let mut last_commit = Instant::now();
@@ -329,8 +376,15 @@ fn consume(
                 Ok(m) => {
                     last_message = Instant::now();
                     let partition = m.partition() as u32;
-                    positions.insert(partition, m.offset() + 1);
-                    batches.push(partition, crate::log::kafka::record_of(&m), last_message);
+                    match consumer.context().source(m.topic()).cloned() {
+                        Some(topic) => {
+                            positions.insert((topic.clone(), partition), m.offset() + 1);
+                            batches.push(partition, crate::log::kafka::record_of(&topic, &m), last_message);
+                        }
+                        None => {
+                            tracing::warn!(topic = m.topic(), "a message of a topic the job does not fold")
+                        }
+                    }
                 }
                 Err(
                     e @ KafkaError::MessageConsumption(
@@ -376,13 +430,17 @@ fn consume(
     Ok(std::mem::take(&mut *group.done.lock().expect("done lock")))
 }
 
-fn report_lag(consumer: &BaseConsumer<Group>, positions: &HashMap<u32, i64>) {
-    let topic = &consumer.context().topic;
-    for (&partition, &position) in positions {
+/// Reports each partition's lag: records behind, summed over its source topics.
+fn report_lag(consumer: &BaseConsumer<Group>, positions: &HashMap<(Arc<str>, u32), i64>) {
+    let mut lag: HashMap<u32, u64> = HashMap::new();
+    for ((topic, partition), &position) in positions {
         let watermarks: KafkaResult<(i64, i64)> =
-            consumer.fetch_watermarks(topic, partition as i32, Duration::from_secs(1));
+            consumer.fetch_watermarks(topic, *partition as i32, Duration::from_secs(1));
         if let Ok((_, high)) = watermarks {
-            telemetry::consumer_lag(partition, (high - position).max(0) as u64);
+            *lag.entry(*partition).or_default() += (high - position).max(0) as u64;
         }
+    }
+    for (partition, lag) in lag {
+        telemetry::consumer_lag(partition, lag);
     }
 }

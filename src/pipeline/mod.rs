@@ -6,7 +6,10 @@ mod batches;
 mod file;
 mod flush;
 mod kafka;
+mod source;
 mod worker;
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +17,7 @@ use crate::config::{JobConfig, PipelineConfig};
 use crate::fold::snapshot::SnapshotError;
 use crate::log::{LogError, Topic};
 use crate::sink::{SinkError, Sinks};
-use crate::store::{Store, StoreError};
+use crate::store::{LOCAL_TOPIC, Store, StoreError};
 
 pub use worker::{PartitionSummary, PartitionWorker};
 
@@ -34,21 +37,33 @@ pub enum PipelineError {
     Task(String),
     /// The stored checkpoint and the log disagree: folding on would skip records or fold
     /// offsets that now hold other records. The partition stops; nothing is skipped.
-    #[error("{}", out_of_range(*.partition, *.checkpoint, *.earliest, *.end))]
-    CheckpointOutOfRange { partition: u32, checkpoint: u64, earliest: u64, end: u64 },
+    #[error("{}", out_of_range(.topic, *.partition, *.checkpoint, (*.earliest, *.end)))]
+    CheckpointOutOfRange { topic: String, partition: u32, checkpoint: u64, earliest: u64, end: u64 },
+    /// A source topic does not have the partition count of the job's own topic: a document
+    /// would be on different partition numbers in them.
+    #[error(
+        "source topic {topic} has {partitions} partitions, but {local} has {expected}: mirrored topics must keep the partition count (create them with `docfold setup`)"
+    )]
+    NotCoPartitioned { topic: String, partitions: u32, local: String, expected: u32 },
+    /// The consumer group gave this member partition p of some source topics only: folding
+    /// it would fold half of its documents' ops.
+    #[error(
+        "the consumer group assigned partition {partition} without its partition of {missing}: every member must use partition.assignment.strategy = range (docfold sets it), so that a partition number's topics go to one member"
+    )]
+    SplitAssignment { partition: u32, missing: String },
 }
 
-fn out_of_range(partition: u32, checkpoint: u64, earliest: u64, end: u64) -> String {
+fn out_of_range(topic: &str, partition: u32, checkpoint: u64, (earliest, end): (u64, u64)) -> String {
     if checkpoint > end {
         format!(
-            "partition {partition}: the checkpoint is at offset {checkpoint} but the log ends at {end}: records \
+            "topic {topic} partition {partition}: the checkpoint is at offset {checkpoint} but the log ends at {end}: records \
              the store has folded are gone from the log (a truncated file log, an unclean leader election, a \
              recreated topic). Nothing was skipped. Restore the state store from the snapshots (`docfold \
              snapshots restore`) into a fresh store, or rebuild it, before running again"
         )
     } else {
         format!(
-            "partition {partition}: the checkpoint is at offset {checkpoint} but the log starts at {earliest}: \
+            "topic {topic} partition {partition}: the checkpoint is at offset {checkpoint} but the log starts at {earliest}: \
              records {checkpoint}..{earliest} were removed (retention, a recreated topic) before they were \
              folded and archived. Nothing was skipped. Rebuild them from the Parquet archive, or restore from \
              the snapshots (`docfold snapshots restore`), before running again"
@@ -56,18 +71,32 @@ fn out_of_range(partition: u32, checkpoint: u64, earliest: u64, end: u64) -> Str
     }
 }
 
-/// Checks that `offsets` (a worker's checkpoints) lie within the partition's log,
-/// `earliest..=end`.
+/// Checks that `offsets` (a worker's checkpoints of one source topic) lie within the
+/// topic's partition, `earliest..=end`.
 pub(crate) fn check_in_log(
-    partition: u32,
+    (topic, partition): (&str, u32),
     offsets: impl IntoIterator<Item = u64>,
     earliest: u64,
     end: u64,
 ) -> Result<(), PipelineError> {
     match offsets.into_iter().find(|&offset| offset < earliest || offset > end) {
-        Some(checkpoint) => Err(PipelineError::CheckpointOutOfRange { partition, checkpoint, earliest, end }),
+        Some(checkpoint) => Err(PipelineError::CheckpointOutOfRange {
+            topic: topic.into(),
+            partition,
+            checkpoint,
+            earliest,
+            end,
+        }),
         None => Ok(()),
     }
+}
+
+/// The topics a job folds: its own (`log.topic`) first, then each peer region's mirror of
+/// theirs (`<peer>.<topic>`, which `docfold mirror` or MirrorMaker 2 fills).
+pub fn source_topics(config: &JobConfig) -> Vec<String> {
+    let peers = config.region.iter().flat_map(|region| region.peers.iter());
+    let mirrored = peers.map(|peer| crate::mirror::mirrored_topic(peer, &config.log.topic));
+    std::iter::once(config.log.topic.clone()).chain(mirrored).collect()
 }
 
 impl PipelineError {
@@ -112,6 +141,8 @@ pub enum Until {
 pub struct Job {
     /// The job's name: checkpoints and documents are kept per job.
     pub name: String,
+    /// The topics it folds ([`source_topics`]): its own first.
+    pub sources: Arc<[Arc<str>]>,
     pub store: Store,
     pub sinks: Sinks,
     pub settings: PipelineConfig,
@@ -129,6 +160,43 @@ impl Job {
     }
 }
 
+/// The job's source topics, opened: all on the embedded log or all on Kafka.
+enum Sources {
+    File(Vec<crate::log::file::FileLog>),
+    Kafka(Vec<crate::log::kafka::KafkaLog>),
+}
+
+/// How the source topic at `index` of [`source_topics`] is named in the checkpoints: the
+/// job's own as [`LOCAL_TOPIC`], a mirrored one by its name.
+pub fn stored_topic(index: usize, topic: &str) -> &str {
+    if index == 0 { LOCAL_TOPIC } else { topic }
+}
+
+/// Opens every source topic and checks they have the job's partition count.
+fn open_sources(config: &JobConfig) -> Result<Sources, PipelineError> {
+    let (mut file, mut kafka) = (Vec::new(), Vec::new());
+    for (index, name) in source_topics(config).into_iter().enumerate() {
+        // A mirrored topic of the embedded log is created when missing (a peer that has
+        // not been mirrored yet); on Kafka, `docfold setup` creates them.
+        let topic = Topic::open(config, &name, index > 0)?;
+        let expected = match (file.first(), kafka.first()) {
+            (Some(log), _) => crate::log::file::FileLog::partitions(log),
+            (_, Some(log)) => crate::log::kafka::KafkaLog::partitions(log),
+            _ => topic.partitions(),
+        };
+        if topic.partitions() != expected {
+            let (local, partitions) = (config.log.topic.clone(), topic.partitions());
+            return Err(PipelineError::NotCoPartitioned { topic: name, partitions, local, expected });
+        }
+        match topic {
+            Topic::File(log) => file.push(log),
+            Topic::Kafka(log) => kafka.push(log),
+        }
+    }
+    // One log URL: every topic is on the same backend.
+    Ok(if kafka.is_empty() { Sources::File(file) } else { Sources::Kafka(kafka) })
+}
+
 /// Runs the job until `until`; drains and writes final checkpoints on the way out.
 pub async fn run(
     config: &JobConfig,
@@ -138,14 +206,15 @@ pub async fn run(
     let store = Store::open(config.store.url.expose()).await?;
     let job = Job {
         name: config.job.clone(),
+        sources: source_topics(config).into_iter().map(Arc::from).collect(),
         store: store.clone(),
         sinks: Sinks::open(config).await?,
         settings: config.pipeline.clone(),
         cancel,
     };
-    let summaries = match crate::log::Topic::open(config, &config.log.topic, false)? {
-        Topic::File(log) => file::run(job, log, until).await,
-        Topic::Kafka(log) => kafka::run(config, job, log, until).await,
+    let summaries = match open_sources(config)? {
+        Sources::File(logs) => file::run(job, logs, until).await,
+        Sources::Kafka(logs) => kafka::run(config, job, logs, until).await,
     };
     store.close().await;
     let mut summaries = summaries?;

@@ -4,9 +4,11 @@
 //! transaction (`flush.rs`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::flush::{Flushed, Flusher, Parts};
+use super::source::{self, Source};
 use super::{Job, PipelineError};
 use crate::fold::{BadRecord, Doc, Folded, PartitionFold, snapshot};
 use crate::log::Record;
@@ -20,7 +22,8 @@ use crate::telemetry;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionSummary {
     pub partition: u32,
-    /// Where it started (the stored checkpoint) and the next offset it would read.
+    /// Where it started (the stored checkpoints) and where it is: the partition's position,
+    /// the sum of its source topics' offsets (the log offset with one source topic).
     pub start_offset: u64,
     pub next_offset: u64,
     pub folded: u64,
@@ -39,56 +42,75 @@ pub struct PartitionWorker {
     /// This worker's claim of the partition: every commit carries it.
     owner: Owner,
     fold: PartitionFold,
+    /// The job's source topics, in the job's order (its own first).
+    sources: Vec<Source>,
     summary: PartitionSummary,
-    archive: Option<PartitionArchive>,
     flusher: Flusher,
 }
 
 impl PartitionWorker {
-    /// Loads the partition's checkpoint: the worker folds from there (and the archive from
-    /// its own progress, which may be behind).
+    /// Loads the partition's checkpoints: the worker folds each source topic from there
+    /// (and the archive from its own progress, which may be behind).
     pub async fn start(job: &Job, (partition, partitions): (u32, u32)) -> Result<Self, PipelineError> {
         let owner = job.store.claim(&job.name, partition).await?;
-        let checkpoint = job.store.checkpoint(&job.name, partition).await?;
-        let start = checkpoint.map_or(0, |c| c.next_offset);
-        let archive = job.sinks.archive.clone().map(|archive| {
-            let progress = checkpoint.map_or(0, |c| c.archived_offset);
-            PartitionArchive::new(partition, job.sinks.objects.clone(), archive, progress)
-        });
-        tracing::info!(partition, offset = start, epoch = owner.epoch, archive = ?archive.as_ref().map(|a| a.progress()), "partition starts at its checkpoint");
+        let stored = job.store.source_checkpoints(&job.name, partition).await?;
+        let mut sources = Vec::with_capacity(job.sources.len());
+        for (index, topic) in job.sources.iter().enumerate() {
+            let name = super::stored_topic(index, topic).to_string();
+            let checkpoint = stored.iter().find(|(t, _)| *t == name).map(|(_, c)| *c).unwrap_or_default();
+            let archive = job.sinks.archive.clone().map(|archive| {
+                let objects = job.sinks.objects.clone();
+                PartitionArchive::new((&name, partition), objects, archive, checkpoint.archived_offset)
+            });
+            tracing::info!(partition, %topic, offset = checkpoint.next_offset, epoch = owner.epoch, archive = ?archive.as_ref().map(|a| a.progress()), "partition starts at its checkpoint");
+            sources.push(Source {
+                topic: topic.clone(),
+                stored: name,
+                next_offset: checkpoint.next_offset,
+                archive,
+            });
+        }
+        let start = source::position(&sources);
+        let flushed = sources.iter().map(|s| s.next_offset).collect();
         Ok(PartitionWorker {
             job: job.clone(),
             owner,
             fold: PartitionFold::for_partition(partition, partitions),
+            sources,
             summary: PartitionSummary {
                 partition,
                 start_offset: start,
                 next_offset: start,
                 ..Default::default()
             },
-            archive,
-            flusher: Flusher::new(partition, start),
+            flusher: Flusher::new(partition, flushed),
         })
     }
 
-    /// The next offset the worker needs: the fold's, or the archive's when it is behind.
-    pub fn next_offset(&self) -> u64 {
-        let fold = self.summary.next_offset;
-        self.archive.as_ref().map_or(fold, |a| a.next_offset().min(fold))
+    /// The next offset the worker needs of each source topic (the job's order).
+    pub fn next_offsets(&self) -> Vec<(Arc<str>, u64)> {
+        self.sources.iter().map(|s| (s.topic.clone(), s.needed())).collect()
     }
 
-    /// Refuses to go on when the checkpoints (fold and archive) are not within the log's
-    /// `earliest..=end`: records were removed before they were folded, or the log lost
-    /// records the store has folded.
-    pub fn check_in_log(&self, earliest: u64, end: u64) -> Result<(), PipelineError> {
-        let archived = self.archive.as_ref().map(|a| a.next_offset());
-        let offsets = [self.summary.next_offset].into_iter().chain(archived);
-        super::check_in_log(self.summary.partition, offsets, earliest, end)
+    /// Refuses to go on when a source topic's checkpoints (fold and archive) are not
+    /// within its log's `earliest..=end`: records were removed before they were folded, or
+    /// the log lost records the store has folded.
+    pub fn check_in_log(&self, topic: &str, earliest: u64, end: u64) -> Result<(), PipelineError> {
+        let Some(source) = self.sources.iter().find(|s| &*s.topic == topic) else { return Ok(()) };
+        let archived = source.archive.as_ref().map(|a| a.next_offset());
+        let offsets = [source.next_offset].into_iter().chain(archived);
+        super::check_in_log((topic, self.summary.partition), offsets, earliest, end)
     }
 
-    /// The offset the stored checkpoint holds.
-    pub fn flushed_offset(&self) -> u64 {
-        self.flusher.flushed_offset()
+    /// The next offset to fold of `topic`, if it is a source.
+    pub fn fold_offset(&self, topic: &str) -> Option<u64> {
+        self.sources.iter().find(|s| &*s.topic == topic).map(|s| s.next_offset)
+    }
+
+    /// The offsets the stored checkpoints hold, per source topic.
+    pub fn flushed_offsets(&self) -> Vec<(Arc<str>, u64)> {
+        let flushed = self.flusher.flushed_offsets().iter();
+        self.sources.iter().zip(flushed).map(|(s, &offset)| (s.topic.clone(), offset)).collect()
     }
 
     pub fn summary(&self) -> &PartitionSummary {
@@ -113,13 +135,8 @@ impl PartitionWorker {
 
     /// The flusher, and what it flushes.
     fn parts(&mut self) -> (&mut Flusher, Parts<'_>) {
-        let parts = Parts {
-            job: &self.job,
-            owner: &self.owner,
-            fold: &mut self.fold,
-            archive: self.archive.as_mut(),
-            next_offset: self.summary.next_offset,
-        };
+        let parts =
+            Parts { job: &self.job, owner: &self.owner, fold: &mut self.fold, sources: &mut self.sources };
         (&mut self.flusher, parts)
     }
 
@@ -134,13 +151,16 @@ impl PartitionWorker {
     }
 
     /// Folds a batch (records already folded and archived, e.g. redelivered, are skipped).
+    /// Records may come from any of the source topics.
     pub async fn handle(&mut self, records: &[Record]) -> Result<(), PipelineError> {
         let started = Instant::now();
         let mut folded = 0;
         for record in records {
-            let to_fold = record.offset >= self.summary.next_offset;
+            let at = self.source_of(record)?;
+            let source = &mut self.sources[at];
+            let to_fold = record.offset >= source.next_offset;
             let mut to_archive = false;
-            if let Some(archive) = &mut self.archive
+            if let Some(archive) = &mut source.archive
                 && record.offset >= archive.next_offset()
             {
                 archive.skip_written(record.offset, record.timestamp_ms).await?;
@@ -150,7 +170,9 @@ impl PartitionWorker {
                 continue;
             }
             let outcome = if to_fold {
-                self.fold_record(record).await?
+                // The other sources' offsets plus this record's: the partition's position.
+                let others = source::position(&self.sources) - self.sources[at].next_offset;
+                self.fold_record(others + record.offset, record).await?
             } else {
                 self.fold.decode(&record.value).map(drop).map_err(BadRecord::from)
             };
@@ -161,13 +183,15 @@ impl PartitionWorker {
                 Err(error) if to_fold => self.dead_letter(record, error),
                 Err(_) => {} // dead-lettered when it was folded
             }
-            if to_archive && let Some(archive) = &mut self.archive {
+            let source = &mut self.sources[at];
+            if to_archive && let Some(archive) = &mut source.archive {
                 archive.push(record, decoded.then(|| self.fold.last_envelope()));
             }
             if to_fold {
-                self.summary.next_offset = record.offset + 1;
+                source.next_offset = record.offset + 1;
             }
         }
+        self.summary.next_offset = source::position(&self.sources);
         self.summary.folded += folded;
         self.flusher.folded(folded, started);
         let label = self.summary.partition.to_string();
@@ -176,10 +200,28 @@ impl PartitionWorker {
         self.flush_if_due().await
     }
 
-    /// Folds one record, loading its document first when it is cold.
-    async fn fold_record(&mut self, record: &Record) -> Result<Result<(), BadRecord>, PipelineError> {
+    /// Which source a record came from.
+    fn source_of(&self, record: &Record) -> Result<usize, PipelineError> {
+        self.sources.iter().position(|s| s.topic == record.topic).ok_or_else(|| {
+            let sources: Vec<&str> = self.sources.iter().map(|s| &*s.topic).collect();
+            PipelineError::Task(format!(
+                "partition {}: a record of topic {:?}, which is not one of the job's source topics ({})",
+                self.summary.partition,
+                record.topic,
+                sources.join(", ")
+            ))
+        })
+    }
+
+    /// Folds one record at the partition's `position`, loading its document first when it
+    /// is cold.
+    async fn fold_record(
+        &mut self,
+        position: u64,
+        record: &Record,
+    ) -> Result<Result<(), BadRecord>, PipelineError> {
         loop {
-            match self.fold.fold(record.offset, &record.value) {
+            match self.fold.fold(position, &record.value) {
                 Ok(Folded::Applied { .. }) => return Ok(Ok(())),
                 Ok(Folded::NeedDoc(doc_id)) => {
                     let doc = self.load(&doc_id).await?;
@@ -196,8 +238,7 @@ impl PartitionWorker {
         tracing::warn!(partition, offset = record.offset, %error, "bad message sent to the dead letters");
         telemetry::bad_message(&partition.to_string(), reason);
         self.summary.bad += 1;
-        let letter =
-            DeadLetter::new(&self.job.sinks.source_topic, partition, record, reason, error.to_string());
+        let letter = DeadLetter::new(&record.topic, partition, record, reason, error.to_string());
         self.flusher.dead_letter(letter, record.key.len() + record.value.len());
     }
 

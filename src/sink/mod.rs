@@ -157,8 +157,6 @@ pub struct Sinks {
     pub archive: Option<crate::config::ArchiveConfig>,
     /// Disaster-recovery snapshots: how often (0: never), how many kept, batch size.
     pub snapshots: crate::config::SnapshotsConfig,
-    /// The topic the job folds (named in dead letters).
-    pub source_topic: String,
 }
 
 impl Sinks {
@@ -188,7 +186,6 @@ impl Sinks {
             dead_letters: dead_letter::DeadLetters::open(config, objects.clone())?,
             archive: config.archive.enabled.then(|| config.archive.clone()),
             snapshots: config.snapshots.clone(),
-            source_topic: config.log.topic.clone(),
             objects,
         })
     }

@@ -14,15 +14,21 @@ use std::collections::BTreeMap;
 
 use super::SinkError;
 use super::objects::{Objects, stored_key};
-use crate::store::{Checkpoint, DocWrite, Store, StoreError};
+use crate::store::{Checkpoint, DocWrite, LOCAL_TOPIC, Store, StoreError};
 
-/// The documents of a partition as of `next_offset`.
+/// The documents of a partition as of its checkpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub job: String,
     pub partition: u32,
-    /// Every record before this offset is in the listed states.
+    /// The partition's position: the sum of `sources`' offsets (the local topic's offset
+    /// with one source topic). Documents' `offset`s count the same way.
     pub next_offset: u64,
+    /// Per source topic (stored name; `""` is the job's own): every record before this
+    /// offset is in the listed states. Empty in manifests from before several topics:
+    /// then `next_offset` is the job's own topic's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, u64>,
     pub created_ms: i64,
     pub docs: BTreeMap<String, ManifestDoc>,
 }
@@ -32,8 +38,19 @@ pub struct ManifestDoc {
     /// Object key of the state (relative to the object storage root).
     pub key: String,
     pub version: u64,
-    /// Log offset of the last record in the state.
+    /// The partition's position after the last record in the state (`StoredDoc::offset`).
     pub offset: u64,
+}
+
+impl Manifest {
+    /// Each source topic's next offset.
+    pub fn source_offsets(&self) -> BTreeMap<String, u64> {
+        if self.sources.is_empty() {
+            BTreeMap::from([(LOCAL_TOPIC.to_string(), self.next_offset)])
+        } else {
+            self.sources.clone()
+        }
+    }
 }
 
 fn manifests(partition: u32) -> Key {
@@ -65,13 +82,14 @@ pub async fn latest_manifest(objects: &Objects, partition: u32) -> Result<Option
 }
 
 /// Writes the partition's documents changed since `last` (the previous manifest) and a new
-/// manifest at `next_offset`, the checkpoint just committed. Documents are read from the
-/// store `batch` at a time, so an export holds one batch of states, never a partition.
+/// manifest at `sources`, the checkpoints just committed (stored topic, next offset).
+/// Documents are read from the store `batch` at a time, so an export holds one batch of
+/// states, never a partition.
 pub async fn export(
     objects: &Objects,
     store: &Store,
     (job, partition): (&str, u32),
-    next_offset: u64,
+    sources: BTreeMap<String, u64>,
     last: Option<Manifest>,
     batch: usize,
 ) -> Result<Manifest, SinkError> {
@@ -98,7 +116,9 @@ pub async fn export(
             );
         }
     }
+    let next_offset: u64 = sources.values().sum();
     manifest.next_offset = next_offset;
+    manifest.sources = sources;
     manifest.created_ms = crate::store::now_ms();
     let body = serde_json::to_vec_pretty(&manifest).expect("plain struct");
     objects
@@ -153,7 +173,7 @@ pub struct Restored {
 }
 
 /// Loads the newest manifest of each of `partitions` into `store` for `job`: the
-/// documents' states and a checkpoint at the manifest's offset, with the archive's
+/// documents' states and checkpoints at the manifest's offsets, with the archive's
 /// progress where its files end (a manifest's offset is rarely a file boundary; the
 /// archive goes on after its last file, so no row is written twice). A partition without
 /// a manifest is left alone. `progress` is called per partition.
@@ -173,13 +193,27 @@ pub async fn restore(
     for partition in 0..partitions {
         let Some(manifest) = latest_manifest(objects, partition).await? else { continue };
         let owner = store.claim(job, partition).await.map_err(store_failed)?;
-        let before = store.checkpoint(job, partition).await.map_err(store_failed)?.unwrap_or_default();
-        let archived_offset = archived.get(&partition).copied().unwrap_or(0);
-        let done = Checkpoint { next_offset: manifest.next_offset, archived_offset };
+        let before = store.source_checkpoints(job, partition).await.map_err(store_failed)?;
+        let offsets = manifest.source_offsets();
+        let done: Vec<(&str, Checkpoint)> = offsets
+            .iter()
+            .map(|(topic, &next_offset)| {
+                let archived_offset = archived.get(&(topic.clone(), partition)).copied().unwrap_or(0);
+                (topic.as_str(), Checkpoint { next_offset, archived_offset })
+            })
+            .collect();
+        // Between batches each topic's checkpoint stays where it was (0 where there was none).
+        let before: Vec<(&str, Checkpoint)> = done
+            .iter()
+            .map(|&(topic, _)| {
+                let held = before.iter().find(|(t, _)| t == topic).map(|(_, c)| *c);
+                (topic, held.unwrap_or_default())
+            })
+            .collect();
         let docs: Vec<(&String, &ManifestDoc)> = manifest.docs.iter().collect();
         let mut chunks = docs.chunks(batch.max(1)).peekable();
         if chunks.peek().is_none() {
-            store.commit(&owner, done, &[]).await.map_err(store_failed)?;
+            store.commit(&owner, &done, &[]).await.map_err(store_failed)?;
         }
         while let Some(chunk) = chunks.next() {
             let mut writes = Vec::with_capacity(chunk.len());
@@ -194,8 +228,8 @@ pub async fn restore(
                     state: state.to_vec(),
                 });
             }
-            let checkpoint = if chunks.peek().is_some() { before } else { done };
-            store.commit(&owner, checkpoint, &writes).await.map_err(store_failed)?;
+            let checkpoints = if chunks.peek().is_some() { &before } else { &done };
+            store.commit(&owner, checkpoints, &writes).await.map_err(store_failed)?;
         }
         let done = Restored { partition, next_offset: manifest.next_offset, docs: docs.len() };
         progress(&done);

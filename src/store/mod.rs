@@ -3,39 +3,28 @@
 //! default) and `postgres://…`, both through sqlx's `Any` driver with one set of SQL and a
 //! migration folder per backend (`migrations/sqlite`, `migrations/postgres`).
 
+mod checkpoint;
+
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
 use crate::config::redact_url;
 use sqlx::{AnyPool, Executor, Row};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use checkpoint::{Checkpoint, LOCAL_TOPIC, Owner};
+
 /// A document as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredDoc {
     pub partition: u32,
     pub version: u64,
-    /// Log offset of the last record folded into this state.
+    /// The partition's position after the last record folded into this state: the offset
+    /// of that record plus the next offsets of the partition's other source topics (so it
+    /// only grows; with one source topic it is the record's log offset).
     pub offset: u64,
     /// The state encoding (`fold::snapshot`).
     pub state: Vec<u8>,
     pub updated_ms: i64,
-}
-
-/// Where a partition stands: the next record to fold and the next record the archive
-/// has not written to a file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub next_offset: u64,
-    pub archived_offset: u64,
-}
-
-/// The right to write one partition's checkpoint: whoever claimed it last holds the
-/// highest epoch, and only the holder of the current epoch may commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub job: String,
-    pub partition: u32,
-    pub epoch: u64,
 }
 
 /// A document to write with a checkpoint.
@@ -58,9 +47,9 @@ pub enum StoreError {
     /// Another process moved this partition's checkpoint past ours: it owns the partition
     /// now (a rebalance), so our write is refused whole.
     #[error(
-        "checkpoint of job {job} partition {partition} is at {held}, past {ours}: another worker owns it"
+        "checkpoint of job {job} partition {partition} (topic {topic:?}) is at {held}, past {ours}: another worker owns it"
     )]
-    Superseded { job: String, partition: u32, held: u64, ours: u64 },
+    Superseded { job: String, partition: u32, topic: String, held: u64, ours: u64 },
     /// A later claim of the partition fenced this owner off: its write is refused whole, and
     /// it must stop working on the partition.
     #[error(
@@ -215,10 +204,12 @@ impl Store {
                 url.push_str("?mode=rwc");
             }
             // WAL: readers (`doc show`) never block the pipeline; NORMAL sync is durable
-            // against a process crash (the log replays anything a power loss takes).
+            // against a process crash (the log replays anything a power loss takes). The busy
+            // timeout comes first: switching to WAL takes a lock that another process opening
+            // the file at the same moment may hold.
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
                         .await
                         .map(drop)
                 })
@@ -230,22 +221,6 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
         Ok(Store { pool })
-    }
-
-    /// The checkpoint of (job, partition), if one was written.
-    pub async fn checkpoint(&self, job: &str, partition: u32) -> Result<Option<Checkpoint>, StoreError> {
-        let row = sqlx::query(
-            "SELECT next_offset, archived_offset FROM checkpoints WHERE job = $1 AND partition_id = $2",
-        )
-        .bind(job)
-        .bind(i64::from(partition))
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let next_offset = to_u64(row.try_get(0)?)?;
-        let archived: Option<i64> = row.try_get(1)?;
-        let archived_offset = archived.map(to_u64).transpose()?.unwrap_or(next_offset);
-        Ok(Some(Checkpoint { next_offset, archived_offset }))
     }
 
     pub async fn load_doc(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
@@ -261,125 +236,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| stored_doc(&row, 0)).transpose()
-    }
-
-    /// Claims (job, partition) for a new owner: the epoch goes up by one, which fences off
-    /// every earlier owner ([`StoreError::Fenced`] on their next commit or check). A
-    /// partition never written gets a checkpoint at offset 0.
-    pub async fn claim(&self, job: &str, partition: u32) -> Result<Owner, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO checkpoints (job, partition_id, next_offset, updated_ms, owner_epoch) VALUES ($1, $2, 0, $3, 1) \
-             ON CONFLICT (job, partition_id) DO UPDATE SET owner_epoch = checkpoints.owner_epoch + 1 \
-             RETURNING owner_epoch",
-        )
-        .bind(job)
-        .bind(i64::from(partition))
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Owner { job: job.into(), partition, epoch: to_u64(row.try_get(0)?)? })
-    }
-
-    /// Fails with [`StoreError::Fenced`] when `owner` is no longer the partition's owner:
-    /// checked before effects that a stale owner must not write.
-    pub async fn check_owner(&self, owner: &Owner) -> Result<(), StoreError> {
-        let held = timed("an owner check", self.epoch(&owner.job, owner.partition)).await?;
-        if held == owner.epoch { Ok(()) } else { Err(self.fenced(owner, held)) }
-    }
-
-    async fn epoch(&self, job: &str, partition: u32) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT owner_epoch FROM checkpoints WHERE job = $1 AND partition_id = $2")
-            .bind(job)
-            .bind(i64::from(partition))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map_or(Ok(0), |row| to_u64(row.try_get(0)?))
-    }
-
-    fn fenced(&self, owner: &Owner, held: u64) -> StoreError {
-        StoreError::Fenced { job: owner.job.clone(), partition: owner.partition, held, ours: owner.epoch }
-    }
-
-    /// Writes `docs` and moves the owner's partition's checkpoint, in one transaction.
-    /// Refused whole when a newer owner claimed the partition ([`StoreError::Fenced`]) or
-    /// the stored checkpoint is already past `checkpoint.next_offset`
-    /// ([`StoreError::Superseded`]).
-    pub async fn commit(
-        &self,
-        owner: &Owner,
-        checkpoint: Checkpoint,
-        docs: &[DocWrite<'_>],
-    ) -> Result<(), StoreError> {
-        timed("a commit", self.commit_now(owner, checkpoint, docs)).await
-    }
-
-    async fn commit_now(
-        &self,
-        owner: &Owner,
-        checkpoint: Checkpoint,
-        docs: &[DocWrite<'_>],
-    ) -> Result<(), StoreError> {
-        let (job, partition) = (owner.job.as_str(), owner.partition);
-        let next_offset = checkpoint.next_offset;
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE checkpoints SET next_offset = $3, archived_offset = $4, updated_ms = $5 \
-             WHERE job = $1 AND partition_id = $2 AND owner_epoch = $6 AND next_offset <= $3",
-        )
-        .bind(job)
-        .bind(i64::from(partition))
-        .bind(to_i64(next_offset)?)
-        .bind(to_i64(checkpoint.archived_offset)?)
-        .bind(now)
-        .bind(to_i64(owner.epoch)?)
-        .execute(&mut *tx)
-        .await?;
-        if moved.rows_affected() == 0 {
-            drop(tx);
-            let held = self.epoch(job, partition).await?;
-            if held != owner.epoch {
-                return Err(self.fenced(owner, held));
-            }
-            let held = self.checkpoint(job, partition).await?.map_or(0, |c| c.next_offset);
-            return Err(StoreError::Superseded { job: job.into(), partition, held, ours: next_offset });
-        }
-        for doc in docs {
-            sqlx::query(
-                "INSERT INTO doc_snapshots (job, doc_id, partition_id, version, log_offset, state, updated_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job, doc_id) DO UPDATE SET \
-                 partition_id = excluded.partition_id, version = excluded.version, log_offset = excluded.log_offset, \
-                 state = excluded.state, updated_ms = excluded.updated_ms",
-            )
-            .bind(job)
-            .bind(doc.doc_id)
-            .bind(i64::from(partition))
-            .bind(to_i64(doc.version)?)
-            .bind(to_i64(doc.offset)?)
-            .bind(doc.state.as_slice())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Every checkpoint of a job: (partition, next offset).
-    pub async fn checkpoints(&self, job: &str) -> Result<Vec<(u32, u64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT partition_id, next_offset FROM checkpoints WHERE job = $1 ORDER BY partition_id",
-        )
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let partition =
-                    u32::try_from(r.try_get::<i64, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok((partition, to_u64(r.try_get(1)?)?))
-            })
-            .collect()
     }
 
     /// Up to `limit` documents of (job, partition) whose last record is at or after

@@ -13,6 +13,7 @@ mod region;
 mod secrets;
 mod services;
 mod sinks;
+mod sources;
 mod spine;
 mod store;
 mod tls;

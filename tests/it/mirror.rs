@@ -167,6 +167,7 @@ fn a_mirror_never_copies_a_mirror_or_itself() {
 #[test]
 fn a_delayed_link_copies_a_prefix_of_what_is_old_enough() {
     let record = |offset, timestamp_ms| Record {
+        topic: "doc-ops".into(),
         offset,
         timestamp_ms,
         timestamp_type: TimestampType::LogAppend,

@@ -58,7 +58,7 @@ fn fill(writer: &mut dyn LogWriter, svelte_copies: usize, friends_copies: usize)
 }
 
 /// `docfold run --exit-when-idle`; on Kafka, idle means `idle_ms` without a message.
-fn spawn_run(config: &Path, idle_ms: u64) -> Child {
+pub fn spawn_run(config: &Path, idle_ms: u64) -> Child {
     Command::new(env!("CARGO_BIN_EXE_docfold"))
         .args(["run", "--exit-when-idle", "--idle-ms", &idle_ms.to_string(), "--config"])
         .arg(config)
@@ -73,7 +73,7 @@ fn spawn_run(config: &Path, idle_ms: u64) -> Child {
 
 /// Kills `runs` children at seeded random moments `min_ms + 1..=spread_ms` after their
 /// start, calling `after_kill` after each; returns how many were still working.
-fn kill_at_random(
+pub fn kill_at_random(
     config: &Path,
     runs: usize,
     seed: u64,
@@ -107,7 +107,7 @@ fn spawn_watched(config: &Path, idle_ms: u64) -> Child {
         .expect("spawn docfold run")
 }
 
-fn run_to_completion(config: &Path, idle_ms: u64) {
+pub fn run_to_completion(config: &Path, idle_ms: u64) {
     let status = spawn_run(config, idle_ms).wait().expect("final run");
     // Bad records are dead letters, not a failure of a clean drain.
     assert_eq!(status.code(), Some(0), "final run failed: {status}");
@@ -185,7 +185,7 @@ async fn assert_store_equals_reference(store_url: &str, expected: &Reference) {
         assert_eq!((stored.version, stored.offset), (doc.version, doc.offset), "version and offset of {id}");
     }
     let checkpoints: Vec<u64> =
-        store.checkpoints("crash").await.expect("checkpoints").iter().map(|c| c.1).collect();
+        store.checkpoints("crash").await.expect("checkpoints").iter().map(|c| c.2).collect();
     assert_eq!(&checkpoints, ends, "every partition checkpointed at its end");
     store.close().await;
 }

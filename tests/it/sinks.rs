@@ -18,10 +18,10 @@ use docfold::sink::invalidate::{Invalidation, Invalidator, RedisCache};
 use docfold::sink::objects::Objects;
 use docfold::sink::projection::{Body, Projection, ProjectionStore, Projections, Written};
 use docfold::sink::snapshots;
-use docfold::store::{Checkpoint, DocWrite, Store};
+use docfold::store::{Checkpoint, DocWrite, LOCAL_TOPIC, Store};
 use object_store::path::Path as Key;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::services;
 
@@ -149,7 +149,10 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
     let docs =
         [ODD_DOC_ID, "plain"].map(|doc_id| DocWrite { doc_id, version: 3, offset: 24, state: state.clone() });
     let owner = source.claim("dr", 0).await.expect("claim");
-    source.commit(&owner, Checkpoint { next_offset: 25, archived_offset: 10 }, &docs).await.expect("commit");
+    source
+        .commit(&owner, &[(LOCAL_TOPIC, Checkpoint { next_offset: 25, archived_offset: 10 })], &docs)
+        .await
+        .expect("commit");
     // The archive's files cover offsets 0..=9; the fold is at 25.
     let file = Key::from_iter([
         "ops",
@@ -159,7 +162,10 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
     ]);
     objects.put(&file, Bytes::new(), 5 << 20).await.expect("put");
     // One document per batch: the export and the restore page through the partition.
-    let manifest = snapshots::export(&objects, &source, ("dr", 0), 25, None, 1).await.expect("export");
+    let manifest =
+        snapshots::export(&objects, &source, ("dr", 0), BTreeMap::from([(LOCAL_TOPIC.into(), 25)]), None, 1)
+            .await
+            .expect("export");
     assert_eq!(manifest.docs.len(), 2);
 
     let restored = Store::open(&format!("sqlite://{}/restored.db", dir.display())).await.expect("store");
@@ -181,11 +187,20 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
     for offset in [30u64, 40] {
         let write = [DocWrite { doc_id: "plain", version: offset, offset: offset - 1, state: state.clone() }];
         source
-            .commit(&owner, Checkpoint { next_offset: offset, archived_offset: 10 }, &write)
+            .commit(&owner, &[(LOCAL_TOPIC, Checkpoint { next_offset: offset, archived_offset: 10 })], &write)
             .await
             .expect("commit");
         let last = snapshots::latest_manifest(&objects, 0).await.expect("manifest");
-        snapshots::export(&objects, &source, ("dr", 0), offset, last, 256).await.expect("export");
+        snapshots::export(
+            &objects,
+            &source,
+            ("dr", 0),
+            BTreeMap::from([(LOCAL_TOPIC.into(), offset)]),
+            last,
+            256,
+        )
+        .await
+        .expect("export");
     }
     snapshots::collect_garbage(&objects, 0, 2).await.expect("garbage collected");
     let config = ObjectsConfig { url: objects_url, ..ObjectsConfig::default() };
@@ -242,7 +257,7 @@ async fn projections_conformance_dynamodb() {
 /// A record at `offset` stamped by the log at `timestamp_ms` (what the archive reads of it).
 fn record(offset: u64, timestamp_ms: i64) -> Record {
     let timestamp_type = TimestampType::LogAppend;
-    Record { offset, timestamp_ms, timestamp_type, key: vec![], value: vec![] }
+    Record { topic: "doc-ops".into(), offset, timestamp_ms, timestamp_type, key: vec![], value: vec![] }
 }
 
 fn envelope(doc: &str, counter: u64, text: &str, delete: bool) -> Envelope {
@@ -262,6 +277,7 @@ fn envelope(doc: &str, counter: u64, text: &str, delete: bool) -> Envelope {
 /// One archive row as analysts see it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Row {
+    pub source_topic: String,
     pub partition: i32,
     pub offset: i64,
     pub item: i32,
@@ -285,9 +301,11 @@ pub async fn read_archive(objects: &Objects) -> Vec<Row> {
             let (partition, offset, item) = (column("partition"), column("offset"), column("item"));
             let (doc_id, kind, text) = (column("doc_id"), column("kind"), column("text"));
             let (ingest_time, ingest_time_type) = (column("ingest_time"), column("ingest_time_type"));
+            let source_topic = column("source_topic");
             for i in 0..batch.num_rows() {
                 let text = text.as_string::<i32>();
                 rows.push(Row {
+                    source_topic: source_topic.as_string::<i32>().value(i).to_string(),
                     partition: partition.as_primitive::<Int32Type>().value(i),
                     offset: offset.as_primitive::<Int64Type>().value(i),
                     item: item.as_primitive::<Int32Type>().value(i),
@@ -306,7 +324,7 @@ pub async fn read_archive(objects: &Objects) -> Vec<Row> {
 async fn archive_conformance(objects: ObjectsConfig) {
     let objects = Objects::open(&objects).expect("open");
     let settings = ArchiveConfig { max_file_bytes: 200, ..ArchiveConfig::default() };
-    let mut archive = PartitionArchive::new(2, objects.clone(), settings.clone(), 0);
+    let mut archive = PartitionArchive::new((LOCAL_TOPIC, 2), objects.clone(), settings.clone(), 0);
     assert_eq!(archive.write().await.expect("nothing to write"), None);
     let day = 86_400_000 * 20_000; // 2024-10-04
     for offset in 0..6u64 {
@@ -329,7 +347,7 @@ async fn archive_conformance(objects: ObjectsConfig) {
     assert!(rows.iter().all(|r| (r.ingest_time, r.ingest_time_type.as_str()) == (day, "log_append")));
 
     // A restart from an older checkpoint adopts the files already written, rows once.
-    let mut again = PartitionArchive::new(2, objects.clone(), settings, 0);
+    let mut again = PartitionArchive::new((LOCAL_TOPIC, 2), objects.clone(), settings, 0);
     for offset in 0..6u64 {
         again.skip_written(offset, day).await.expect("look");
         again.push(&record(offset, day), Some(&envelope("doc-0", offset + 1, "zz", false)));
@@ -354,7 +372,7 @@ async fn archive_conformance_s3() {
 async fn pyarrow_reads_the_archive() {
     let config = folder_objects("pyarrow");
     let objects = Objects::open(&config).expect("open");
-    let mut archive = PartitionArchive::new(0, objects.clone(), ArchiveConfig::default(), 0);
+    let mut archive = PartitionArchive::new((LOCAL_TOPIC, 0), objects.clone(), ArchiveConfig::default(), 0);
     for offset in 0..1000u64 {
         let envelope = envelope(&format!("doc-{}", offset % 7), offset + 1, "é€x", offset % 10 == 9);
         archive.push(&record(offset, 1_700_000_000_000), Some(&envelope));
@@ -515,7 +533,8 @@ async fn invalidations_conformance_kafka_and_redis() {
 pub fn offsets_once(rows: &[Row]) -> BTreeSet<(i32, i64)> {
     let mut seen = BTreeSet::new();
     for row in rows {
-        assert!(seen.insert((row.partition, row.offset, row.item)), "row {row:?} archived twice");
+        let at = (row.source_topic.as_str(), row.partition, row.offset, row.item);
+        assert!(seen.insert(at), "row {row:?} archived twice");
     }
-    seen.into_iter().map(|(p, o, _)| (p, o)).collect()
+    seen.into_iter().map(|(_, p, o, _)| (p, o)).collect()
 }

@@ -7,7 +7,7 @@ use docfold::log::{LogReader, LogWriter, partition_for};
 use docfold::lseq::{Ident, InsertRun, Level, Op, OpId};
 use docfold::op::{Envelope, encode};
 use docfold::sink::dead_letter::DeadLetter;
-use docfold::store::{Checkpoint, Store};
+use docfold::store::{Checkpoint, LOCAL_TOPIC, Store};
 use prost::Message;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -128,7 +128,7 @@ async fn set_checkpoint(dir: &Path, partition: u32, offset: u64) {
     let store = Store::open(&format!("sqlite://{}/state.db", dir.display())).await.expect("store");
     let checkpoint = Checkpoint { next_offset: offset, archived_offset: offset };
     let owner = store.claim("spine", partition).await.expect("claim");
-    store.commit(&owner, checkpoint, &[]).await.expect("commit");
+    store.commit(&owner, &[(LOCAL_TOPIC, checkpoint)], &[]).await.expect("commit");
     store.close().await;
 }
 

@@ -1,6 +1,6 @@
 //! The state store: one conformance body run against SQLite and PostgreSQL.
 
-use docfold::store::{Checkpoint, DocWrite, Store, StoreError};
+use docfold::store::{Checkpoint, DocWrite, LOCAL_TOPIC, Store, StoreError};
 
 use crate::services;
 
@@ -20,9 +20,9 @@ async fn conformance(url: &str) {
     assert_eq!(store.load_doc("job", "a").await.expect("read"), None);
 
     let owner = store.claim("job", 0).await.expect("claim");
-    assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(at(0)), "a claim starts at 0");
+    assert_eq!(store.checkpoint("job", 0).await.expect("read"), None, "a claim writes no checkpoint");
     store
-        .commit(&owner, at(10), &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])])
+        .commit(&owner, &[(LOCAL_TOPIC, at(10))], &[doc("a", 3, 9, b"state a"), doc("b", 1, 4, &[0, 255, 7])])
         .await
         .expect("commit");
     assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(at(10)));
@@ -32,12 +32,15 @@ async fn conformance(url: &str) {
     assert_eq!(b.state, [0, 255, 7], "binary states round-trip");
 
     // Same offset again (a flush with nothing new) and a later one that rewrites a document.
-    store.commit(&owner, at(10), &[]).await.expect("same offset");
-    store.commit(&owner, at(25), &[doc("a", 5, 24, b"state a'")]).await.expect("later commit");
+    store.commit(&owner, &[(LOCAL_TOPIC, at(10))], &[]).await.expect("same offset");
+    store
+        .commit(&owner, &[(LOCAL_TOPIC, at(25))], &[doc("a", 5, 24, b"state a'")])
+        .await
+        .expect("later commit");
     assert_eq!(store.load_doc("job", "a").await.expect("read").expect("stored").version, 5);
 
     // A worker behind the checkpoint (the partition moved on): refused whole.
-    let stale = store.commit(&owner, at(20), &[doc("a", 4, 19, b"stale")]).await;
+    let stale = store.commit(&owner, &[(LOCAL_TOPIC, at(20))], &[doc("a", 4, 19, b"stale")]).await;
     assert!(
         matches!(stale, Err(StoreError::Superseded { held: 25, ours: 20, partition: 0, .. })),
         "{stale:?}"
@@ -53,7 +56,7 @@ async fn conformance(url: &str) {
     // even ahead of the checkpoint, and the new owner goes on from the checkpoint.
     let newer = store.claim("job", 0).await.expect("claim again");
     assert_eq!(newer.epoch, owner.epoch + 1);
-    let zombie = store.commit(&owner, at(40), &[doc("a", 9, 39, b"zombie")]).await;
+    let zombie = store.commit(&owner, &[(LOCAL_TOPIC, at(40))], &[doc("a", 9, 39, b"zombie")]).await;
     assert!(
         matches!(zombie, Err(StoreError::Fenced { held, ours, .. }) if held == newer.epoch && ours == owner.epoch),
         "{zombie:?}"
@@ -70,18 +73,35 @@ async fn conformance(url: &str) {
 
     // Jobs and partitions are independent.
     let three = store.claim("job", 3).await.expect("claim");
-    store.commit(&three, at(7), &[doc("c", 1, 6, b"c")]).await.expect("partition 3");
+    store.commit(&three, &[(LOCAL_TOPIC, at(7))], &[doc("c", 1, 6, b"c")]).await.expect("partition 3");
     let other = store.claim("other", 0).await.expect("claim");
-    store.commit(&other, at(1), &[doc("a", 1, 0, b"other a")]).await.expect("other job");
-    assert_eq!(store.checkpoints("job").await.expect("list"), [(0, 25), (3, 7)]);
+    store.commit(&other, &[(LOCAL_TOPIC, at(1))], &[doc("a", 1, 0, b"other a")]).await.expect("other job");
+    assert_eq!(
+        store.checkpoints("job").await.expect("list"),
+        [(0, LOCAL_TOPIC.into(), 25), (3, LOCAL_TOPIC.into(), 7)]
+    );
     assert_eq!(store.doc_ids("job").await.expect("list"), ["a", "b", "c"]);
     assert_eq!(store.load_doc("other", "a").await.expect("read").expect("stored").state, b"other a");
     assert_eq!(store.load_doc("job", "c").await.expect("read").expect("stored").partition, 3);
 
     // The archive's progress travels with the checkpoint, behind the fold's.
     let behind = Checkpoint { next_offset: 30, archived_offset: 12 };
-    store.commit(&owner, behind, &[doc("d", 1, 29, b"d")]).await.expect("archive behind");
+    store.commit(&owner, &[(LOCAL_TOPIC, behind)], &[doc("d", 1, 29, b"d")]).await.expect("archive behind");
     assert_eq!(store.checkpoint("job", 0).await.expect("read"), Some(behind));
+
+    // Several source topics: one checkpoint each, moved together; one behind refuses all.
+    let mirrored = "eu-west-1.doc-ops";
+    store.commit(&three, &[(LOCAL_TOPIC, at(7)), (mirrored, at(4))], &[]).await.expect("two topics");
+    let both = store.source_checkpoints("job", 3).await.expect("read");
+    assert_eq!(both, [(LOCAL_TOPIC.to_string(), at(7)), (mirrored.to_string(), at(4))]);
+    let stale =
+        store.commit(&three, &[(LOCAL_TOPIC, at(9)), (mirrored, at(3))], &[doc("c", 2, 11, b"c'")]).await;
+    assert!(
+        matches!(&stale, Err(StoreError::Superseded { topic, held: 4, ours: 3, .. }) if topic == mirrored),
+        "{stale:?}"
+    );
+    assert_eq!(store.source_checkpoints("job", 3).await.expect("read"), both, "nothing moved");
+    assert_eq!(store.load_doc("job", "c").await.expect("read").expect("stored").version, 1);
     // Documents changed at or after an offset, for disaster-recovery exports.
     let changed = store.docs_changed("job", 0, 10, None, 10).await.expect("changed");
     let changed: Vec<(&str, u64)> = changed.iter().map(|(id, d)| (id.as_str(), d.offset)).collect();
@@ -148,7 +168,7 @@ async fn a_read_only_database_is_a_retryable_failure() {
     let mut refused = None;
     for _ in 0..5 {
         // The pool notices its terminated connections and opens read-only ones.
-        match store.commit(&owner, at(5), &[doc("a", 1, 4, b"a")]).await {
+        match store.commit(&owner, &[(LOCAL_TOPIC, at(5))], &[doc("a", 1, 4, b"a")]).await {
             Err(error) if matches!(&error, StoreError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("25006")) =>
             {
                 refused = Some(error);
@@ -162,7 +182,7 @@ async fn a_read_only_database_is_a_retryable_failure() {
     admin.execute(set_read_only(false).as_str()).await.expect("writable");
     let mut committed = false;
     for _ in 0..5 {
-        if store.commit(&owner, at(5), &[doc("a", 1, 4, b"a")]).await.is_ok() {
+        if store.commit(&owner, &[(LOCAL_TOPIC, at(5))], &[doc("a", 1, 4, b"a")]).await.is_ok() {
             committed = true;
             break;
         }

@@ -10,6 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use crate::config::Fsync;
@@ -31,6 +32,7 @@ const SEGMENT_SUFFIX: &str = ".seg";
 #[derive(Clone, Debug)]
 pub struct FileLog {
     dir: PathBuf,
+    topic: Arc<str>,
     partitions: u32,
 }
 
@@ -72,7 +74,7 @@ impl FileLog {
         }
         let meta = dir.join("partitions");
         fs::write(&meta, format!("{partitions}\n")).map_err(io_at(&meta))?;
-        Ok(FileLog { dir, partitions })
+        Ok(FileLog { dir, topic: topic.into(), partitions })
     }
 
     pub fn open(root: &Path, topic: &str) -> Result<FileLog, LogError> {
@@ -92,11 +94,15 @@ impl FileLog {
             path: meta.display().to_string(),
             source: io::Error::other(format!("expected a partition count, found {:?}", text.trim())),
         })?;
-        Ok(FileLog { dir, partitions })
+        Ok(FileLog { dir, topic: topic.into(), partitions })
     }
 
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    pub fn topic(&self) -> &Arc<str> {
+        &self.topic
     }
 
     pub fn writer(&self, fsync: Fsync, segment_bytes: u64) -> FileWriter {
@@ -528,6 +534,7 @@ impl FileReader {
             match read_frame(&mut cursor.input).map_err(io_at(&path))? {
                 Frame::Record { timestamp_ms, key, value, bytes } => {
                     out.push(Record {
+                        topic: self.log.topic.clone(),
                         offset: cursor.next_offset,
                         timestamp_ms,
                         timestamp_type: TimestampType::LogAppend,

@@ -1,13 +1,17 @@
-//! The Parquet archive of every op, for analysts: per partition, files
-//! `ops/date=YYYY-MM-DD/partition=P/<first>-<last>.parquet` whose offset ranges tile the
-//! log (`first` and `last` are the first and last records the file covers; records that
-//! are not ops, the dead letters, have no rows). The date is the ingest date of the file's
-//! first record, so it is the same after a crash.
+//! The Parquet archive of every op, for analysts: per partition and source topic, files
+//! `ops/date=YYYY-MM-DD/partition=P/[<topic>.]<first>-<last>.parquet` whose offset ranges
+//! tile the topic's partition (`first` and `last` are the first and last records the file
+//! covers; records that are not ops, the dead letters, have no rows). The job's own topic
+//! has no name prefix; a peer region's mirrored topic does (`eu-west-1.doc-ops.…`), and
+//! every row names its topic in `source_topic`. The topic is in the file name, not in a
+//! `topic=` folder, so the folders keep one Hive layout (DuckDB and Athena refuse a mix)
+//! and archives written before regions stay readable as they are. The date is the ingest
+//! date of the file's first record, so it is the same after a crash.
 //!
 //! Progress is part of the checkpoint: every record before it is in a written file. After a
 //! crash the partition re-reads from there; a file written before the crash but after the
-//! last checkpoint is found by name and adopted, not written twice, so each (partition,
-//! offset) is in exactly one file.
+//! last checkpoint is found by name and adopted, not written twice, so each (topic,
+//! partition, offset) is in exactly one file.
 
 mod rows;
 
@@ -31,25 +35,35 @@ fn folder(partition: u32, ingest_ms: i64) -> Key {
     Key::from_iter(["ops".to_string(), format!("date={day}"), format!("partition={partition}")])
 }
 
-fn file_name(first: u64, last: u64) -> String {
-    format!("{first:020}-{last:020}.parquet")
+/// Digits of an offset in a file name.
+const DIGITS: usize = 20;
+
+/// The file of records `first..=last` of `topic` (stored name: `""` for the job's own).
+fn file_name(topic: &str, first: u64, last: u64) -> String {
+    let prefix = if topic.is_empty() { String::new() } else { format!("{topic}.") };
+    format!("{prefix}{first:0DIGITS$}-{last:0DIGITS$}.parquet")
 }
 
-/// `(first, last)` of a file name written by [`file_name`].
-fn parse_file_name(name: &str) -> Option<(u64, u64)> {
-    let (first, last) = name.strip_suffix(".parquet")?.split_once('-')?;
-    Some((first.parse().ok()?, last.parse().ok()?))
+/// `(topic, first, last)` of a file name written by [`file_name`].
+fn parse_file_name(name: &str) -> Option<(&str, u64, u64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let range = stem.len().checked_sub(2 * DIGITS + 1).and_then(|at| stem.get(at..))?;
+    let topic = stem[..stem.len() - range.len()].strip_suffix('.').unwrap_or("");
+    let (first, last) = range.split_once('-')?;
+    Some((topic, first.parse().ok()?, last.parse().ok()?))
 }
 
-/// For each partition with archive files, the offset after the last record they cover.
-/// Lists the whole archive: for disaster recovery, not the hot path.
-pub async fn written_through(objects: &Objects) -> Result<BTreeMap<u32, u64>, SinkError> {
+/// For each (stored topic, partition) with archive files, the offset after the last
+/// record they cover. Lists the whole archive: for disaster recovery, not the hot path.
+pub async fn written_through(objects: &Objects) -> Result<BTreeMap<(String, u32), u64>, SinkError> {
     let mut ends = BTreeMap::new();
     for key in objects.list(&Key::from("ops")).await? {
         let partition =
             key.parts().find_map(|part| part.as_ref().strip_prefix("partition=")?.parse::<u32>().ok());
-        if let (Some(partition), Some((_, last))) = (partition, key.filename().and_then(parse_file_name)) {
-            let end = ends.entry(partition).or_insert(0);
+        if let (Some(partition), Some((topic, _, last))) =
+            (partition, key.filename().and_then(parse_file_name))
+        {
+            let end = ends.entry((topic.to_string(), partition)).or_insert(0);
             *end = (*end).max(last + 1);
         }
     }
@@ -75,9 +89,11 @@ pub struct ArchivedFile {
     pub bytes: usize,
 }
 
-/// One partition's archive writer.
+/// The archive writer of one source topic of a partition.
 pub struct PartitionArchive {
     partition: u32,
+    /// The topic's stored name (`""` for the job's own): the prefix of its file names.
+    topic: String,
     objects: Objects,
     settings: ArchiveConfig,
     rows: Rows,
@@ -92,10 +108,16 @@ pub struct PartitionArchive {
 }
 
 impl PartitionArchive {
-    /// Starts at `progress`, the archive offset of the partition's checkpoint.
-    pub fn new(partition: u32, objects: Objects, settings: ArchiveConfig, progress: u64) -> PartitionArchive {
+    /// Starts at `progress`, the archive offset of the topic's checkpoint in `partition`.
+    pub fn new(
+        (topic, partition): (&str, u32),
+        objects: Objects,
+        settings: ArchiveConfig,
+        progress: u64,
+    ) -> PartitionArchive {
         PartitionArchive {
             partition,
+            topic: topic.into(),
             objects,
             settings,
             rows: Rows::default(),
@@ -132,16 +154,15 @@ impl PartitionArchive {
             return Ok(());
         }
         let prefix = folder(self.partition, ingest_ms);
-        let found = self
-            .objects
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .find_map(|key| parse_file_name(key.filename()?).filter(|(first, _)| *first == offset));
+        let found = self.objects.list(&prefix).await?.into_iter().find_map(|key| {
+            let (topic, first, last) = parse_file_name(key.filename()?)?;
+            (topic == self.topic && first == offset).then_some(last)
+        });
         match found {
-            Some((_, last)) => {
+            Some(last) => {
                 tracing::info!(
                     partition = self.partition,
+                    topic = self.topic,
                     first = offset,
                     last,
                     "archive file already written; adopted"
@@ -198,7 +219,7 @@ impl PartitionArchive {
                     message: format!("encoding Parquet: {e}"),
                 })?;
             let last = self.next - 1;
-            let key = folder(self.partition, ingest_ms).join(file_name(first, last));
+            let key = folder(self.partition, ingest_ms).join(file_name(&self.topic, first, last));
             self.pending = Some(Pending { key, bytes: bytes.into(), first, last, rows });
         }
         let Some(pending) = &self.pending else { return Ok(None) };
@@ -220,10 +241,14 @@ mod tests {
 
     #[test]
     fn file_names_sort_by_offset_and_parse_back() {
-        let (a, b) = (file_name(9, 120), file_name(121, 5_000));
+        let (a, b) = (file_name("", 9, 120), file_name("", 121, 5_000));
         assert!(a < b);
-        assert_eq!(parse_file_name(&a), Some((9, 120)));
+        assert_eq!(parse_file_name(&a), Some(("", 9, 120)));
+        let mirrored = file_name("eu-west-1.doc-ops", 7, 8);
+        assert_eq!(mirrored, "eu-west-1.doc-ops.00000000000000000007-00000000000000000008.parquet");
+        assert_eq!(parse_file_name(&mirrored), Some(("eu-west-1.doc-ops", 7, 8)));
         assert_eq!(parse_file_name("x.parquet"), None);
+        assert_eq!(parse_file_name("eu-west-1.00000000000000000007-0000000000000000000x.parquet"), None);
         assert_eq!(folder(3, 86_400_000).to_string(), "ops/date=1970-01-02/partition=3");
     }
 }

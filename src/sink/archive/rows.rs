@@ -32,6 +32,7 @@ pub static SCHEMA: LazyLock<Arc<Schema>> = LazyLock::new(|| {
         Field::new("client_time", utc(), false),
         Field::new("ingest_time", utc(), false),
         Field::new("ingest_time_type", DataType::Utf8, false),
+        Field::new("source_topic", DataType::Utf8, false),
     ]))
 });
 
@@ -51,6 +52,7 @@ pub struct Rows {
     client_time: TimestampMillisecondBuilder,
     ingest_time: TimestampMillisecondBuilder,
     ingest_time_type: StringBuilder,
+    source_topic: StringBuilder,
     len: usize,
     /// Bytes of the rows' values (before encoding and compression).
     bytes: u64,
@@ -98,8 +100,10 @@ impl Rows {
             self.client_time.append_value(envelope.client_time_ms);
             self.ingest_time.append_value(record.timestamp_ms);
             self.ingest_time_type.append_value(record.timestamp_type.as_str());
+            self.source_topic.append_value(&*record.topic);
             self.bytes += (envelope.doc_id.len()
                 + envelope.origin_region.len()
+                + record.topic.len()
                 + self.ident_buf.len()
                 + text.map_or(0, str::len)
                 + 64) as u64;
@@ -125,6 +129,7 @@ impl Rows {
             Arc::new(self.client_time.finish().with_timezone("UTC")),
             Arc::new(self.ingest_time.finish().with_timezone("UTC")),
             Arc::new(self.ingest_time_type.finish()),
+            Arc::new(self.source_topic.finish()),
         ];
         self.len = 0;
         self.bytes = 0;

@@ -1,0 +1,203 @@
+//! Checkpoints and partition ownership. A partition folds one or more source topics (the
+//! job's own, [`LOCAL_TOPIC`], and each peer region's mirrored one); each has its own
+//! checkpoint row, and every row of a commit moves in the transaction of the documents.
+//! The right to commit is the partition's owner epoch (`partition_owners`).
+
+use sqlx::Row;
+
+use super::{Store, StoreError, now_ms, timed, to_i64, to_u64};
+use crate::store::DocWrite;
+
+/// How the job's own topic (`log.topic`) is named in the checkpoints: rows from before
+/// several source topics were moved here when the config was not known, and a renamed
+/// topic keeps its progress.
+pub const LOCAL_TOPIC: &str = "";
+
+/// Where a partition stands in one source topic: the next record to fold and the next
+/// record the archive has not written to a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub next_offset: u64,
+    pub archived_offset: u64,
+}
+
+/// The right to write one partition's checkpoints: whoever claimed it last holds the
+/// highest epoch, and only the holder of the current epoch may commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub job: String,
+    pub partition: u32,
+    pub epoch: u64,
+}
+
+fn partition_of(row: &sqlx::any::AnyRow) -> Result<u32, StoreError> {
+    u32::try_from(row.try_get::<i64, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    /// The checkpoint of the job's own topic in (job, partition), if one was written.
+    pub async fn checkpoint(&self, job: &str, partition: u32) -> Result<Option<Checkpoint>, StoreError> {
+        let mut sources = self.source_checkpoints(job, partition).await?;
+        Ok(sources.iter().position(|(topic, _)| topic == LOCAL_TOPIC).map(|at| sources.swap_remove(at).1))
+    }
+
+    /// Every source topic's checkpoint of (job, partition), by stored topic name.
+    pub async fn source_checkpoints(
+        &self,
+        job: &str,
+        partition: u32,
+    ) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT topic, next_offset, archived_offset FROM source_checkpoints \
+             WHERE job = $1 AND partition_id = $2 ORDER BY topic",
+        )
+        .bind(job)
+        .bind(i64::from(partition))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let checkpoint = Checkpoint {
+                    next_offset: to_u64(row.try_get(1)?)?,
+                    archived_offset: to_u64(row.try_get(2)?)?,
+                };
+                Ok((row.try_get(0)?, checkpoint))
+            })
+            .collect()
+    }
+
+    /// Every checkpoint of a job: (partition, stored topic, next offset).
+    pub async fn checkpoints(&self, job: &str) -> Result<Vec<(u32, String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partition_id, topic, next_offset FROM source_checkpoints WHERE job = $1 \
+             ORDER BY partition_id, topic",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((partition_of(r)?, r.try_get(1)?, to_u64(r.try_get(2)?)?))).collect()
+    }
+
+    /// Claims (job, partition) for a new owner: the epoch goes up by one, which fences off
+    /// every earlier owner ([`StoreError::Fenced`] on their next commit or check).
+    pub async fn claim(&self, job: &str, partition: u32) -> Result<Owner, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO partition_owners (job, partition_id, owner_epoch, updated_ms) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (job, partition_id) DO UPDATE SET owner_epoch = partition_owners.owner_epoch + 1, \
+             updated_ms = excluded.updated_ms RETURNING owner_epoch",
+        )
+        .bind(job)
+        .bind(i64::from(partition))
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Owner { job: job.into(), partition, epoch: to_u64(row.try_get(0)?)? })
+    }
+
+    /// Fails with [`StoreError::Fenced`] when `owner` is no longer the partition's owner:
+    /// checked before effects that a stale owner must not write.
+    pub async fn check_owner(&self, owner: &Owner) -> Result<(), StoreError> {
+        let held = timed("an owner check", self.epoch(&owner.job, owner.partition)).await?;
+        if held == owner.epoch { Ok(()) } else { Err(self.fenced(owner, held)) }
+    }
+
+    async fn epoch(&self, job: &str, partition: u32) -> Result<u64, StoreError> {
+        let row =
+            sqlx::query("SELECT owner_epoch FROM partition_owners WHERE job = $1 AND partition_id = $2")
+                .bind(job)
+                .bind(i64::from(partition))
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map_or(Ok(0), |row| to_u64(row.try_get(0)?))
+    }
+
+    fn fenced(&self, owner: &Owner, held: u64) -> StoreError {
+        StoreError::Fenced { job: owner.job.clone(), partition: owner.partition, held, ours: owner.epoch }
+    }
+
+    /// Writes `docs` and moves the owner's partition's checkpoints (per stored topic), in
+    /// one transaction. Refused whole when a newer owner claimed the partition
+    /// ([`StoreError::Fenced`]) or a stored checkpoint is already past ours
+    /// ([`StoreError::Superseded`]).
+    pub async fn commit(
+        &self,
+        owner: &Owner,
+        checkpoints: &[(&str, Checkpoint)],
+        docs: &[DocWrite<'_>],
+    ) -> Result<(), StoreError> {
+        timed("a commit", self.commit_now(owner, checkpoints, docs)).await
+    }
+
+    async fn commit_now(
+        &self,
+        owner: &Owner,
+        checkpoints: &[(&str, Checkpoint)],
+        docs: &[DocWrite<'_>],
+    ) -> Result<(), StoreError> {
+        let (job, partition) = (owner.job.as_str(), owner.partition);
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // The owner row is locked until the commit: a concurrent claim waits for it.
+        let owned = sqlx::query(
+            "UPDATE partition_owners SET updated_ms = $3 WHERE job = $1 AND partition_id = $2 AND owner_epoch = $4",
+        )
+        .bind(job)
+        .bind(i64::from(partition))
+        .bind(now)
+        .bind(to_i64(owner.epoch)?)
+        .execute(&mut *tx)
+        .await?;
+        if owned.rows_affected() == 0 {
+            drop(tx);
+            return Err(self.fenced(owner, self.epoch(job, partition).await?));
+        }
+        for &(topic, checkpoint) in checkpoints {
+            let moved = sqlx::query(
+                "INSERT INTO source_checkpoints (job, partition_id, topic, next_offset, archived_offset, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job, partition_id, topic) DO UPDATE SET \
+                 next_offset = excluded.next_offset, archived_offset = excluded.archived_offset, \
+                 updated_ms = excluded.updated_ms WHERE source_checkpoints.next_offset <= excluded.next_offset",
+            )
+            .bind(job)
+            .bind(i64::from(partition))
+            .bind(topic)
+            .bind(to_i64(checkpoint.next_offset)?)
+            .bind(to_i64(checkpoint.archived_offset)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() == 0 {
+                drop(tx);
+                let stored = self.source_checkpoints(job, partition).await?;
+                let held = stored.iter().find(|(t, _)| t == topic).map_or(0, |(_, c)| c.next_offset);
+                let (job, topic) = (job.into(), topic.into());
+                return Err(StoreError::Superseded {
+                    job,
+                    partition,
+                    topic,
+                    held,
+                    ours: checkpoint.next_offset,
+                });
+            }
+        }
+        for doc in docs {
+            sqlx::query(
+                "INSERT INTO doc_snapshots (job, doc_id, partition_id, version, log_offset, state, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job, doc_id) DO UPDATE SET \
+                 partition_id = excluded.partition_id, version = excluded.version, log_offset = excluded.log_offset, \
+                 state = excluded.state, updated_ms = excluded.updated_ms",
+            )
+            .bind(job)
+            .bind(doc.doc_id)
+            .bind(i64::from(partition))
+            .bind(to_i64(doc.version)?)
+            .bind(to_i64(doc.offset)?)
+            .bind(doc.state.as_slice())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
