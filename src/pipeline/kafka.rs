@@ -110,24 +110,6 @@ impl Group {
         self.job.sources.iter().find(|t| &***t == topic)
     }
 
-    /// Checks that the group gave this member partition p of every source topic or of
-    /// none, and returns the partition numbers.
-    fn co_partitioned(&self, assigned: &[(String, u32)]) -> Result<Vec<u32>, PipelineError> {
-        let mut partitions: Vec<u32> = assigned.iter().map(|(_, p)| *p).collect();
-        partitions.sort_unstable();
-        partitions.dedup();
-        for &partition in &partitions {
-            let missing: Vec<&str> = (self.job.sources.iter())
-                .filter(|topic| !assigned.iter().any(|(t, p)| *p == partition && t == &***topic))
-                .map(|topic| &**topic)
-                .collect();
-            if !missing.is_empty() {
-                return Err(PipelineError::SplitAssignment { partition, missing: missing.join(", ") });
-            }
-        }
-        Ok(partitions)
-    }
-
     /// Starts workers for `partitions` and returns the offsets to consume their topics
     /// from. A checkpoint outside a partition's watermarks is refused here; should the log
     /// shrink after that, the consumer reports it (`auto.offset.reset=error`,
@@ -286,7 +268,8 @@ impl ConsumerContext for Group {
                 let assigned: Vec<(String, u32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition() as u32)).collect();
                 tracing::info!(?assigned, "partitions assigned");
-                match self.co_partitioned(&assigned).and_then(|partitions| self.assign(consumer, &partitions))
+                match co_partitioned(&self.job.sources, &assigned)
+                    .and_then(|partitions| self.assign(consumer, &partitions))
                 {
                     Ok(list) => {
                         // Fetching starts unpaused, whatever an earlier owner of the partition did.
@@ -308,6 +291,24 @@ impl ConsumerContext for Group {
             other => self.fail(LogError::Kafka(format!("rebalance failed: {other:?}")).into()),
         }
     }
+}
+
+/// Checks that the group gave this member partition p of every one of `sources` or of
+/// none, and returns the partition numbers.
+fn co_partitioned(sources: &[Arc<str>], assigned: &[(String, u32)]) -> Result<Vec<u32>, PipelineError> {
+    let mut partitions: Vec<u32> = assigned.iter().map(|(_, p)| *p).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    for &partition in &partitions {
+        let missing: Vec<&str> = (sources.iter())
+            .filter(|topic| !assigned.iter().any(|(t, p)| *p == partition && t == &***topic))
+            .map(|topic| &**topic)
+            .collect();
+        if !missing.is_empty() {
+            return Err(PipelineError::SplitAssignment { partition, missing: missing.join(", ") });
+        }
+    }
+    Ok(partitions)
 }
 
 /// The end of `partition` of `log` as far as `checkpoint` is concerned: the high
@@ -442,5 +443,25 @@ fn report_lag(consumer: &BaseConsumer<Group>, positions: &HashMap<(Arc<str>, u32
     }
     for (partition, lag) in lag {
         telemetry::consumer_lag(partition, lag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assignment_must_hold_a_partitions_every_topic() {
+        let sources: Vec<Arc<str>> = vec!["doc-ops".into(), "eu.doc-ops".into()];
+        let of = |pairs: &[(&str, u32)]| pairs.iter().map(|(t, p)| (t.to_string(), *p)).collect::<Vec<_>>();
+        let whole = of(&[("doc-ops", 2), ("eu.doc-ops", 2), ("eu.doc-ops", 0), ("doc-ops", 0)]);
+        assert_eq!(co_partitioned(&sources, &whole).expect("co-partitioned"), [0, 2]);
+        assert_eq!(co_partitioned(&sources, &[]).expect("nothing assigned"), Vec::<u32>::new());
+        let split = of(&[("doc-ops", 1), ("eu.doc-ops", 1), ("doc-ops", 3)]);
+        let error = co_partitioned(&sources, &split).expect_err("partition 3 lacks eu.doc-ops");
+        assert!(
+            matches!(&error, PipelineError::SplitAssignment { partition: 3, missing } if missing == "eu.doc-ops")
+        );
+        assert!(error.to_string().contains("partition.assignment.strategy = range"), "{error}");
     }
 }
