@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::region::{region_job, status};
 use crate::services;
 
-fn spawn_mirror(from: &Path, to: &Path) -> Child {
+pub fn spawn_mirror(from: &Path, to: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_docfold"))
         .args(["mirror", "--exit-when-idle", "--from"])
         .arg(from)
@@ -29,7 +29,7 @@ fn spawn_mirror(from: &Path, to: &Path) -> Child {
         .expect("spawn docfold mirror")
 }
 
-fn mirror_to_the_end(from: &Path, to: &Path) -> String {
+pub fn mirror_to_the_end(from: &Path, to: &Path) -> String {
     let out = spawn_mirror(from, to).wait_with_output().expect("mirror");
     assert!(out.status.success(), "the mirror failed: {}", out.status);
     String::from_utf8(out.stdout).expect("utf-8")

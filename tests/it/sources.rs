@@ -14,8 +14,8 @@ use docfold::store::{Checkpoint, LOCAL_TOPIC, Store};
 use docfold::trace::{Trace, publish, replay};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use crate::mirror::{mirror_to_the_end, spawn_mirror};
 use crate::pipeline::{kill_at_random, run_to_completion};
 use crate::region::region_job;
 use crate::services;
@@ -29,24 +29,6 @@ fn region(dir: &Path, name: &str) -> PathBuf {
     let tuning = "[pipeline]\nflush_ops = 300\nflush_interval_ms = 40\nmax_docs_in_memory = 2\n\
                   [archive]\nmax_file_bytes = 65536\nmax_file_age_ms = 150\n[snapshots]\ninterval_ms = 100";
     region_job(dir, name, &log, tuning)
-}
-
-fn mirror(from: &Path, to: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_docfold"))
-        .args(["mirror", "--exit-when-idle", "--from"])
-        .arg(from)
-        .arg("--config")
-        .arg(to)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn docfold mirror")
-}
-
-fn mirror_to_the_end(from: &Path, to: &Path) {
-    let status = mirror(from, to).wait().expect("mirror");
-    assert!(status.success(), "the mirror failed: {status}");
 }
 
 fn reader(config: &Path, topic: &str) -> Box<dyn LogReader> {
@@ -166,13 +148,13 @@ async fn two_regions_fold_each_others_mirrored_ops_into_the_same_documents() {
     }
     // b folds while a's ops are mirrored into it; both are killed at random moments.
     let mut rng = Rng::new(seed);
-    let mut copying = mirror(&a, &b);
+    let mut copying = spawn_mirror(&a, &b);
     let mut restart_mirror = || {
         if rng.one_to(2) == 1 {
             copying.kill().expect("SIGKILL the mirror");
         }
         if copying.try_wait().expect("mirror status").is_some() {
-            copying = mirror(&a, &b);
+            copying = spawn_mirror(&a, &b);
         }
     };
     let killed =
