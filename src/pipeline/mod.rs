@@ -172,13 +172,14 @@ pub fn stored_topic(index: usize, topic: &str) -> &str {
     if index == 0 { LOCAL_TOPIC } else { topic }
 }
 
-/// Opens every source topic and checks they have the job's partition count.
-fn open_sources(config: &JobConfig) -> Result<Sources, PipelineError> {
+/// Opens every source topic (`names`, [`source_topics`]) and checks they have the job's
+/// partition count.
+fn open_sources(config: &JobConfig, names: &[Arc<str>]) -> Result<Sources, PipelineError> {
     let (mut file, mut kafka) = (Vec::new(), Vec::new());
-    for (index, name) in source_topics(config).into_iter().enumerate() {
+    for (index, name) in names.iter().enumerate() {
         // A mirrored topic of the embedded log is created when missing (a peer that has
         // not been mirrored yet); on Kafka, `docfold setup` creates them.
-        let topic = Topic::open(config, &name, index > 0)?;
+        let topic = Topic::open(config, name, index > 0)?;
         let expected = match (file.first(), kafka.first()) {
             (Some(log), _) => crate::log::file::FileLog::partitions(log),
             (_, Some(log)) => crate::log::kafka::KafkaLog::partitions(log),
@@ -186,7 +187,12 @@ fn open_sources(config: &JobConfig) -> Result<Sources, PipelineError> {
         };
         if topic.partitions() != expected {
             let (local, partitions) = (config.log.topic.clone(), topic.partitions());
-            return Err(PipelineError::NotCoPartitioned { topic: name, partitions, local, expected });
+            return Err(PipelineError::NotCoPartitioned {
+                topic: name.to_string(),
+                partitions,
+                local,
+                expected,
+            });
         }
         match topic {
             Topic::File(log) => file.push(log),
@@ -204,15 +210,16 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
     let store = Store::open(config.store.url.expose()).await?;
+    let sources: Arc<[Arc<str>]> = source_topics(config).into_iter().map(Arc::from).collect();
     let job = Job {
         name: config.job.clone(),
-        sources: source_topics(config).into_iter().map(Arc::from).collect(),
+        sources: sources.clone(),
         store: store.clone(),
         sinks: Sinks::open(config).await?,
         settings: config.pipeline.clone(),
         cancel,
     };
-    let summaries = match open_sources(config)? {
+    let summaries = match open_sources(config, &sources)? {
         Sources::File(logs) => file::run(job, logs, until).await,
         Sources::Kafka(logs) => kafka::run(config, job, logs, until).await,
     };
