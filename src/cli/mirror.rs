@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 use docfold::config::{JobConfig, RegionConfig};
-use docfold::log::Topic;
+use docfold::log::{LogReader, LogWriter, Topic};
 use docfold::mirror::copy::{Mirror, run};
 use docfold::mirror::{check, mirrored_topic};
 use docfold::store::Store;
@@ -38,23 +38,42 @@ fn region(config: &JobConfig, which: &str) -> anyhow::Result<RegionConfig> {
     config.region.clone().with_context(|| format!("the {which} job file has no [region] section"))
 }
 
+/// A checked mirror link (peers, never a mirrored topic): the source region's op topic
+/// read, `<source>.<topic>` of the target's log written.
+pub(super) struct Link {
+    pub mirror: Mirror,
+    pub reader: Box<dyn LogReader>,
+    pub writer: Box<dyn LogWriter>,
+    /// The target topic's partitions.
+    pub partitions: u32,
+    pub from: RegionConfig,
+    pub to: RegionConfig,
+}
+
+/// Opens the link from `source`'s log into `target`'s, delayed `delay_ms` one way.
+pub(super) fn open_link(source: &JobConfig, target: &JobConfig, delay_ms: u64) -> anyhow::Result<Link> {
+    let (from, to) = (region(source, "source (--from)")?, region(target, "target (--config)")?);
+    check(&from, &to, &source.log.topic)?;
+    let topic = mirrored_topic(&from.name, &source.log.topic);
+    let reader = Topic::open(source, &source.log.topic, false)?.reader()?;
+    let target_topic = Topic::open(target, &topic, true)?;
+    let writer = target_topic.writer(target)?;
+    let mirror = Mirror {
+        job: target.job.clone(),
+        source_region: from.name.clone(),
+        topic,
+        delay_ms: i64::try_from(delay_ms).unwrap_or(i64::MAX),
+        batch: target.pipeline.batch,
+    };
+    Ok(Link { mirror, reader, writer, partitions: target_topic.partitions(), from, to })
+}
+
 impl MirrorArgs {
     pub fn run(self) -> anyhow::Result<bool> {
         let source = JobConfig::load(&self.from)?;
         let target = self.config.load()?;
-        let (from, to) = (region(&source, "source (--from)")?, region(&target, "target (--config)")?);
-        check(&from, &to, &source.log.topic)?;
-        let topic = mirrored_topic(&from.name, &source.log.topic);
-        let mut reader = Topic::open(&source, &source.log.topic, false)?.reader()?;
-        let target_topic = Topic::open(&target, &topic, true)?;
-        let mut writer = target_topic.writer(&target)?;
-        let mirror = Mirror {
-            job: target.job.clone(),
-            source_region: from.name.clone(),
-            topic,
-            delay_ms: i64::try_from(self.delay_ms).unwrap_or(i64::MAX),
-            batch: target.pipeline.batch,
-        };
+        let Link { mirror, mut reader, mut writer, partitions, from, to } =
+            open_link(&source, &target, self.delay_ms)?;
         let runtime = runtime()?;
         let copied = runtime.block_on(async {
             if let Some(addr) = self.metrics_listen {
@@ -70,7 +89,7 @@ impl MirrorArgs {
                 let _ = tokio::signal::ctrl_c().await;
                 on_signal.cancel();
             });
-            let target = (writer.as_mut(), target_topic.partitions());
+            let target = (writer.as_mut(), partitions);
             let copied = run(&mirror, reader.as_mut(), target, &store, self.exit_when_idle, &cancel).await?;
             anyhow::Ok(copied)
         })?;

@@ -86,7 +86,7 @@ pub async fn route(
 /// Records the fold of this region has not checkpointed yet (every source topic, every
 /// partition), and per peer the records of its topic not yet mirrored here (the peer's log
 /// read through its job file `<peer>.toml` beside `path`).
-async fn lags(
+pub(super) async fn lags(
     config: &JobConfig,
     path: Option<&Path>,
     peers: &[String],

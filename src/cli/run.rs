@@ -8,6 +8,7 @@ use docfold::config::{JobConfig, LogLocation};
 use docfold::pipeline::{self, PartitionSummary, Until};
 use docfold::region::Mode;
 use docfold::region::leases::Leases;
+use docfold::region::role::RoleMachine;
 use docfold::region::runtime::keep_role;
 
 use super::{ConfigArg, file_topic, runtime};
@@ -66,7 +67,8 @@ pub async fn run_job(config: &JobConfig, until: Until) -> anyhow::Result<Vec<Par
     let role = match config.region.as_ref().filter(|r| r.mode == Mode::ActivePassive) {
         Some(region) => {
             let leases = Leases::of(region).await.context("the region lease store")?;
-            let keep = keep_role(leases, config.job.clone(), region.role(), cancel.clone());
+            let (view, _) = tokio::sync::watch::channel(RoleMachine::new(region.role()));
+            let keep = keep_role(leases, config.job.clone(), view, cancel.clone());
             Some(tokio::spawn(keep))
         }
         None => None,

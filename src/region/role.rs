@@ -18,6 +18,34 @@ pub enum Role {
     Demoted,
 }
 
+/// A write that reached a region which does not lead (a producer routed by a lease it saw
+/// before a failover): refused, never taken at a stale epoch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", refusal(.region, *.role, .lease.as_ref()))]
+pub struct WriteRefused {
+    pub region: String,
+    pub role: Role,
+    /// The lease as the region last saw it.
+    pub lease: Option<Lease>,
+}
+
+fn refusal(region: &str, role: Role, lease: Option<&Lease>) -> String {
+    let was = if role == Role::Demoted { "no longer leads" } else { "does not lead" };
+    match lease {
+        Some(l) if l.holder != region => format!(
+            "region {region} {was}: the lease is {}'s at epoch {}; write there (`docfold region status`)",
+            l.holder, l.epoch
+        ),
+        Some(l) => format!(
+            "region {region} {was}: its lease at epoch {} ran out and is not renewed; no region takes writes until one is promoted",
+            l.epoch
+        ),
+        None => {
+            format!("region {region} {was}: it knows of no lease (none was taken, or it has not read it yet)")
+        }
+    }
+}
+
 /// The timing and policy of one region's machine.
 #[derive(Clone, Debug)]
 pub struct RoleSettings {
@@ -75,6 +103,10 @@ impl RoleMachine {
         self.role
     }
 
+    pub fn settings(&self) -> &RoleSettings {
+        &self.settings
+    }
+
     /// The lease as last seen (ours while leading).
     pub fn lease(&self) -> Option<&Lease> {
         self.held.as_ref().or(self.seen.as_ref())
@@ -88,6 +120,20 @@ impl RoleMachine {
     /// Whether this region may accept writes at `now_ms`.
     pub fn accepts_writes(&self, now_ms: i64) -> bool {
         self.role == Role::Leader && self.held.as_ref().is_some_and(|l| now_ms < l.expires_ms)
+    }
+
+    /// The gate in front of this region's log: a write is taken at our epoch while we lead
+    /// (the epoch it is taken at is returned), and refused otherwise with the lease as this
+    /// region last saw it, so the writer knows where to go.
+    pub fn admit(&self, now_ms: i64) -> Result<u64, WriteRefused> {
+        match &self.held {
+            Some(held) if self.accepts_writes(now_ms) => Ok(held.epoch),
+            _ => Err(WriteRefused {
+                region: self.settings.region.clone(),
+                role: self.role,
+                lease: self.seen.clone(),
+            }),
+        }
     }
 
     /// Advances time: a leader whose lease ran out steps down. Returns what to ask the lease

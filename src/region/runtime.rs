@@ -3,19 +3,28 @@
 //! taking it on expiry when `auto_failover`). The decisions are all in `role` and `lease`.
 
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{Claim, LeaseStore, claim};
 use super::leases::Leases;
-use super::role::{Change, Request, RoleMachine, RoleSettings};
+use super::role::{Change, Request, RoleMachine};
 use crate::store::now_ms;
 
 /// Keeps this region's role until `cancel`; a leader releases its lease on the way out
-/// (a planned stop hands over at once instead of after the ttl).
-pub async fn keep_role(leases: Leases, scope: String, settings: RoleSettings, cancel: CancellationToken) {
+/// (a planned stop hands over at once instead of after the ttl). `view` starts with the
+/// region's machine (`RoleMachine::new`) and gets it after every step, for the gate in
+/// front of the region's log (`RoleMachine::admit`).
+pub async fn keep_role(
+    leases: Leases,
+    scope: String,
+    view: watch::Sender<RoleMachine>,
+    cancel: CancellationToken,
+) {
+    let mut machine = view.borrow().clone();
+    let settings = machine.settings().clone();
     let region = settings.region.clone();
     let tick = Duration::from_millis(u64::try_from(settings.ttl_ms / 30).unwrap_or(100).clamp(10, 1_000));
-    let mut machine = RoleMachine::new(settings.clone());
     loop {
         let now = now_ms();
         let (request, change) = machine.poll(now);
@@ -38,6 +47,7 @@ pub async fn keep_role(leases: Leases, scope: String, settings: RoleSettings, ca
             None => None,
         };
         report(&region, change.as_ref());
+        view.send_replace(machine.clone());
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(tick) => {}
