@@ -458,3 +458,61 @@ fn producers_write_to_the_leaders_log() {
     assert!(ok && err.contains("routed to region a"), "{err}");
     assert_eq!(records_in(&local), 1);
 }
+
+/// The gate in front of a region's log: a write is taken at the leader's epoch, and refused
+/// by a region that stepped down, naming who holds the lease and at which epoch.
+#[test]
+fn a_region_that_no_longer_leads_refuses_writes_naming_the_holder_and_epoch() {
+    let store = MemoryLeases::default();
+    let mut old = RoleMachine::new(settings("r0", false));
+    let (request, _) = old.poll(0);
+    let Some(Request::Claim(c)) = request else { panic!("the initial leader claims: {request:?}") };
+    old.on_answer(futures::executor::block_on(claim(&store, "s", "r0", c, (0, TTL, SKEW))).expect("memory store"));
+    assert_eq!(old.admit(1), Ok(1), "the leader takes writes at its epoch");
+    // An operator forces r1 in; r0's next renewal finds the lease gone.
+    let forced = futures::executor::block_on(claim(&store, "s", "r1", Claim::Force, (10, TTL, SKEW)));
+    assert!(matches!(forced, Ok(Answer::Ours(Lease { epoch: 2, .. }))), "{forced:?}");
+    let (request, _) = old.poll(TTL / 3);
+    let Some(Request::Claim(c)) = request else { panic!("a renewal is due: {request:?}") };
+    let change = old.on_answer(
+        futures::executor::block_on(claim(&store, "s", "r0", c, (TTL / 3, TTL, SKEW))).expect("memory store"),
+    );
+    assert!(matches!(change, Some(Change::Demoted { epoch: 1, .. })), "{change:?}");
+    let refused = old.admit(TTL / 3 + 1).expect_err("a demoted region takes no writes");
+    assert_eq!(refused.role, Role::Demoted);
+    let message = refused.to_string();
+    assert!(message.contains("r0 no longer leads") && message.contains("r1's at epoch 2"), "{message}");
+    let standby = RoleMachine::new(settings("r2", false));
+    let never = standby.admit(0).expect_err("a standby takes no writes").to_string();
+    assert!(never.contains("r2 does not lead"), "{never}");
+}
+
+/// `docfold demo --regions`: three embedded regions, the leader killed mid-stream, a
+/// standby promoted, the old leader healed. Nothing acked is lost, every region equals the
+/// reference fold, the RTO is reported, and a write sent to the healed old leader is
+/// refused with the new epoch.
+#[test]
+fn the_regions_demo_fails_over_and_loses_nothing() {
+    let dir = services::temp_dir("demo-regions");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["demo", "--regions", "--copies", "1", "--dir"])
+        .arg(dir.join("demo"))
+        .output()
+        .expect("runs docfold");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("lost after heal: 0\n"), "{stdout}");
+    assert!(stdout.contains("every region's documents equal the reference fold"), "{stdout}");
+    let rto: f64 = stdout
+        .split("RTO: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an RTO line: {stdout}"));
+    // ttl 1500 ms + skew 200 ms + a watch interval, on a loaded test machine.
+    assert!(rto > 1.0 && rto < 10.0, "RTO {rto} s: {stdout}");
+    assert!(stdout.contains("at risk until it heals"), "{stdout}");
+    assert!(stdout.contains("refused: region us-east-1 does not lead: the lease is"), "{stdout}");
+    let status = status(&dir.join("demo/eu-west-1.toml"));
+    assert!(status["epoch"].as_u64().is_some_and(|e| e >= 2), "a failover happened: {status}");
+}

@@ -161,10 +161,11 @@ impl RegionsDemo {
         println!("    {} leads at epoch {epoch} (lease ttl {TTL_MS} ms, renewed every third)", REGIONS[0]);
 
         println!(
-            "2/4 a producer in each region writes {name} ({} ops) to {} documents, {} ops/s, routed to the leader",
+            "2/4 a producer in each region writes {name} ({} ops) to {} documents of its own, {} ops/s, routed to the leader ({} ops in all)",
             ops.len(),
             self.copies,
-            self.rate
+            self.rate,
+            ops.len() * self.copies * REGIONS.len()
         );
         let started = Instant::now();
         let writing = producers.spawn();

@@ -212,9 +212,13 @@ impl Producers {
         let origin = self.regions[index].name;
         let router = Router { mode: Mode::ActivePassive, local: origin.into() };
         let doc_ids: Vec<String> = (0..self.copies).map(|i| format!("{origin}-{i}")).collect();
-        let started = tokio::time::Instant::now();
+        // A batch every BATCH_OPS / rate; after an outage the producer goes on at its rate
+        // (no burst to catch up), so the run lasts its length plus the outage.
+        let mut pace = tokio::time::interval(Duration::from_micros((BATCH_OPS as u64 * 1_000_000 / self.rate).max(1)));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut route: Option<usize> = None;
-        for (n, chunk) in self.ops.chunks(BATCH_OPS).enumerate() {
+        for chunk in self.ops.chunks(BATCH_OPS) {
+            pace.tick().await;
             let records: Vec<(String, Vec<u8>)> = chunk
                 .iter()
                 .flat_map(|op| {
@@ -254,8 +258,6 @@ impl Producers {
                     }
                 }
             }
-            let due = Duration::from_millis(((n + 1) * BATCH_OPS) as u64 * 1000 / self.rate);
-            tokio::time::sleep_until(started + due).await;
         }
         Ok(())
     }
