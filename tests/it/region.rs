@@ -467,7 +467,9 @@ fn a_region_that_no_longer_leads_refuses_writes_naming_the_holder_and_epoch() {
     let mut old = RoleMachine::new(settings("r0", false));
     let (request, _) = old.poll(0);
     let Some(Request::Claim(c)) = request else { panic!("the initial leader claims: {request:?}") };
-    old.on_answer(futures::executor::block_on(claim(&store, "s", "r0", c, (0, TTL, SKEW))).expect("memory store"));
+    old.on_answer(
+        futures::executor::block_on(claim(&store, "s", "r0", c, (0, TTL, SKEW))).expect("memory store"),
+    );
     assert_eq!(old.admit(1), Ok(1), "the leader takes writes at its epoch");
     // An operator forces r1 in; r0's next renewal finds the lease gone.
     let forced = futures::executor::block_on(claim(&store, "s", "r1", Claim::Force, (10, TTL, SKEW)));

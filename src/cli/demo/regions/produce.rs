@@ -214,7 +214,8 @@ impl Producers {
         let doc_ids: Vec<String> = (0..self.copies).map(|i| format!("{origin}-{i}")).collect();
         // A batch every BATCH_OPS / rate; after an outage the producer goes on at its rate
         // (no burst to catch up), so the run lasts its length plus the outage.
-        let mut pace = tokio::time::interval(Duration::from_micros((BATCH_OPS as u64 * 1_000_000 / self.rate).max(1)));
+        let mut pace =
+            tokio::time::interval(Duration::from_micros((BATCH_OPS as u64 * 1_000_000 / self.rate).max(1)));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut route: Option<usize> = None;
         for chunk in self.ops.chunks(BATCH_OPS) {
