@@ -4,6 +4,7 @@ mod cli;
 mod codec;
 mod fold;
 mod jobs;
+mod link;
 mod log;
 mod lseq_props;
 mod mirror;

@@ -14,78 +14,14 @@ use docfold::sink::Sinks;
 use docfold::sink::projection::ProjectionStore;
 use docfold::store::Store;
 use docfold::trace::{Trace, publish, replay};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::link::Link;
 use crate::services::{self, host_port};
 use crate::sinks::{offsets_once, read_archive};
-
-/// A TCP proxy to `target` on its own port. While down, the port refuses connections and
-/// open connections are cut.
-struct Proxy {
-    addr: SocketAddr,
-    up: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
-        let (up, state) = watch::channel(true);
-        tokio::spawn(serve(Some(listener), addr, target, state));
-        Proxy { addr, up }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.send(up).expect("proxy running");
-    }
-}
-
-async fn serve(
-    mut listener: Option<TcpListener>,
-    addr: SocketAddr,
-    target: String,
-    mut state: watch::Receiver<bool>,
-) {
-    loop {
-        let Some(open) = &listener else {
-            // Down: nothing listens (connections are refused) until it is up again.
-            if state.changed().await.is_err() {
-                return;
-            }
-            if *state.borrow() {
-                listener = Some(TcpListener::bind(addr).await.expect("rebind proxy"));
-            }
-            continue;
-        };
-        tokio::select! {
-            accepted = open.accept() => {
-                let Ok((mut client, _)) = accepted else { continue };
-                let (target, mut state) = (target.clone(), state.clone());
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = state.wait_for(|up| !up) => {} // cut
-                    }
-                });
-            }
-            changed = state.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if !*state.borrow() {
-                    listener = None;
-                }
-            }
-        }
-    }
-}
 
 fn outage() -> Duration {
     Duration::from_secs(std::env::var("DOCFOLD_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3))
@@ -187,9 +123,9 @@ async fn the_pipeline_rides_out_backend_outages() {
     let dir = services::temp_dir("outage");
     let (s3, bucket) = services::s3_bucket();
     let (dynamodb, s3_proxy, redis) = (
-        Proxy::start(host_port(&services::dynamodb())).await,
-        Proxy::start(host_port(&s3)).await,
-        Proxy::start(host_port(&services::redis())).await,
+        Link::start(host_port(&services::dynamodb())).await,
+        Link::start(host_port(&s3)).await,
+        Link::start(host_port(&services::redis())).await,
     );
     let unique = services::unique();
     let text = format!(
@@ -297,7 +233,7 @@ async fn a_stalled_partition_does_not_stop_the_others() {
     let topic = format!("stall-{}", services::unique());
     KafkaLog::create_topic(&brokers, &topic, (2, 1), &[], &[]).await.expect("create topic");
     let (s3, bucket) = services::s3_bucket();
-    let s3_proxy = Proxy::start(host_port(&s3)).await;
+    let s3_proxy = Link::start(host_port(&s3)).await;
     s3_proxy.set_up(false);
     let names = |partition: u32, n: usize| -> Vec<String> {
         (0..)
