@@ -11,6 +11,7 @@ mod mirror;
 mod outage;
 mod pipeline;
 mod region;
+mod regions;
 mod secrets;
 mod services;
 mod sinks;

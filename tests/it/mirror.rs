@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::link::{Delay, Link, Protocol};
 use crate::region::{region_job, status};
 use crate::services;
 
@@ -214,6 +215,76 @@ async fn the_mirror_copies_a_kafka_topic_to_another_cluster() {
     });
     target_broker.kill().expect("stop the target broker");
     target_broker.wait().expect("reap");
+}
+
+/// A mirror whose source is reached through a link that is cut for a while keeps going:
+/// it waits, and once the link is back it copies what it missed and what arrived meanwhile,
+/// without exiting (a cross-region link goes down now and then; nobody should have to
+/// restart the mirror).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_rides_out_a_cut_link() {
+    let brokers = services::kafka();
+    let topic = format!("mirror-cut-{}", services::unique());
+    KafkaLog::create_topic(&brokers, &topic, (2, 1), &[], &[]).await.expect("source topic");
+    let delay = Delay { one_way: Duration::from_millis(20), jitter: Duration::ZERO };
+    let link = Link::with(services::host_port(&brokers), Protocol::Kafka, delay, 11).await;
+    let dir = services::temp_dir("mirror-cut");
+    let kafka = |brokers: &str| format!("url = \"kafka://{brokers}\"\ntopic = \"{topic}\"");
+    let (a, b) = (
+        region_job(&dir, "a", &kafka(&link.addr.to_string()), ""),
+        region_job(&dir, "b", "url = \"file://b/log\"\npartitions = 2", ""),
+    );
+    let source = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
+    let mut writer = source.writer().expect("producer");
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut mirror = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["mirror", "--from"])
+        .arg(&a)
+        .arg("--config")
+        .arg(&b)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn docfold mirror");
+    let target = |config: &Path| {
+        let mut reader = Topic::open(&JobConfig::load(config).expect("config"), &format!("a.{topic}"), true)
+            .expect("target topic")
+            .reader()
+            .expect("reader");
+        (0..2).map(|p| reader.end_offset(p).expect("end")).sum::<u64>()
+    };
+    tokio::task::block_in_place(|| {
+        produce(&mut writer, &mut rng, 500);
+        let until = |count: u64| {
+            let since = std::time::Instant::now();
+            while target(&b) < count {
+                assert!(
+                    since.elapsed() < Duration::from_secs(30),
+                    "the mirror copied {} of {count}",
+                    target(&b)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        until(500);
+        link.set_up(false);
+        produce(&mut writer, &mut rng, 300);
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(mirror.try_wait().expect("status").is_none(), "the mirror exited while its link was cut");
+        link.set_up(true);
+        until(800);
+        assert!(mirror.try_wait().expect("status").is_none(), "the mirror is still running");
+    });
+    mirror.kill().expect("stop the mirror");
+    let out = mirror.wait_with_output().expect("mirror");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("retrying"), "it said it was waiting for its source: {log}");
+    tokio::task::block_in_place(|| {
+        let source = all_records(&mut source.reader().expect("reader"));
+        let copied =
+            Topic::open(&JobConfig::load(&b).expect("config"), &format!("a.{topic}"), true).expect("topic");
+        assert_mirrored(&source, &all_records(copied.reader().expect("reader").as_mut()), true);
+    });
 }
 
 /// The MirrorMaker 2 properties for production name the mirrored topics as `docfold
