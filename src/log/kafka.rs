@@ -6,7 +6,8 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -158,7 +159,13 @@ impl KafkaLog {
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(kafka)?;
-        Ok(KafkaReader { consumer, topic: self.topic.as_str().into(), log: self.clone(), position: None })
+        let queues = (0..self.partitions).map(|_| None).collect();
+        Ok(KafkaReader {
+            consumer: Arc::new(consumer),
+            topic: self.topic.as_str().into(),
+            log: self.clone(),
+            queues,
+        })
     }
 }
 
@@ -240,13 +247,40 @@ impl LogWriter for KafkaWriter {
     }
 }
 
-/// Reads one partition at a time by manual assignment.
+/// Reads partitions by manual assignment. A partition, once read, stays assigned with a
+/// queue of its own, so librdkafka keeps fetching it ahead while the others are read: a
+/// reader that goes round the partitions (the mirror) does not pay a fetch round trip per
+/// call, which matters across an ocean.
 pub struct KafkaReader {
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
     topic: Arc<str>,
     log: KafkaLog,
-    /// The assigned partition and the offset the next message will have.
-    position: Option<(u32, u64)>,
+    /// Per partition, once assigned: its queue and the offset the next record will have
+    /// (`None` after an error: the next read assigns it again).
+    queues: Vec<Option<(PartitionQueue<DefaultConsumerContext>, Option<u64>)>>,
+}
+
+impl KafkaReader {
+    /// Assigns `partition` from offset `from` with its own queue (again, if it was
+    /// assigned at another offset).
+    fn assign(&mut self, partition: u32, from: u64) -> Result<(), LogError> {
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&self.log.topic, partition as i32, Offset::Offset(from as i64))
+            .map_err(kafka)?;
+        if self.queues[partition as usize].take().is_some() {
+            self.consumer.incremental_unassign(&assignment).map_err(kafka)?;
+        }
+        // The queue first, so that no record fetched for the new assignment lands in the
+        // consumer's main queue instead.
+        let queue =
+            self.consumer.split_partition_queue(&self.log.topic, partition as i32).ok_or_else(|| {
+                LogError::Kafka(format!("no queue for partition {partition} of {}", self.log.topic))
+            })?;
+        self.consumer.incremental_assign(&assignment).map_err(kafka)?;
+        self.queues[partition as usize] = Some((queue, Some(from)));
+        Ok(())
+    }
 }
 
 impl LogReader for KafkaReader {
@@ -258,36 +292,44 @@ impl LogReader for KafkaReader {
         if partition >= self.log.partitions {
             return Err(LogError::NoSuchPartition { partition, partitions: self.log.partitions });
         }
-        if self.position != Some((partition, from)) {
-            let mut assignment = TopicPartitionList::new();
-            assignment
-                .add_partition_offset(&self.log.topic, partition as i32, Offset::Offset(from as i64))
-                .map_err(kafka)?;
-            self.consumer.assign(&assignment).map_err(kafka)?;
-            self.position = Some((partition, from));
+        let slot = partition as usize;
+        // A partition just assigned waits a while for its first fetch; one already streaming
+        // has fetched ahead or has nothing new.
+        let mut wait = Duration::from_millis(20);
+        if self.queues[slot].as_ref().and_then(|(_, next)| *next) != Some(from) {
+            self.assign(partition, from)?;
+            wait = Duration::from_secs(1);
+        }
+        let consumer = &self.consumer;
+        let Some((queue, position)) = self.queues[slot].as_mut() else { return Ok(()) };
+        let Some(mut next) = *position else { return Ok(()) };
+        // Serves the consumer's events (errors, statistics); its records go to the queues.
+        if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+            *position = None;
+            return Err(kafka(e));
         }
         let mut read = 0;
-        // Wait a while for the first record, then take what arrives without a pause.
-        let mut wait = Duration::from_secs(1);
         while read < max {
-            match self.consumer.poll(wait) {
+            match queue.poll(wait) {
                 None => break,
                 Some(Err(e)) => {
-                    self.position = None;
+                    *position = None;
                     return Err(kafka(e));
                 }
                 Some(Ok(message)) => {
-                    let expected = self.position.map(|(_, next)| next);
-                    if message.partition() as u32 != partition || Some(message.offset() as u64) != expected {
-                        continue; // fetched for an earlier assignment
+                    let offset = message.offset() as u64;
+                    if offset < next {
+                        continue; // fetched before a seek back
                     }
                     out.push(record_of(&self.topic, &message));
-                    self.position = Some((partition, message.offset() as u64 + 1));
+                    next = offset + 1;
                     read += 1;
-                    wait = Duration::from_millis(100);
+                    // Then take what has arrived, without a pause.
+                    wait = Duration::ZERO;
                 }
             }
         }
+        *position = Some(next);
         Ok(())
     }
 

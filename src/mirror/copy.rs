@@ -1,8 +1,9 @@
 //! The mirror's loop: reads every partition of the source region's topic from the mirror's
 //! checkpoint, copies what is due into the same partition of the mirrored topic, flushes
 //! the target log, then moves the checkpoints (in the target's state store). A crash
-//! between the flush and the checkpoint repeats those records; none is ever skipped. Memory
-//! is one batch per partition.
+//! between the flush and the checkpoint repeats those records; none is ever skipped. A
+//! broker or the store out of reach (a cut link) is waited out with backoff, from the
+//! checkpoints again. Memory is one batch per partition.
 
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,9 @@ use crate::telemetry;
 const POLL: Duration = Duration::from_millis(20);
 /// How often the lag metrics are brought up to date.
 const LAG_EVERY: Duration = Duration::from_secs(1);
+/// The first wait after a transient failure; it doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One mirror: the source region's topic into `topic` of the target log.
 #[derive(Clone, Debug)]
@@ -85,48 +89,37 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
     }
     let mut records: Vec<Record> = Vec::with_capacity(mirror.batch);
     let mut lag_reported: Option<Instant> = None;
+    let mut backoff = RETRY_FIRST;
     while !cancel.is_cancelled() {
-        let now = now_ms();
-        let report_lag = lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY);
-        let (mut moved, mut pending) = (Vec::new(), false);
-        for progress in &mut copied {
-            records.clear();
-            let partition = progress.partition;
-            tokio::task::block_in_place(|| {
-                reader.read(partition, progress.next, mirror.batch, &mut records)
-            })?;
-            let ready = due(&records, now, mirror.delay_ms);
-            for record in &records[..ready] {
-                writer.copy(partition, record)?;
+        let round =
+            copy_round(mirror, (reader, writer), store, &mut copied, &mut records, &mut lag_reported).await;
+        let pending = match round {
+            Ok(Round::Moved) => {
+                backoff = RETRY_FIRST;
+                continue;
             }
-            pending |= !records.is_empty();
-            // The oldest record not copied: the first one not due, or past a full batch (at
-            // least as old as its last record), else none.
-            let full = records.len() == mirror.batch;
-            let oldest = records.get(ready).or(records.last().filter(|_| full));
-            let behind = oldest.map_or(0.0, |r| (now - r.timestamp_ms).max(0) as f64 / 1000.0);
-            if let Some(last) = records[..ready].last() {
-                progress.next = last.offset + 1;
-                progress.records += ready as u64;
-                moved.push((partition, progress.next));
+            Ok(Round::Waiting { pending }) => {
+                backoff = RETRY_FIRST;
+                pending
             }
-            // The end offset is a broker round trip on Kafka: at most once per LAG_EVERY.
-            if report_lag {
-                let end = reader.end_offset(partition)?;
-                let records_behind = end.saturating_sub(progress.next);
-                telemetry::mirror_lag(&mirror.source_region, partition, records_behind, behind);
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(
+                    source = %mirror.source_region, %error, retry_in_ms = backoff.as_millis() as u64,
+                    "mirror: a log or the store is unreachable; retrying from the checkpoints"
+                );
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+                // What was copied but not checkpointed is copied again: repeats, never gaps.
+                if let Err(error) = rewind(mirror, store, &mut copied).await {
+                    tracing::warn!(%error, "mirror: cannot read its checkpoints yet");
+                }
+                continue;
             }
-        }
-        if report_lag {
-            lag_reported = Some(Instant::now());
-        }
-        if !moved.is_empty() {
-            tokio::task::block_in_place(|| writer.flush())?;
-            for (partition, next) in moved {
-                store.set_mirror_checkpoint(&mirror.job, &mirror.topic, partition, next).await?;
-            }
-            continue;
-        }
+            Err(error) => return Err(error),
+        };
         if until_idle && !pending {
             break;
         }
@@ -136,4 +129,85 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
         }
     }
     Ok(copied)
+}
+
+/// What one round over the partitions did.
+enum Round {
+    /// Copied, flushed and checkpointed something: go on at once.
+    Moved,
+    /// Nothing due; `pending`: records were read that are not due yet.
+    Waiting { pending: bool },
+}
+
+/// Reads each partition once, copies what is due, flushes, moves the checkpoints.
+async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
+    mirror: &Mirror,
+    (reader, writer): (&mut R, &mut W),
+    store: &Store,
+    copied: &mut [Copied],
+    records: &mut Vec<Record>,
+    lag_reported: &mut Option<Instant>,
+) -> Result<Round, CopyError> {
+    let now = now_ms();
+    let report_lag = lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY);
+    let (mut moved, mut pending) = (Vec::new(), false);
+    for progress in copied.iter_mut() {
+        records.clear();
+        let partition = progress.partition;
+        tokio::task::block_in_place(|| reader.read(partition, progress.next, mirror.batch, records))?;
+        let ready = due(records, now, mirror.delay_ms);
+        for record in &records[..ready] {
+            writer.copy(partition, record)?;
+        }
+        pending |= !records.is_empty();
+        // The oldest record not copied: the first one not due, or past a full batch (at
+        // least as old as its last record), else none.
+        let full = records.len() == mirror.batch;
+        let oldest = records.get(ready).or(records.last().filter(|_| full));
+        let behind = oldest.map_or(0.0, |r| (now - r.timestamp_ms).max(0) as f64 / 1000.0);
+        if let Some(last) = records[..ready].last() {
+            progress.next = last.offset + 1;
+            progress.records += ready as u64;
+            moved.push((partition, progress.next));
+        }
+        // The end offset is a broker round trip on Kafka: at most once per LAG_EVERY.
+        if report_lag {
+            let end = reader.end_offset(partition)?;
+            let records_behind = end.saturating_sub(progress.next);
+            telemetry::mirror_lag(&mirror.source_region, partition, records_behind, behind);
+        }
+    }
+    if report_lag {
+        *lag_reported = Some(Instant::now());
+    }
+    if moved.is_empty() {
+        return Ok(Round::Waiting { pending });
+    }
+    tokio::task::block_in_place(|| writer.flush())?;
+    for (partition, next) in moved {
+        store.set_mirror_checkpoint(&mirror.job, &mirror.topic, partition, next).await?;
+    }
+    Ok(Round::Moved)
+}
+
+/// Puts every partition back at its stored checkpoint (after a failed round).
+async fn rewind(mirror: &Mirror, store: &Store, copied: &mut [Copied]) -> Result<(), CopyError> {
+    for progress in copied.iter_mut() {
+        let stored = store.mirror_checkpoint(&mirror.job, &mirror.topic, progress.partition).await?;
+        let checkpoint = stored.unwrap_or(progress.from);
+        progress.records = progress.records.saturating_sub(progress.next.saturating_sub(checkpoint));
+        progress.next = checkpoint;
+    }
+    Ok(())
+}
+
+impl CopyError {
+    /// A broker or the store is unreachable for now (a cut link, a restart): wait and go on.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CopyError::Log(LogError::Kafka(_)) => true,
+            CopyError::Store(error) => error.is_retryable(),
+            _ => false,
+        }
+    }
 }
