@@ -344,3 +344,114 @@ async fn active_passive_survives_the_loss_of_the_leader_region() {
         store.close().await;
     }
 }
+
+/// Split brain on the real runtime: three regions' lease loops (`keep_role`, as `docfold
+/// run` runs it) on the PostgreSQL lease store, each through its own link. A seeded
+/// schedule cuts the leader's link, heals links and has an operator try planned promotions, while a
+/// writer per region asks its region's gate every few milliseconds. Never do two regions
+/// accept writes at one instant, accepted epochs never go back, no epoch is held by two
+/// regions, and after the last heal one region leads. `DOCFOLD_SPLIT_RUNS` (default 20),
+/// `DOCFOLD_SPLIT_SEED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_two_leaders_when_links_to_the_lease_store_are_cut() {
+    use docfold::region::lease::{Claim, claim};
+    use docfold::region::role::{RoleMachine, RoleSettings};
+    use docfold::region::runtime::keep_role;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    let env =
+        |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (runs, seed) = (env("DOCFOLD_SPLIT_RUNS", 20), env("DOCFOLD_SPLIT_SEED", 0x5b17));
+    let control = services::postgres_database("split").await;
+    let server = services::host_port(&control);
+    let server = server.rsplit('@').next().unwrap_or(&server).to_string();
+    let mut links = Vec::new();
+    for r in 0..REGIONS.len() {
+        let delay = Delay { one_way: LEASE_ONE_WAY, jitter: Duration::from_millis(5) };
+        links.push(Link::with(server.clone(), Protocol::Tcp, delay, seed + r as u64).await);
+    }
+    let operator = Leases::open(&control, None, None).await.expect("lease store");
+    let (ttl_ms, skew_ms) = (450, 100);
+    for run in 0..runs {
+        let scope = format!("split-{run}");
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(run));
+        let cancel = CancellationToken::new();
+        let mut views = Vec::new();
+        let mut loops = Vec::new();
+        for (r, name) in REGIONS.iter().enumerate() {
+            let url = control.replacen(&server, &links[r].addr.to_string(), 1);
+            let leases = Leases::open(&url, None, None).await.expect("lease store through the link");
+            let settings = RoleSettings {
+                region: name.to_string(),
+                ttl_ms,
+                skew_ms,
+                auto_failover: true,
+                initial_leader: REGIONS[0].into(),
+            };
+            let (view, seen) = watch::channel(RoleMachine::new(settings));
+            views.push(seen);
+            loops.push(tokio::spawn(keep_role(leases, scope.clone(), view, cancel.clone())));
+        }
+        // The writers: (when, region, epoch) of every write a gate let through.
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let sampler = {
+            let (views, accepted, cancel) = (views.clone(), accepted.clone(), cancel.clone());
+            tokio::spawn(async move {
+                while !cancel.is_cancelled() {
+                    let now = now_ms();
+                    for (r, view) in views.iter().enumerate() {
+                        if let Ok(epoch) = view.borrow().admit(now) {
+                            accepted.lock().expect("accepted").push((now, r, epoch));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            })
+        };
+        let mut schedule = Vec::new();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+            let r = rng.random_range(0..REGIONS.len());
+            // Half the steps cut whoever leads now, so that failovers happen.
+            let leader = views.iter().position(|v| v.borrow().admit(now_ms()).is_ok());
+            match rng.random_range(0..4) {
+                0 | 1 => links[leader.unwrap_or(r)].set_up(false),
+                2 => links[r].set_up(true),
+                _ => {
+                    let times = (now_ms(), ttl_ms, skew_ms);
+                    let _ = claim(&operator, &scope, REGIONS[r], Claim::Acquire, times).await;
+                }
+            }
+            schedule.push(r);
+        }
+        links.iter().for_each(|link| link.set_up(true));
+        let since = Instant::now();
+        let leaders = || views.iter().filter(|v| v.borrow().admit(now_ms()).is_ok()).count();
+        while leaders() != 1 {
+            assert!(since.elapsed() < Duration::from_secs(10), "run {run}: no single leader after the heal");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        sampler.await.expect("sampler");
+        for task in loops {
+            task.await.expect("lease loop");
+        }
+        let accepted = accepted.lock().expect("accepted");
+        let mut holders: HashMap<u64, usize> = HashMap::new();
+        for window in accepted.windows(2) {
+            let ((t1, r1, e1), (t2, r2, e2)) = (window[0], window[1]);
+            assert!(
+                t1 != t2 || r1 == r2,
+                "run {run} (seed {seed}): regions {r1} and {r2} both accepted writes at {t1}"
+            );
+            assert!(e2 >= e1, "run {run} (seed {seed}): a write at epoch {e2} after one at {e1}");
+        }
+        for &(_, r, epoch) in accepted.iter() {
+            assert_eq!(*holders.entry(epoch).or_insert(r), r, "run {run}: epoch {epoch} held by two regions");
+        }
+        eprintln!("run {run}: {} writes accepted, epochs {:?}", accepted.len(), holders);
+    }
+}
