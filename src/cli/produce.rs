@@ -43,7 +43,13 @@ impl ProduceArgs {
         let origin = self.region.clone().or_else(|| config.region.as_ref().map(|r| r.name.clone()));
         let origin = origin.unwrap_or_else(|| "local".into());
         let config = match &config.region {
-            Some(_) => {
+            Some(region) => {
+                let regions = region.regions();
+                anyhow::ensure!(
+                    regions.contains(&origin.as_str()),
+                    "--region {origin:?} is not a region of this job (region.name and region.peers: {})",
+                    regions.join(", ")
+                );
                 let (to, routed) = runtime()?.block_on(route(&config, self.config.path(), &origin))?;
                 eprintln!("routed to region {to}");
                 routed

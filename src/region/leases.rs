@@ -14,8 +14,19 @@ pub enum Leases {
 impl Leases {
     /// The lease store `[region]` names.
     pub async fn of(config: &RegionConfig) -> Result<Leases, LeaseError> {
-        Leases::open(config.leases.expose(), config.leases_endpoint.as_deref(), config.aws_region.clone())
-            .await
+        let opened = Leases::open(
+            config.leases.expose(),
+            config.leases_endpoint.as_deref(),
+            config.aws_region.clone(),
+        )
+        .await;
+        opened.map_err(|error| {
+            let named = |message| format!("{message} (the setting region.leases of region {})", config.name);
+            match error {
+                LeaseError::Unavailable(message) => LeaseError::Unavailable(named(message)),
+                LeaseError::Refused(message) => LeaseError::Refused(named(message)),
+            }
+        })
     }
 
     /// Opens the store at `url`; DynamoDB takes an endpoint override (DynamoDB Local) and

@@ -110,6 +110,11 @@ async fn a_bad_lease_store_is_refused_with_a_reason() {
     );
     let bad = Leases::open("mysql://x", None, None).await;
     assert!(matches!(bad, Err(LeaseError::Refused(ref m)) if m.contains("sqlite://")), "{:?}", bad.err());
+    // Through the job's [region], the error names the setting to fix.
+    let region =
+        docfold::config::RegionConfig { name: "eu".into(), leases: "mysql://x".into(), ..Default::default() };
+    let named = Leases::of(&region).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(named.contains("region.leases of region eu"), "{named}");
 }
 
 /// A linearizable in-memory lease store: the simulator's (and this test's) stand-in for the
@@ -447,6 +452,8 @@ fn producers_write_to_the_leaders_log() {
     assert!(ok && err.contains("routed to region b"), "{err}");
     let (ok, _, err) = produce(&configs[2], &["--region", "c"]);
     assert!(ok && err.contains("routed to region b"), "{err}");
+    let (ok, _, err) = produce(&configs[2], &["--region", "mars-1"]);
+    assert!(!ok && err.contains("--region \"mars-1\" is not a region of this job"), "{err}");
     let counts: Vec<_> = configs.iter().map(|c| records_in(c)).collect();
     assert_eq!(counts, [0, 2, 0], "every write went to the leader's log");
 
