@@ -20,3 +20,4 @@ mod spine;
 mod store;
 mod tls;
 mod traces;
+mod world;

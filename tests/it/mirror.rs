@@ -14,8 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::link::{Delay, Link, Protocol};
-use crate::region::{region_job, status};
+use crate::region::region_job;
 use crate::services;
+use crate::world::status;
 
 pub fn spawn_mirror(from: &Path, to: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_docfold"))

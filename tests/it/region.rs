@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use crate::services;
+use crate::world::status;
 
 fn lease(holder: &str, epoch: u64, expires_ms: i64) -> Lease {
     Lease { holder: holder.into(), epoch, expires_ms }
@@ -326,12 +327,6 @@ fn docfold(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
         .expect("runs docfold");
     let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
     (out.status.success(), text(out.stdout), text(out.stderr))
-}
-
-pub fn status(config: &std::path::Path) -> serde_json::Value {
-    let (ok, out, err) = docfold(&["region", "status", "--json"], config);
-    assert!(ok, "region status: {err}");
-    serde_json::from_str(&out).expect("status is JSON")
 }
 
 #[test]
