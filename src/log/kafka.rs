@@ -155,6 +155,10 @@ impl KafkaLog {
         let consumer = self
             .config()
             .set("group.id", "docfold-reader")
+            // A fetch that finds nothing returns within 50 ms, so a record appended then is
+            // read at most that long after (a broker that does not answer a long poll
+            // when data arrives would otherwise hold it for librdkafka's default 500 ms).
+            .set("fetch.wait.max.ms", "50")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .create()
