@@ -18,17 +18,16 @@ use crate::region::region_job;
 use crate::services;
 use crate::world::status;
 
+/// `docfold mirror --from FROM --config TO` with `args` before them.
+fn mirror_command(args: &[&str], from: &Path, to: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_docfold"));
+    command.arg("mirror").args(args).arg("--from").arg(from).arg("--config").arg(to).env("RUST_LOG", "warn");
+    command
+}
+
 pub fn spawn_mirror(from: &Path, to: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_docfold"))
-        .args(["mirror", "--exit-when-idle", "--from"])
-        .arg(from)
-        .arg("--config")
-        .arg(to)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn docfold mirror")
+    let mut command = mirror_command(&["--exit-when-idle"], from, to);
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn docfold mirror")
 }
 
 pub fn mirror_to_the_end(from: &Path, to: &Path) -> String {
@@ -238,11 +237,8 @@ async fn the_mirror_rides_out_a_cut_link() {
     let source = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
     let mut writer = source.writer().expect("producer");
     let mut rng = StdRng::seed_from_u64(11);
-    let mut mirror = Command::new(env!("CARGO_BIN_EXE_docfold"))
-        .args(["mirror", "--from"])
-        .arg(&a)
-        .arg("--config")
-        .arg(&b)
+    let mut mirror = mirror_command(&[], &a, &b)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -329,11 +325,8 @@ fn a_delayed_mirror_reports_its_lag() {
     produce(writer.as_mut(), &mut StdRng::seed_from_u64(3), 500);
     std::thread::sleep(Duration::from_millis(1_100));
     let port = services::free_port();
-    let mut mirror = Command::new(env!("CARGO_BIN_EXE_docfold"))
-        .args(["mirror", "--delay-ms", "3600000", "--metrics-listen", &format!("127.0.0.1:{port}"), "--from"])
-        .arg(&a)
-        .arg("--config")
-        .arg(&b)
+    let listen = format!("127.0.0.1:{port}");
+    let mut mirror = mirror_command(&["--delay-ms", "3600000", "--metrics-listen", &listen], &a, &b)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
