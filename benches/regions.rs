@@ -78,6 +78,29 @@ impl Timeline {
     }
 }
 
+/// Per region: how many of the documents its cache holds with their text (a reader's hit).
+fn cache_hits(world: &World) -> Vec<(usize, usize)> {
+    let docs: Vec<String> = REGIONS.iter().flat_map(|x| (0..2).map(move |i| format!("{x}-{i}"))).collect();
+    let mut redis = redis::Client::open(services::redis()).expect("redis").get_connection().expect("connect");
+    world
+        .regions
+        .iter()
+        .map(|region| {
+            let config = docfold::config::JobConfig::load(&region.file).expect("job file");
+            let hits = docs
+                .iter()
+                .filter(|doc| {
+                    let key = format!("{}{doc}", config.invalidations.key_prefix);
+                    let text: Option<String> =
+                        redis::cmd("HGET").arg(&key).arg("text").query(&mut redis).unwrap_or(None);
+                    text.is_some()
+                })
+                .count();
+            (hits, docs.len())
+        })
+        .collect()
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default()
 }
@@ -106,9 +129,12 @@ fn main() {
     }
     let links_before: u64 = world.links.values().chain(&world.lease_links).map(|l| l.bytes()).sum();
     let stop = AtomicBool::new(false);
+    let caches = std::sync::Mutex::new(None);
     let (run, timeline) = std::thread::scope(|scope| {
         let sampler = scope.spawn(|| Timeline::record(&mut readers, &stop));
-        let run = failover(&world, &ops, rt.handle(), Duration::from_secs(8));
+        let run = failover(&world, &ops, rt.handle(), Duration::from_secs(8), &|leader| {
+            *caches.lock().expect("caches") = Some((leader, cache_hits(&world)));
+        });
         wait_until("every region converges", Duration::from_secs(300), || {
             (0..REGIONS.len()).all(|r| world.caught_up(r))
         });
@@ -167,6 +193,22 @@ fn main() {
     );
     let at_risk: usize = run.at_risk().iter().map(|a| a.ops).sum();
     println!("RTO (links cut → first write acked by the new leader): {}", ms(run.rto().unwrap_or_default()));
+    if let Some((leader, hits)) = caches.into_inner().expect("caches") {
+        println!(
+            "\ncache hit ratio the moment {} was promoted (documents a reader finds in the region's cache)",
+            REGIONS[leader]
+        );
+        println!("| region | cache | hits |\n|---|---|---|");
+        for (r, (hit, of)) in hits.iter().enumerate().skip(1) {
+            let kind = if world::PRELOADS[r] { "warm (preload)" } else { "cold (invalidations only)" };
+            let promoted = if r == leader { ", promoted" } else { "" };
+            println!(
+                "| {}{promoted} | {kind} | {hit}/{of} ({:.0} %) |",
+                REGIONS[r],
+                100.0 * *hit as f64 / *of as f64
+            );
+        }
+    }
     println!("ops at risk during the outage (acked by the cut-off leader): {at_risk}");
     println!("steady-phase ops: {steady_ops}; all ops acked: {total_ops}");
     match lost {

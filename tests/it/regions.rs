@@ -28,7 +28,7 @@ async fn active_passive_survives_the_loss_of_the_leader_region() {
     let logs = |name: &str| world.dir.join(format!("{name}.log"));
     let mut processes = start_processes(&world);
     tokio::task::block_in_place(|| {
-        let run = failover(&world, &ops, &rt, Duration::from_secs(4));
+        let run = failover(&world, &ops, &rt, Duration::from_secs(4), &|_| {});
         let rto = run.rto().expect("a write accepted by the new leader");
         eprintln!(
             "RTO {rto:?}; {} batches acked by the cut-off leader before its lease ran out; healed after {:?}",

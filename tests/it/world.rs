@@ -24,6 +24,9 @@ use crate::services;
 
 pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
 pub const PARTITIONS: u32 = 2;
+/// Whether each region's cache is preloaded with text and version (warm) or only
+/// invalidated (cold): one standby of each, so a promotion can be measured both ways.
+pub const PRELOADS: [bool; 3] = [true, true, false];
 /// The lease store is a witness this far from every region.
 pub const LEASE_ONE_WAY: Duration = Duration::from_millis(10);
 
@@ -92,12 +95,13 @@ impl World {
                  [store]\nurl = \"{store}\"\n[pipeline]\nflush_interval_ms = 200\n\
                  [objects]\nurl = \"s3://{bucket}/{unique}-{name}\"\nendpoint = \"{s3}\"\n\
                  [projection]\nurl = \"dynamodb://{unique}-{name}\"\nendpoint = \"{}\"\n\
-                 [invalidations]\ntopic = \"doc-invalidations\"\nredis = \"{}\"\nkey_prefix = \"test:{unique}:{name}:\"\nchannel = \"test:{unique}:{name}\"\n\
+                 [invalidations]\ntopic = \"doc-invalidations\"\nredis = \"{}\"\nkey_prefix = \"test:{unique}:{name}:\"\nchannel = \"test:{unique}:{name}\"\npreload = {}\n\
                  [dead_letters]\ntopic = \"doc-ops-dlq\"\n\
                  [region]\nname = \"{name}\"\npeers = [{}]\nleases = \"{leases}\"\nttl_ms = 1500\nskew_ms = 200\n\
                  auto_failover = true\ninitial_leader = \"{}\"\n",
                 services::dynamodb(),
                 services::redis(),
+                PRELOADS[i],
                 peers.join(", "),
                 REGIONS[0]
             );
@@ -310,7 +314,14 @@ impl Failover {
     }
 }
 
-pub fn failover(world: &World, ops: &[Op], rt: &tokio::runtime::Handle, steady: Duration) -> Failover {
+/// `promoted` runs as soon as a standby leads, with the new leader's index.
+pub fn failover(
+    world: &World,
+    ops: &[Op],
+    rt: &tokio::runtime::Handle,
+    steady: Duration,
+    promoted: &(dyn Fn(usize) + Sync),
+) -> Failover {
     wait_until("the first region leads", Duration::from_secs(30), || {
         world.holder(1).0.as_deref() == Some(REGIONS[0])
     });
@@ -323,9 +334,12 @@ pub fn failover(world: &World, ops: &[Op], rt: &tokio::runtime::Handle, steady: 
         std::thread::sleep(steady);
         world.set_links(0, false);
         let cut_at = Instant::now();
+        let mut leader = None;
         wait_until("a standby leads", Duration::from_secs(30), || {
-            world.holder(1).0.as_deref().is_some_and(|h| h != REGIONS[0])
+            leader = world.holder(1).0.and_then(|h| REGIONS.iter().position(|r| *r == h)).filter(|&r| r != 0);
+            leader.is_some()
         });
+        promoted(leader.expect("a new leader"));
         std::thread::sleep(Duration::from_secs(2));
         world.set_links(0, true);
         (cut_at, Instant::now())
