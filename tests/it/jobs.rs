@@ -38,6 +38,26 @@ fn the_shipped_job_configs_load() {
         leases.insert(region.leases.expose().to_string());
     }
     assert_eq!(leases.len(), 1, "one lease store: {leases:?}");
+    // The same three regions on AWS: one lease table, and nothing else shared.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut leases = std::collections::BTreeSet::new();
+    for name in names {
+        let config =
+            JobConfig::load(&Path::new("jobs/regions-aws").join(format!("{name}.toml"))).expect(name);
+        assert!(matches!(config.log_location(), Ok(LogLocation::Kafka(_))), "{name}: on Kafka");
+        let region = config.region.as_ref().expect("[region]");
+        assert_eq!((region.name.as_str(), region.regions().len()), (name, 3));
+        leases.insert(region.leases.expose().to_string());
+        let own = [&config.log.url, &config.store.url, &config.objects.url, &config.projection.url];
+        for url in own
+            .iter()
+            .map(|u| u.expose().to_string())
+            .chain(config.invalidations.redis.iter().map(|u| u.expose().to_string()))
+        {
+            assert!(seen.insert(url.clone()), "{name}: {url} is another region's too");
+        }
+    }
+    assert_eq!(leases.len(), 1, "one lease table: {leases:?}");
 }
 
 #[test]
