@@ -284,6 +284,35 @@ async fn the_mirror_rides_out_a_cut_link() {
     });
 }
 
+/// A mirrored record that is not an op is copied like any other (the mirror never decodes)
+/// and becomes a dead letter of the target region's fold, naming the mirrored topic; the
+/// fold goes on with the ops around it.
+#[test]
+fn a_mirrored_record_that_is_not_an_op_is_a_dead_letter_of_the_target() {
+    let dir = services::temp_dir("mirror-garbage");
+    let log = |name: &str| format!("url = \"file://{name}/log\"\npartitions = 2");
+    let (a, b) = (region_job(&dir, "a", &log("a"), ""), region_job(&dir, "b", &log("b"), ""));
+    let source = JobConfig::load(&a).expect("config");
+    let mut writer = Topic::open(&source, "doc-ops", true).expect("topic").writer(&source).expect("writer");
+    let envelope = docfold::op::decode_json(crate::spine::op_line()).expect("an op");
+    writer.append(b"greeting", b"\x00 not an op").expect("append");
+    writer.append(b"greeting", &docfold::op::encode(&envelope)).expect("append");
+    writer.flush().expect("flush");
+    drop(writer);
+    let copied = mirror_to_the_end(&a, &b);
+    assert!(copied.contains("mirror a → b"), "{copied}");
+    crate::pipeline::run_to_completion(&b, 0);
+    let letters = crate::spine::dead_letters(&dir.join("b/log"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].source_topic.as_str(), letters[0].reason.as_str()), ("a.doc-ops", "undecodable"));
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["doc", "show", "greeting", "--text-only", "--config"])
+        .arg(&b)
+        .output()
+        .expect("doc show");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "hi!", "the op after it was folded");
+}
+
 /// The MirrorMaker 2 properties for production name the mirrored topics as `docfold
 /// mirror` does, copy only each region's own op topic, and cover every ordered pair.
 #[test]

@@ -59,7 +59,7 @@ fn run_idle(dir: &Path, config: &Path) -> (i32, String, String) {
     docfold(dir, &["run", "--exit-when-idle", "--config", config.to_str().unwrap()])
 }
 
-fn dead_letters(log_dir: &Path) -> Vec<DeadLetter> {
+pub fn dead_letters(log_dir: &Path) -> Vec<DeadLetter> {
     let mut reader = FileLog::open(log_dir, "doc-ops-dlq").expect("dead-letter topic").reader();
     let mut letters = Vec::new();
     for partition in 0..reader.partitions() {
@@ -218,7 +218,7 @@ fn relative_paths_in_a_config_are_relative_to_its_folder() {
     assert!(out.ends_with("---\nhi!\n"), "{out}");
 }
 
-fn op_line() -> &'static str {
+pub fn op_line() -> &'static str {
     r#"{"schema_version":1,"doc_id":"greeting","origin_region":"r","client_time_ms":0,"op":{"id":{"site":"00000000000000aa","counter":1},"inserts":[{"start":[[5,"00000000000000aa",1]],"text":"hi!"}],"deletes":[]}}"#
 }
 
