@@ -69,6 +69,7 @@ async fn archive_ops(dir: &Path, name: &str, ops: &[Op]) -> (u64, f64, u64) {
             timestamp_type,
             key: vec![],
             value: vec![],
+            headers: vec![],
         };
         archive.push(&record, Some(envelope));
         if archive.is_due()

@@ -9,7 +9,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,9 @@ pub fn record_of(topic: &Arc<str>, message: &impl Message) -> Record {
         timestamp_type,
         key: message.key().unwrap_or_default().to_vec(),
         value: message.payload().unwrap_or_default().to_vec(),
+        headers: message.headers().map_or_else(Vec::new, |headers| {
+            headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect()
+        }),
     }
 }
 
@@ -230,11 +233,17 @@ impl LogWriter for KafkaWriter {
     fn copy(&mut self, partition: u32, record: &Record) -> Result<(), LogError> {
         let partition =
             i32::try_from(partition).map_err(|_| LogError::Kafka(format!("partition {partition}")))?;
-        let copy = BaseRecord::to(&self.topic)
+        let mut copy = BaseRecord::to(&self.topic)
             .partition(partition)
             .key(record.key.as_slice())
             .payload(record.value.as_slice())
             .timestamp(record.timestamp_ms);
+        if !record.headers.is_empty() {
+            let headers = record.headers.iter().fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header { key, value: value.as_deref() })
+            });
+            copy = copy.headers(headers);
+        }
         self.send(copy)
     }
 

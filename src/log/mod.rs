@@ -73,6 +73,9 @@ pub struct Record {
     pub timestamp_type: TimestampType,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
+    /// Kafka record headers, in order (a value may be null). The file log stores none: a
+    /// copy into it keeps key, value and timestamp only.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Which time a record's timestamp is (Kafka's `message.timestamp.type`).

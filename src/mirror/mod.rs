@@ -1,6 +1,6 @@
 //! Mirroring: another region's local topic copied into `<source region>.<topic>` of this
 //! region's log (MirrorMaker 2's DefaultReplicationPolicy names), partition for partition,
-//! with key, value and timestamp. The decisions are here and pure (which name, which
+//! with key, value, timestamp and headers. The decisions are here and pure (which name, which
 //! records are due under a configured one-way delay); `copy` does the I/O.
 
 pub mod copy;

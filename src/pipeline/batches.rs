@@ -68,6 +68,7 @@ mod tests {
             timestamp_type: TimestampType::LogAppend,
             key: vec![],
             value: vec![],
+            headers: vec![],
         }
     }
 

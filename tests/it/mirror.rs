@@ -63,14 +63,17 @@ fn all_records(reader: &mut dyn LogReader) -> Vec<Vec<Record>> {
 }
 
 /// The target holds exactly the source's records, partition for partition: each one (key,
-/// value, timestamp), in the source's order once repeats are dropped, and nothing else.
+/// value, headers, timestamp), in the source's order once repeats are dropped, and nothing
+/// else.
 /// Returns how many were repeated.
 fn assert_mirrored(source: &[Vec<Record>], target: &[Vec<Record>], same_timestamps: bool) -> usize {
     assert_eq!(source.len(), target.len(), "partition counts");
     let mut repeated = 0;
     for (partition, (from, to)) in source.iter().zip(target).enumerate() {
-        let fields =
-            |r: &Record| (r.key.clone(), r.value.clone(), if same_timestamps { r.timestamp_ms } else { 0 });
+        let fields = |r: &Record| {
+            let timestamp = if same_timestamps { r.timestamp_ms } else { 0 };
+            (r.key.clone(), r.value.clone(), r.headers.clone(), timestamp)
+        };
         let mut seen = HashSet::new();
         let firsts: Vec<_> = to.iter().map(fields).filter(|f| seen.insert(f.clone())).collect();
         repeated += to.len() - firsts.len();
@@ -174,6 +177,7 @@ fn a_delayed_link_copies_a_prefix_of_what_is_old_enough() {
         timestamp_type: TimestampType::LogAppend,
         key: vec![],
         value: vec![],
+        headers: vec![],
     };
     let batch = [record(0, 100), record(1, 250), record(2, 120), record(3, 400)];
     assert_eq!(due(&batch, 1_000, 0), 4);
@@ -206,11 +210,29 @@ async fn the_mirror_copies_a_kafka_topic_to_another_cluster() {
     let mut rng = StdRng::seed_from_u64(7);
     tokio::task::block_in_place(|| {
         produce(&mut source.writer().expect("producer"), &mut rng, 600);
+        // Headers are kept (a residency stamp, say, and one with a null value).
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &source_brokers)
+            .create()
+            .expect("producer");
+        for i in 0..20u32 {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "docfold-residency", value: Some("eu-west-1") })
+                .insert(Header { key: "empty", value: None::<&[u8]> });
+            let key = format!("doc-{i}");
+            let record = BaseRecord::to(&topic).key(&key).payload("with headers").headers(headers);
+            producer.send(record).map_err(|(e, _)| e).expect("send");
+        }
+        producer.flush(Duration::from_secs(30)).expect("delivered");
         mirror_to_the_end(&a, &b);
         let source = all_records(&mut source.reader().expect("reader"));
         let target = KafkaLog::connect(&target_brokers, &mirrored, &[]).expect("connect");
         let target = all_records(&mut target.reader().expect("reader"));
-        assert_eq!(source.iter().map(Vec::len).sum::<usize>(), 600);
+        assert_eq!(source.iter().map(Vec::len).sum::<usize>(), 620);
+        let stamped = target.iter().flatten().filter(|r| r.headers.len() == 2).count();
+        assert_eq!(stamped, 20, "the headers came along");
         assert_mirrored(&source, &target, true);
     });
     target_broker.kill().expect("stop the target broker");

@@ -257,7 +257,15 @@ async fn projections_conformance_dynamodb() {
 /// A record at `offset` stamped by the log at `timestamp_ms` (what the archive reads of it).
 fn record(offset: u64, timestamp_ms: i64) -> Record {
     let timestamp_type = TimestampType::LogAppend;
-    Record { topic: "doc-ops".into(), offset, timestamp_ms, timestamp_type, key: vec![], value: vec![] }
+    Record {
+        topic: "doc-ops".into(),
+        offset,
+        timestamp_ms,
+        timestamp_type,
+        key: vec![],
+        value: vec![],
+        headers: vec![],
+    }
 }
 
 fn envelope(doc: &str, counter: u64, text: &str, delete: bool) -> Envelope {

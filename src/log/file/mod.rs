@@ -540,6 +540,7 @@ impl FileReader {
                         timestamp_type: TimestampType::LogAppend,
                         key,
                         value,
+                        headers: Vec::new(),
                     });
                     cursor.pos += bytes;
                     cursor.next_offset += 1;
