@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use docfold::config::{JobConfig, LogLocation};
+use docfold::config::{JobConfig, LogLocation, RegionConfig};
 use docfold::log::file::FileLog;
 use docfold::log::kafka::KafkaLog;
 use docfold::mirror::mirrored_topic;
@@ -156,6 +156,9 @@ impl TopicArgs {
     /// check that object storage answers.
     pub fn setup(self) -> anyhow::Result<bool> {
         let config = self.config.load()?;
+        if let Some(region) = &config.region {
+            check_peers(region, self.config.path())?;
+        }
         self.apply(&config)?;
         runtime()?.block_on(async {
             if !config.projection.url.is_empty() {
@@ -180,6 +183,24 @@ impl TopicArgs {
         })?;
         Ok(true)
     }
+}
+
+/// The peers' job files beside `path` (`<peer>.toml`, where they are) agree with this
+/// region on what must be the same everywhere (`RegionConfig::disagreement`).
+fn check_peers(region: &RegionConfig, path: Option<&Path>) -> anyhow::Result<()> {
+    let folder = path.and_then(Path::parent).unwrap_or(Path::new(""));
+    for peer in &region.peers {
+        let file = folder.join(format!("{peer}.toml"));
+        if !file.exists() {
+            continue;
+        }
+        let theirs =
+            JobConfig::load(&file)?.region.with_context(|| format!("{} has no [region]", file.display()))?;
+        if let Some((setting, why)) = region.disagreement(&theirs) {
+            anyhow::bail!("{setting}: {why} ({})", file.display());
+        }
+    }
+    Ok(())
 }
 
 impl TopicsCommand {

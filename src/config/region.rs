@@ -73,6 +73,34 @@ impl RegionConfig {
         }
     }
 
+    /// What `peer` (another region's `[region]` of the same job) must agree on with this
+    /// one, else regions could each believe they lead: the setting and why, or `None`.
+    pub fn disagreement(&self, peer: &RegionConfig) -> Option<(&'static str, String)> {
+        let (ours, theirs) = (self.role().initial_leader, peer.role().initial_leader);
+        if !peer.regions().contains(&self.name.as_str()) {
+            Some(("region.peers", format!("region {} does not list {} as a peer", peer.name, self.name)))
+        } else if self.mode != peer.mode {
+            Some((
+                "region.mode",
+                format!("{} runs {:?}, {} runs {:?}", self.name, self.mode, peer.name, peer.mode),
+            ))
+        } else if self.mode == Mode::ActivePassive && self.leases.expose() != peer.leases.expose() {
+            let why = format!(
+                "{} and {} name different lease stores ({} and {}): each store would grant its own leader",
+                self.name, peer.name, self.leases, peer.leases
+            );
+            Some(("region.leases", why))
+        } else if self.mode == Mode::ActivePassive && ours != theirs {
+            let why = format!(
+                "{} names {ours} as the initial leader and {} names {theirs}: name one region in every job file",
+                self.name, peer.name
+            );
+            Some(("region.initial_leader", why))
+        } else {
+            None
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), (&'static str, String)> {
         let name_ok = |name: &str| {
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')

@@ -58,6 +58,24 @@ fn the_shipped_job_configs_load() {
         }
     }
     assert_eq!(leases.len(), 1, "one lease table: {leases:?}");
+    // Every pair of shipped regions agrees on what must be the same (who leads first, where
+    // the lease is).
+    for folder in ["jobs/regions", "jobs/regions-aws"] {
+        let regions: Vec<_> = names
+            .iter()
+            .map(|n| {
+                JobConfig::load(&Path::new(folder).join(format!("{n}.toml")))
+                    .expect(n)
+                    .region
+                    .expect("[region]")
+            })
+            .collect();
+        for a in &regions {
+            for b in regions.iter().filter(|b| b.name != a.name) {
+                assert_eq!(a.disagreement(b), None, "{folder}: {} and {}", a.name, b.name);
+            }
+        }
+    }
 }
 
 #[test]

@@ -520,3 +520,24 @@ fn the_regions_demo_fails_over_and_loses_nothing() {
     let status = status(&dir.join("demo/eu-west-1.toml"));
     assert!(status["epoch"].as_u64().is_some_and(|e| e >= 2), "a failover happened: {status}");
 }
+
+/// `docfold setup` reads the peers' job files beside its own and refuses what would let two
+/// regions lead: another initial leader, another lease store; the error names the setting.
+#[test]
+fn setup_refuses_regions_that_disagree_on_who_leads() {
+    let dir = services::temp_dir("region-disagree");
+    let configs: Vec<_> = ["a", "b", "c"].iter().map(|r| region_config(&dir, r, false)).collect();
+    let text = std::fs::read_to_string(&configs[1]).expect("read");
+    std::fs::write(&configs[1], text.replace("initial_leader = \"a\"", "initial_leader = \"b\""))
+        .expect("write");
+    let (ok, _, err) = docfold(&["setup"], &configs[0]);
+    assert!(!ok && err.contains("region.initial_leader") && err.contains("b.toml"), "{err}");
+    std::fs::write(&configs[1], text).expect("write");
+    let text = std::fs::read_to_string(&configs[2]).expect("read");
+    std::fs::write(&configs[2], text.replace("sqlite://leases.db", "sqlite://other.db")).expect("write");
+    let (ok, _, err) = docfold(&["setup"], &configs[0]);
+    assert!(!ok && err.contains("region.leases") && err.contains("different lease stores"), "{err}");
+    std::fs::write(&configs[2], text).expect("write");
+    let (ok, _, err) = docfold(&["setup"], &configs[0]);
+    assert!(ok, "agreeing regions set up: {err}");
+}
