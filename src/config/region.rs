@@ -84,10 +84,13 @@ impl RegionConfig {
                 "region.mode",
                 format!("{} runs {:?}, {} runs {:?}", self.name, self.mode, peer.name, peer.mode),
             ))
-        } else if self.mode == Mode::ActivePassive && self.leases.expose() != peer.leases.expose() {
+        } else if self.mode == Mode::ActivePassive && self.lease_store() != peer.lease_store() {
             let why = format!(
                 "{} and {} name different lease stores ({} and {}): each store would grant its own leader",
-                self.name, peer.name, self.leases, peer.leases
+                self.name,
+                peer.name,
+                self.lease_store(),
+                peer.lease_store()
             );
             Some(("region.leases", why))
         } else if self.mode == Mode::ActivePassive && ours != theirs {
@@ -98,6 +101,25 @@ impl RegionConfig {
             Some(("region.initial_leader", why))
         } else {
             None
+        }
+    }
+
+    /// The lease store whatever route a region takes to it (regions may reach one database
+    /// through different hosts or proxies): the PostgreSQL database, the DynamoDB table and
+    /// its AWS region, the SQLite file.
+    fn lease_store(&self) -> String {
+        match self.leases.scheme() {
+            Some(("postgres" | "postgresql", rest)) => {
+                let database = rest.split('?').next().unwrap_or(rest).rsplit('/').next().unwrap_or(rest);
+                format!("PostgreSQL database {database}")
+            }
+            Some(("dynamodb", table)) => {
+                format!(
+                    "DynamoDB table {table} in {}",
+                    self.aws_region.as_deref().unwrap_or("the default AWS region")
+                )
+            }
+            _ => self.leases.to_string(),
         }
     }
 

@@ -540,4 +540,16 @@ fn setup_refuses_regions_that_disagree_on_who_leads() {
     std::fs::write(&configs[2], text).expect("write");
     let (ok, _, err) = docfold(&["setup"], &configs[0]);
     assert!(ok, "agreeing regions set up: {err}");
+    // One lease database reached by two routes (hosts, proxies, options) is one store.
+    let region = |name: &str, peer: &str, leases: &str| docfold::config::RegionConfig {
+        name: name.into(),
+        peers: vec![peer.into()],
+        leases: leases.into(),
+        ..Default::default()
+    };
+    let a = region("a", "b", "postgres://u@db-a.internal:5432/control");
+    let b = region("b", "a", "postgres://u:pw@pgbouncer-b:6432/control?sslmode=verify-full");
+    assert_eq!(a.disagreement(&b), None);
+    let c = region("b", "a", "postgres://u@db-a.internal:5432/other");
+    assert!(a.disagreement(&c).is_some_and(|(setting, _)| setting == "region.leases"));
 }
