@@ -84,6 +84,21 @@ fn assert_mirrored(source: &[Vec<Record>], target: &[Vec<Record>], same_timestam
     repeated
 }
 
+/// Two regions a and b on the embedded log (2 partitions) in a fresh folder: the folder and
+/// their job files.
+fn embedded_pair(name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = services::temp_dir(name);
+    let log = |region: &str| format!("url = \"file://{region}/log\"\npartitions = 2");
+    let (a, b) = (region_job(&dir, "a", &log("a"), ""), region_job(&dir, "b", &log("b"), ""));
+    (dir, a, b)
+}
+
+/// A writer to the `doc-ops` topic of the job file `config`.
+fn doc_ops_writer(config: &Path) -> Box<dyn LogWriter> {
+    let config = JobConfig::load(config).expect("config");
+    Topic::open(&config, "doc-ops", true).expect("topic").writer(&config).expect("writer")
+}
+
 fn reader_of(config: &Path, topic: &str) -> Box<dyn LogReader> {
     let config = JobConfig::load(config).expect("config");
     Topic::open(&config, topic, false).expect("topic").reader().expect("reader")
@@ -311,11 +326,8 @@ async fn the_mirror_rides_out_a_cut_link() {
 /// fold goes on with the ops around it.
 #[test]
 fn a_mirrored_record_that_is_not_an_op_is_a_dead_letter_of_the_target() {
-    let dir = services::temp_dir("mirror-garbage");
-    let log = |name: &str| format!("url = \"file://{name}/log\"\npartitions = 2");
-    let (a, b) = (region_job(&dir, "a", &log("a"), ""), region_job(&dir, "b", &log("b"), ""));
-    let source = JobConfig::load(&a).expect("config");
-    let mut writer = Topic::open(&source, "doc-ops", true).expect("topic").writer(&source).expect("writer");
+    let (dir, a, b) = embedded_pair("mirror-garbage");
+    let mut writer = doc_ops_writer(&a);
     let envelope = docfold::op::decode_json(crate::spine::op_line()).expect("an op");
     writer.append(b"greeting", b"\x00 not an op").expect("append");
     writer.append(b"greeting", &docfold::op::encode(&envelope)).expect("append");
@@ -368,11 +380,8 @@ fn the_mirrormaker_2_properties_make_the_same_topic_names() {
 /// it is, in records and seconds.
 #[test]
 fn a_delayed_mirror_reports_its_lag() {
-    let dir = services::temp_dir("mirror-lag");
-    let log = |name: &str| format!("url = \"file://{name}/log\"\npartitions = 2");
-    let (a, b) = (region_job(&dir, "a", &log("a"), ""), region_job(&dir, "b", &log("b"), ""));
-    let config = JobConfig::load(&a).expect("config a");
-    let mut writer = Topic::open(&config, "doc-ops", true).expect("topic").writer(&config).expect("writer");
+    let (_, a, b) = embedded_pair("mirror-lag");
+    let mut writer = doc_ops_writer(&a);
     produce(writer.as_mut(), &mut StdRng::seed_from_u64(3), 500);
     std::thread::sleep(Duration::from_millis(1_100));
     let port = services::free_port();
