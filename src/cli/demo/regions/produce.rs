@@ -50,15 +50,6 @@ struct Door {
     role: Option<watch::Receiver<RoleMachine>>,
 }
 
-impl Door {
-    fn admit(&self) -> Result<u64, WriteRefused> {
-        match &self.role {
-            Some(role) => role.borrow().admit(now_ms()),
-            None => Err(WriteRefused { region: String::new(), role: Role::Standby, lease: None }),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum Refused {
     #[error("region {0} is down")]
@@ -86,7 +77,7 @@ impl Region {
 
     /// The epoch this region leads at, if it takes writes now.
     pub async fn leads(&self) -> Option<u64> {
-        self.door.lock().expect("door").admit().ok()
+        self.door.lock().expect("door").role.as_ref()?.borrow().admit(now_ms()).ok()
     }
 
     /// Whether the region's lease loop has read the lease since it started.
@@ -108,11 +99,10 @@ impl Region {
     /// Appends and flushes `records` if this region takes writes; returns the epoch.
     fn write(&self, records: &[(String, Vec<u8>)]) -> Result<u64, Refused> {
         let mut door = self.door.lock().expect("door");
-        let epoch = match door.writer {
-            Some(_) => door.admit()?,
-            None => return Err(Refused::Down(self.name)),
+        let Door { writer: Some(writer), role: Some(role) } = &mut *door else {
+            return Err(Refused::Down(self.name));
         };
-        let writer = door.writer.as_mut().ok_or(Refused::Down(self.name))?;
+        let epoch = role.borrow().admit(now_ms())?;
         for (key, value) in records {
             writer.append(key.as_bytes(), value)?;
         }
