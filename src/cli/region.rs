@@ -218,7 +218,18 @@ impl RegionCommand {
                 let leases = Leases::of(&region).await?;
                 let want = if force { Claim::Force } else { Claim::Acquire };
                 let times = region.role().times(now_ms());
+                let before =
+                    leases.read(scope).await?.filter(|l| l.holder != target && l.expires_ms > times.0);
                 match claim(&leases, scope, &target, want, times).await? {
+                    Answer::Ours(lease) if force && before.is_some() => {
+                        let old = before.map(|l| l.holder).unwrap_or_default();
+                        println!(
+                            "{target} holds the lease at epoch {}: {old} is fenced (its renewals are refused) and {target} takes writes once {old}'s lease has run out, in {} ms",
+                            lease.epoch,
+                            lease.expires_ms - times.0
+                        );
+                        Ok(true)
+                    }
                     Answer::Ours(lease) => {
                         println!(
                             "{target} leads at epoch {} (lease expires in {} ms unless renewed)",

@@ -66,7 +66,10 @@ pub enum Claim {
     Acquire,
     /// Renew our lease at `epoch`; refused if it is no longer ours at that epoch.
     Renew { epoch: u64 },
-    /// Take it whatever its state (an operator's forced promotion): epoch + 1.
+    /// Take it whatever its state (an operator's forced promotion): epoch + 1 at once, so
+    /// the old holder's renewals are refused; from a holder whose lease still runs it is a
+    /// hand-over: the lease runs until the old one would have ended + the skew bound, and
+    /// only then may the new holder take it up (a new term), so the two never overlap.
     Force,
     /// Give up our lease at `epoch` (a planned demotion): it expires now.
     Release { epoch: u64 },
@@ -94,13 +97,18 @@ pub fn decide(
     let next_epoch = current.map_or(1, |l| l.epoch + 1);
     let lease = |epoch| Lease { holder: region.to_string(), epoch, expires_ms: now_ms + ttl_ms };
     match (claim, current) {
+        (Claim::Force, Some(l)) if l.holder != region && !l.is_free(now_ms, 0) => Ok(Lease {
+            holder: region.to_string(),
+            epoch: next_epoch,
+            expires_ms: l.expires_ms.saturating_add(skew_ms),
+        }),
         (Claim::Force, _) => Ok(lease(next_epoch)),
         (Claim::Acquire, None) => Ok(lease(1)),
-        // Ours and still running: renewing keeps the epoch; ours but lapsed (we stopped
-        // leading when it did): a new epoch, a new term.
-        (Claim::Acquire, Some(l)) if l.holder == region => {
-            Ok(lease(if l.is_free(now_ms, 0) { next_epoch } else { l.epoch }))
-        }
+        // Ours but not held by this process (a restart, or handed over by force): a new term
+        // once it has run out, never while an earlier process of ours, or the holder it was
+        // taken from, may still take writes under it.
+        (Claim::Acquire, Some(l)) if l.holder == region && l.is_free(now_ms, 0) => Ok(lease(next_epoch)),
+        (Claim::Acquire, Some(l)) if l.holder == region => Err(Answer::Theirs(Some(l.clone()))),
         // Another holder's, expired by more than the skew bound: a new epoch.
         (Claim::Acquire, Some(l)) if l.is_free(now_ms, skew_ms) => Ok(lease(next_epoch)),
         (Claim::Acquire, Some(l)) => Err(Answer::Theirs(Some(l.clone()))),

@@ -155,7 +155,8 @@ impl RoleMachine {
         self.asked_ms = Some(now_ms);
         let request = match (&self.held, &self.seen) {
             (Some(held), _) => Request::Claim(Claim::Renew { epoch: held.epoch }),
-            // Ours from before a restart, or lapsed: take it again.
+            // Ours from before a restart, or handed to us by force: take it up once it has
+            // run out (`lease::decide`).
             (None, Some(seen)) if seen.holder == self.settings.region => Request::Claim(Claim::Acquire),
             (None, Some(seen))
                 if self.settings.auto_failover && seen.is_free(now_ms, self.settings.skew_ms) =>

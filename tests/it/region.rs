@@ -53,8 +53,12 @@ async fn conformance(leases: Leases) {
     assert_eq!(taken, Answer::Ours(lease("ap", 3, 22_001 + SKEW + TTL)));
     let stale = claim(&leases, &scope, "us", Claim::Renew { epoch: 2 }, at(23_000)).await.expect("renew");
     assert!(matches!(stale, Answer::Theirs(Some(ref l)) if l.holder == "ap" && l.epoch == 3), "{stale:?}");
+    // Forced from a live holder: epoch + 1 at once (ap's renewals are refused), running until
+    // ap's lease would have ended + the skew bound; eu takes it up only then.
     let forced = claim(&leases, &scope, "eu", Claim::Force, at(23_000)).await.expect("force");
-    assert_eq!(forced, Answer::Ours(lease("eu", 4, 23_000 + TTL)));
+    assert_eq!(forced, Answer::Ours(lease("eu", 4, 22_001 + SKEW + TTL + SKEW)));
+    let early = claim(&leases, &scope, "eu", Claim::Acquire, at(24_000)).await.expect("acquire");
+    assert_eq!(early, Answer::Theirs(Some(lease("eu", 4, 22_001 + SKEW + TTL + SKEW))), "not before then");
     let released =
         claim(&leases, &scope, "eu", Claim::Release { epoch: 4 }, at(24_000)).await.expect("release");
     assert_eq!(released, Answer::Released);
@@ -351,7 +355,7 @@ fn operators_promote_and_demote_regions() {
         "a live lease is not taken without --force: {err}"
     );
     let (ok, out, err) = docfold(&["region", "promote", "b", "--force"], &a);
-    assert!(ok && out.contains("b leads at epoch 2"), "{out}{err}");
+    assert!(ok && out.contains("b holds the lease at epoch 2: a is fenced"), "{out}{err}");
     let (ok, _, err) = docfold(&["region", "demote"], &a);
     assert!(!ok && err.contains("a does not lead"), "{err}");
     let (ok, out, err) = docfold(&["region", "demote"], &b);

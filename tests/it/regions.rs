@@ -80,7 +80,8 @@ async fn active_passive_survives_the_loss_of_the_leader_region() {
 
 /// Split brain on the real runtime: three regions' lease loops (`keep_role`, as `docfold
 /// run` runs it) on the PostgreSQL lease store, each through its own link. A seeded
-/// schedule cuts the leader's link, heals links and has an operator try planned promotions, while a
+/// schedule cuts the leader's link, heals links and has an operator promote regions
+/// (planned, or forced from a live leader), while a
 /// writer per region asks its region's gate every few milliseconds. Never do two regions
 /// accept writes at one instant, accepted epochs never go back, no epoch is held by two
 /// regions, and after the last heal one region leads. `DOCFOLD_SPLIT_RUNS` (default 20),
@@ -150,12 +151,18 @@ async fn never_two_leaders_when_links_to_the_lease_store_are_cut() {
             let r = rng.random_range(0..REGIONS.len());
             // Half the steps cut whoever leads now, so that failovers happen.
             let leader = views.iter().position(|v| v.borrow().admit(now_ms()).is_ok());
-            match rng.random_range(0..4) {
+            let promote = |want| claim(&operator, &scope, REGIONS[r], want, (now_ms(), ttl_ms, skew_ms));
+            match rng.random_range(0..5) {
                 0 | 1 => links[leader.unwrap_or(r)].set_up(false),
                 2 => links[r].set_up(true),
+                // An operator's planned promotion: only a free lease is taken.
+                3 => drop(promote(Claim::Acquire).await),
+                // A leader cut off from the lease store, and an operator forcing another
+                // region in: the cut-off leader cannot learn of it, and takes writes until
+                // its own lease runs out.
                 _ => {
-                    let times = (now_ms(), ttl_ms, skew_ms);
-                    let _ = claim(&operator, &scope, REGIONS[r], Claim::Acquire, times).await;
+                    links[leader.unwrap_or(r)].set_up(false);
+                    drop(promote(Claim::Force).await);
                 }
             }
             schedule.push(r);
