@@ -318,13 +318,13 @@ impl LogReader for KafkaReader {
             return Err(LogError::NoSuchPartition { partition, partitions: self.log.partitions });
         }
         let slot = partition as usize;
-        // A partition just assigned waits a while for its first fetch; one already streaming
-        // has fetched ahead or has nothing new.
-        let mut wait = Duration::from_millis(20);
         if self.queues[slot].as_ref().and_then(|(_, next)| *next) != Some(from) {
             self.assign(partition, from)?;
-            wait = Duration::from_secs(1);
         }
+        // Wait a while for the first record: none means none arrived in that time (a
+        // partition fetched ahead answers at once; a shorter wait would call a fetch still in
+        // flight the end of the partition).
+        let mut wait = Duration::from_secs(1);
         let consumer = &self.consumer;
         let Some((queue, position)) = self.queues[slot].as_mut() else { return Ok(()) };
         let Some(mut next) = *position else { return Ok(()) };

