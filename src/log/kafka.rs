@@ -370,6 +370,46 @@ impl LogReader for KafkaReader {
         Ok(())
     }
 
+    fn read_ready(
+        &mut self,
+        partition: u32,
+        from: u64,
+        max: usize,
+        out: &mut Vec<Record>,
+    ) -> Result<(), LogError> {
+        if partition >= self.log.partitions {
+            return Err(LogError::NoSuchPartition { partition, partitions: self.log.partitions });
+        }
+        let slot = partition as usize;
+        if self.queues[slot].as_ref().and_then(|(_, next)| *next) != Some(from) {
+            self.assign(partition, from)?;
+        }
+        let Some((queue, position)) = self.queues[slot].as_mut() else { return Ok(()) };
+        let Some(mut next) = *position else { return Ok(()) };
+        if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
+            *position = None;
+            return Err(kafka(e));
+        }
+        let mut read = 0;
+        while read < max {
+            match queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) => {
+                    *position = None;
+                    return Err(kafka(e));
+                }
+                Some(Ok(message)) if (message.offset() as u64) < next => {}
+                Some(Ok(message)) => {
+                    out.push(record_of(&self.topic, &message));
+                    next = message.offset() as u64 + 1;
+                    read += 1;
+                }
+            }
+        }
+        *position = Some(next);
+        Ok(())
+    }
+
     fn end_offset(&mut self, partition: u32) -> Result<u64, LogError> {
         let (_, high) =
             self.consumer.fetch_watermarks(&self.log.topic, partition as i32, TIMEOUT).map_err(kafka)?;

@@ -117,6 +117,18 @@ pub trait LogReader: Send {
     /// Appends to `out` up to `max` records of `partition` starting at offset `from`; fewer
     /// (or none) when the partition has no more yet.
     fn read(&mut self, partition: u32, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), LogError>;
+    /// Like [`LogReader::read`], but never waits: what has already arrived (a Kafka reader
+    /// fetches assigned partitions ahead), else nothing. For a reader that goes round the
+    /// partitions and should not idle on one while another has records (the mirror).
+    fn read_ready(
+        &mut self,
+        partition: u32,
+        from: u64,
+        max: usize,
+        out: &mut Vec<Record>,
+    ) -> Result<(), LogError> {
+        self.read(partition, from, max, out)
+    }
     /// The offset the next appended record of `partition` will get.
     fn end_offset(&mut self, partition: u32) -> Result<u64, LogError>;
     /// The offset of the oldest record `partition` still holds (retention removes older

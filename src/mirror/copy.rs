@@ -91,8 +91,16 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
     let mut lag_reported: Option<Instant> = None;
     let mut backoff = RETRY_FIRST;
     while !cancel.is_cancelled() {
-        let round =
-            copy_round(mirror, (reader, writer), store, &mut copied, &mut records, &mut lag_reported).await;
+        let round = copy_round(
+            mirror,
+            (reader, writer),
+            store,
+            &mut copied,
+            &mut records,
+            &mut lag_reported,
+            until_idle,
+        )
+        .await;
         let pending = match round {
             Ok(Round::Moved) => {
                 backoff = RETRY_FIRST;
@@ -147,6 +155,7 @@ async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
     copied: &mut [Copied],
     records: &mut Vec<Record>,
     lag_reported: &mut Option<Instant>,
+    until_idle: bool,
 ) -> Result<Round, CopyError> {
     let now = now_ms();
     let report_lag = lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY);
@@ -154,7 +163,12 @@ async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
     for progress in copied.iter_mut() {
         records.clear();
         let partition = progress.partition;
-        tokio::task::block_in_place(|| reader.read(partition, progress.next, mirror.batch, records))?;
+        // Running on, take what has arrived and go round (a partition with nothing yet
+        // must not hold up the others); to the end (`--exit-when-idle`), read to it.
+        tokio::task::block_in_place(|| match until_idle {
+            true => reader.read(partition, progress.next, mirror.batch, records),
+            false => reader.read_ready(partition, progress.next, mirror.batch, records),
+        })?;
         let ready = due(records, now, mirror.delay_ms);
         for record in &records[..ready] {
             writer.copy(partition, record)?;
