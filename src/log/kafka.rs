@@ -306,14 +306,17 @@ impl KafkaReader {
         self.queues[partition as usize] = Some((queue, Some(from)));
         Ok(())
     }
-}
 
-impl LogReader for KafkaReader {
-    fn partitions(&self) -> u32 {
-        self.log.partitions
-    }
-
-    fn read(&mut self, partition: u32, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), LogError> {
+    /// Appends up to `max` records of `partition` from `from`: waits up to `first` for the
+    /// first one, then takes what has arrived without a pause.
+    fn take(
+        &mut self,
+        partition: u32,
+        from: u64,
+        max: usize,
+        out: &mut Vec<Record>,
+        first: Duration,
+    ) -> Result<(), LogError> {
         if partition >= self.log.partitions {
             return Err(LogError::NoSuchPartition { partition, partitions: self.log.partitions });
         }
@@ -321,19 +324,14 @@ impl LogReader for KafkaReader {
         if self.queues[slot].as_ref().and_then(|(_, next)| *next) != Some(from) {
             self.assign(partition, from)?;
         }
-        let consumer = &self.consumer;
         let Some((queue, position)) = self.queues[slot].as_mut() else { return Ok(()) };
         let Some(mut next) = *position else { return Ok(()) };
         // Serves the consumer's events (errors, statistics); its records go to the queues.
-        if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+        if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
             *position = None;
             return Err(kafka(e));
         }
-        // Wait a while for the first record: none means none arrived in that time. (Not the
-        // log's end instead: tansu reports a high watermark below the end after a restart,
-        // `SERVICES.md`. A caller that goes round partitions uses `read_ready`.)
-        let mut wait = Duration::from_secs(1);
-        let mut read = 0;
+        let (mut wait, mut read) = (first, 0);
         while read < max {
             match queue.poll(wait) {
                 None => break,
@@ -349,13 +347,25 @@ impl LogReader for KafkaReader {
                     out.push(record_of(&self.topic, &message));
                     next = offset + 1;
                     read += 1;
-                    // Then take what has arrived, without a pause.
                     wait = Duration::ZERO;
                 }
             }
         }
         *position = Some(next);
         Ok(())
+    }
+}
+
+impl LogReader for KafkaReader {
+    fn partitions(&self) -> u32 {
+        self.log.partitions
+    }
+
+    fn read(&mut self, partition: u32, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), LogError> {
+        // Wait a while for the first record: none means none arrived in that time. (Not the
+        // log's end instead: tansu reports a high watermark below the end after a restart,
+        // `SERVICES.md`. A caller that goes round partitions uses `read_ready`.)
+        self.take(partition, from, max, out, Duration::from_secs(1))
     }
 
     fn read_ready(
@@ -365,37 +375,7 @@ impl LogReader for KafkaReader {
         max: usize,
         out: &mut Vec<Record>,
     ) -> Result<(), LogError> {
-        if partition >= self.log.partitions {
-            return Err(LogError::NoSuchPartition { partition, partitions: self.log.partitions });
-        }
-        let slot = partition as usize;
-        if self.queues[slot].as_ref().and_then(|(_, next)| *next) != Some(from) {
-            self.assign(partition, from)?;
-        }
-        let Some((queue, position)) = self.queues[slot].as_mut() else { return Ok(()) };
-        let Some(mut next) = *position else { return Ok(()) };
-        if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
-            *position = None;
-            return Err(kafka(e));
-        }
-        let mut read = 0;
-        while read < max {
-            match queue.poll(Duration::ZERO) {
-                None => break,
-                Some(Err(e)) => {
-                    *position = None;
-                    return Err(kafka(e));
-                }
-                Some(Ok(message)) if (message.offset() as u64) < next => {}
-                Some(Ok(message)) => {
-                    out.push(record_of(&self.topic, &message));
-                    next = message.offset() as u64 + 1;
-                    read += 1;
-                }
-            }
-        }
-        *position = Some(next);
-        Ok(())
+        self.take(partition, from, max, out, Duration::ZERO)
     }
 
     fn end_offset(&mut self, partition: u32) -> Result<u64, LogError> {
