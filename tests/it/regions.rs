@@ -145,7 +145,6 @@ async fn never_two_leaders_when_links_to_the_lease_store_are_cut() {
                 }
             })
         };
-        let mut schedule = Vec::new();
         for _ in 0..6 {
             tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
             let r = rng.random_range(0..REGIONS.len());
@@ -165,7 +164,6 @@ async fn never_two_leaders_when_links_to_the_lease_store_are_cut() {
                     drop(promote(Claim::Force).await);
                 }
             }
-            schedule.push(r);
         }
         links.iter().for_each(|link| link.set_up(true));
         let since = Instant::now();

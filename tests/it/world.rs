@@ -194,15 +194,9 @@ pub struct Ack {
     pub bytes: usize,
 }
 
-/// What every producer got.
-#[derive(Default)]
-pub struct Acks {
-    pub writes: Vec<Ack>,
-}
-
 /// The producer in region `x`: `ops` to its documents in batches, each batch to where the
 /// router sends it by the lease as x last read it, retried until some region acks it.
-pub fn produce(world: &World, x: usize, ops: &[Op], acks: &Mutex<Acks>, rt: &tokio::runtime::Handle) {
+pub fn produce(world: &World, x: usize, ops: &[Op], acks: &Mutex<Vec<Ack>>, rt: &tokio::runtime::Handle) {
     let docs: Vec<String> = (0..2).map(|i| format!("{}-{i}", REGIONS[x])).collect();
     let leases = rt.block_on(Leases::open(&world.regions[x].leases, None, None)).expect("lease store");
     let router = Router { mode: Mode::ActivePassive, local: REGIONS[x].into() };
@@ -255,7 +249,7 @@ pub fn produce(world: &World, x: usize, ops: &[Op], acks: &Mutex<Acks>, rt: &tok
             if writer.flush().is_ok() {
                 let (at, ops) = (Instant::now(), batch.len() * docs.len());
                 let ack = Ack { producer: x, region: t, epoch, at, latency: at - sent, ops, bytes };
-                acks.lock().expect("acks").writes.push(ack);
+                acks.lock().expect("acks").push(ack);
                 break;
             }
             // Not acked: a new session next time (tansu fences the old one's retry).
@@ -325,7 +319,7 @@ pub fn failover(
     wait_until("the first region leads", Duration::from_secs(30), || {
         world.holder(1).0.as_deref() == Some(REGIONS[0])
     });
-    let acks = Mutex::new(Acks::default());
+    let acks = Mutex::new(Vec::new());
     let (cut_at, healed_at) = std::thread::scope(|scope| {
         for x in 0..REGIONS.len() {
             let acks = &acks;
@@ -344,7 +338,7 @@ pub fn failover(
         world.set_links(0, true);
         (cut_at, Instant::now())
     });
-    Failover { acks: acks.into_inner().expect("acks").writes, cut_at, healed_at }
+    Failover { acks: acks.into_inner().expect("acks"), cut_at, healed_at }
 }
 
 pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Duration {

@@ -280,17 +280,17 @@ impl RegionsDemo {
         let Link { mirror, mut reader, mut writer, partitions, .. } =
             open_link(&regions[a].config, &regions[b].config, delay)?;
         let store = Store::open(regions[b].config.store.url.expose()).await?;
-        let up = Up::new();
+        let mut up = Up::new();
         let cancel = up.cancel.clone();
-        let task = tokio::spawn(async move {
+        up.tasks.push(tokio::spawn(async move {
             let copied =
                 copy::run(&mirror, reader.as_mut(), (writer.as_mut(), partitions), &store, false, &cancel)
                     .await;
             store.close().await;
             copied?;
             Ok(())
-        });
-        Ok(Up { tasks: vec![task], ..up })
+        }));
+        Ok(up)
     }
 }
 
