@@ -18,6 +18,7 @@ pub mod mirror;
 pub mod op;
 pub mod pipeline;
 pub mod region;
+pub mod sim;
 pub mod sink;
 pub mod store;
 pub mod telemetry;

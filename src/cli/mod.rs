@@ -8,6 +8,7 @@ mod mirror;
 mod produce;
 mod region;
 mod run;
+mod sim;
 mod sinks;
 mod topics;
 mod trace;
@@ -69,6 +70,9 @@ enum Command {
     /// Regions: who leads (the lease), promote a region, demote this one.
     #[command(subcommand)]
     Region(region::RegionCommand),
+    /// Simulate the regions under virtual time (deterministic; see docs/multi-region.md).
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
 }
 
 /// `--config`, shared by the commands that touch the log or the store.
@@ -118,6 +122,7 @@ impl Cli {
             Command::DeadLetters(command) => command.run(),
             Command::Mirror(args) => args.run(),
             Command::Region(command) => command.run(),
+            Command::Sim(command) => command.run(),
         }
     }
 }

@@ -18,8 +18,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// How often the lag metrics are brought up to date.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 /// The first wait after a transient failure; it doubles up to `RETRY_MAX`.
-const RETRY_FIRST: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(200);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One mirror: the source region's topic into `topic` of the target log.
 #[derive(Clone, Debug)]

@@ -67,6 +67,11 @@ impl RoleSettings {
     }
 }
 
+/// How often a region's lease loop polls its machine: a thirtieth of the ttl, 10 ms to 1 s.
+pub fn poll_interval_ms(ttl_ms: i64) -> i64 {
+    (ttl_ms / 30).clamp(10, 1_000)
+}
+
 /// What the machine wants from the lease store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::{Claim, LeaseStore, claim};
 use super::leases::Leases;
-use super::role::{Change, Request, RoleMachine};
+use super::role::{Change, Request, RoleMachine, poll_interval_ms};
 use crate::store::now_ms;
 
 /// Keeps this region's role until `cancel`; a leader releases its lease on the way out
@@ -24,7 +24,7 @@ pub async fn keep_role(
     let mut machine = view.borrow().clone();
     let settings = machine.settings().clone();
     let region = settings.region.clone();
-    let tick = Duration::from_millis(u64::try_from(settings.ttl_ms / 30).unwrap_or(100).clamp(10, 1_000));
+    let tick = Duration::from_millis(u64::try_from(poll_interval_ms(settings.ttl_ms)).unwrap_or(1_000));
     loop {
         let now = now_ms();
         let (request, change) = machine.poll(now);

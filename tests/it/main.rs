@@ -14,6 +14,7 @@ mod region;
 mod regions;
 mod secrets;
 mod services;
+mod sim;
 mod sinks;
 mod sources;
 mod spine;
