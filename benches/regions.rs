@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use docfold::log::LogReader;
 use docfold::log::kafka::KafkaLog;
 use docfold::lseq::{Op, doc_seed};
+use docfold::region::Mode;
 use docfold::store::Store;
 use docfold::trace::{Trace, replay};
 use world::{PARTITIONS, REGIONS, World, failover, start_processes, wait_until};
@@ -111,7 +112,7 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let world = rt.block_on(World::start());
+    let world = rt.block_on(World::start(Mode::ActivePassive));
     let path = format!("{}/tests/data/traces/friendsforever.json.gz", env!("CARGO_MANIFEST_DIR"));
     let trace = Trace::read(Path::new(&path)).expect("trace");
     let ops: Vec<Op> = replay(&trace, doc_seed("friendsforever")).expect("replay").ops;

@@ -15,7 +15,6 @@ use super::mirror::Mirror;
 use super::producers::{OpInfo, User};
 use super::{Fault, Settings, SimError, Strategy};
 use crate::fold::{Folded, PartitionFold};
-use crate::lseq::Replica;
 use crate::region::lease::{Answer, Lease};
 use crate::region::role::{Request, RoleMachine};
 
@@ -33,8 +32,6 @@ pub(super) struct Region {
     pub position: u64,
     /// Ops folded since the last flush.
     pub unflushed: Vec<u32>,
-    /// The editors of this region's users, one per document (users of a document share it).
-    pub editors: FxHashMap<u32, Replica>,
 }
 
 pub(super) enum Event {
@@ -107,7 +104,6 @@ impl<'s> Sim<'s> {
                 fold: PartitionFold::new(),
                 position: 0,
                 unflushed: Vec::new(),
-                editors: FxHashMap::default(),
             })
             .collect();
         let mut sim = Sim {

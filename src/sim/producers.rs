@@ -23,6 +23,8 @@ pub(super) const REPLY_BYTES: usize = 48;
 pub(super) struct User {
     pub region: usize,
     pub doc: u32,
+    /// This user's editing session of the document (its own site): it types at its caret.
+    editor: Replica,
     caret: usize,
     /// Keystrokes left in the current burst.
     left: u32,
@@ -66,7 +68,8 @@ impl Sim<'_> {
             let home = if self.rng.random_bool(b.locality) { region } else { self.rng.random_range(0..n) };
             let rank = zipf.sample(&mut self.rng) as usize - 1;
             let doc = (rank * n + home) as u32;
-            self.users.push(User { region, doc, caret: 0, left: 0 });
+            let editor = Replica::new(u64::from(doc), u as u64 + 1);
+            self.users.push(User { region, doc, editor, caret: 0, left: 0 });
             if u >= self.s.users - offline {
                 continue;
             }
@@ -96,7 +99,10 @@ impl Sim<'_> {
         let u = user as usize;
         let b = &self.s.behaviour;
         if self.users[u].left == 0 {
+            // A new burst, somewhere in what this user wrote.
             self.users[u].left = self.rng.random_range(b.burst.0..=b.burst.1);
+            let len = self.users[u].editor.len();
+            self.users[u].caret = self.rng.random_range(0..=len);
         }
         let op = self.make_op(u, self.now, self.now, false)?;
         self.send(op);
@@ -111,23 +117,18 @@ impl Sim<'_> {
         Ok(())
     }
 
-    /// One keystroke in the user's region's editor of its document: a letter at the caret,
-    /// or a backspace.
+    /// One keystroke of user `u`: a letter at its caret, or a backspace.
     fn make_op(&mut self, u: usize, created_ms: i64, client_ms: i64, late: bool) -> Result<u32, SimError> {
-        let (region, doc) = (self.users[u].region, self.users[u].doc);
-        let n = self.regions.len() as u64;
-        let editor = self.regions[region]
-            .editors
-            .entry(doc)
-            .or_insert_with(|| Replica::new(u64::from(doc), u64::from(doc) * n + region as u64 + 1));
-        let caret = self.users[u].caret.min(editor.len());
-        let op = if caret > 0 && self.rng.random_bool(self.s.behaviour.delete_share) {
-            self.users[u].caret = caret - 1;
-            editor.local_edit(caret - 1, 1, "")?
+        let backspace = self.rng.random_bool(self.s.behaviour.delete_share);
+        let letter = char::from(b'a' + self.rng.random_range(0..26u8));
+        let user = &mut self.users[u];
+        let (region, doc, caret) = (user.region, user.doc, user.caret.min(user.editor.len()));
+        let op = if backspace && caret > 0 {
+            user.caret = caret - 1;
+            user.editor.local_edit(caret - 1, 1, "")?
         } else {
-            let letter = char::from(b'a' + self.rng.random_range(0..26u8));
-            self.users[u].caret = caret + 1;
-            editor.local_edit(caret, 0, letter.encode_utf8(&mut [0; 4]))?
+            user.caret = caret + 1;
+            user.editor.local_edit(caret, 0, letter.encode_utf8(&mut [0; 4]))?
         };
         let envelope = Envelope::new(doc_id(doc), self.s.net.regions[region].clone(), EPOCH_MS + client_ms, op);
         let index = self.ops.len() as u32;

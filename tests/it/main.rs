@@ -1,5 +1,6 @@
 //! docfold's integration tests: one binary, one module per area.
 
+mod active_active;
 mod cli;
 mod codec;
 mod fold;

@@ -2,6 +2,7 @@
 //! brain under cut links to the lease store.
 
 use docfold::lseq::{Op, doc_seed};
+use docfold::region::Mode;
 use docfold::region::leases::Leases;
 use docfold::store::{Store, now_ms};
 use docfold::trace::{Trace, replay};
@@ -21,7 +22,7 @@ use crate::world::{LEASE_ONE_WAY, REGIONS, World, failover, start_processes, wai
 /// trace's endContent in the state store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_passive_survives_the_loss_of_the_leader_region() {
-    let world = World::start().await;
+    let world = World::start(Mode::ActivePassive).await;
     let trace = Trace::read(Path::new("tests/data/traces/friendsforever.json.gz")).expect("trace");
     let ops: Arc<[Op]> = replay(&trace, doc_seed("friendsforever")).expect("replays").ops.into();
     let rt = tokio::runtime::Handle::current();

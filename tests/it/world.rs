@@ -61,6 +61,7 @@ impl Drop for KillOnDrop {
 /// The world: regions, the links between them (`links[(p, r)]` is region r's connection
 /// to region p's broker), and each region's link to the lease store.
 pub struct World {
+    pub mode: Mode,
     pub dir: PathBuf,
     pub regions: Vec<Region>,
     pub links: HashMap<(usize, usize), Link>,
@@ -68,7 +69,7 @@ pub struct World {
 }
 
 impl World {
-    pub async fn start() -> World {
+    pub async fn start(mode: Mode) -> World {
         let dir = services::temp_dir("regions");
         let unique = services::unique();
         let control = services::postgres_database("leases").await;
@@ -97,11 +98,12 @@ impl World {
                  [projection]\nurl = \"dynamodb://{unique}-{name}\"\nendpoint = \"{}\"\n\
                  [invalidations]\ntopic = \"doc-invalidations\"\nredis = \"{}\"\nkey_prefix = \"test:{unique}:{name}:\"\nchannel = \"test:{unique}:{name}\"\npreload = {}\n\
                  [dead_letters]\ntopic = \"doc-ops-dlq\"\n\
-                 [region]\nname = \"{name}\"\npeers = [{}]\nleases = \"{leases}\"\nttl_ms = 1500\nskew_ms = 200\n\
+                 [region]\nname = \"{name}\"\nmode = \"{}\"\npeers = [{}]\nleases = \"{leases}\"\nttl_ms = 1500\nskew_ms = 200\n\
                  auto_failover = true\ninitial_leader = \"{}\"\n",
                 services::dynamodb(),
                 services::redis(),
                 PRELOADS[i],
+                if mode == Mode::ActiveActive { "active-active" } else { "active-passive" },
                 peers.join(", "),
                 REGIONS[0]
             );
@@ -116,7 +118,7 @@ impl World {
                 links.insert((p, r), Link::with(source.broker.clone(), Protocol::Kafka, delay, seed).await);
             }
         }
-        let world = World { dir, regions, links, lease_links };
+        let world = World { mode, dir, regions, links, lease_links };
         for (r, name) in REGIONS.iter().enumerate() {
             let out = docfold(&["setup", "--max-replication", "1", "--config"], &world.regions[r].file);
             assert!(out.status.success(), "setup {name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -194,12 +196,18 @@ pub struct Ack {
     pub bytes: usize,
 }
 
-/// The producer in region `x`: `ops` to its documents in batches, each batch to where the
-/// router sends it by the lease as x last read it, retried until some region acks it.
-pub fn produce(world: &World, x: usize, ops: &[Op], acks: &Mutex<Vec<Ack>>, rt: &tokio::runtime::Handle) {
-    let docs: Vec<String> = (0..2).map(|i| format!("{}-{i}", REGIONS[x])).collect();
+/// The producer in region `x`: `ops` to each of `docs` in batches of `batch` ops (one every
+/// 150 ms at most), each batch to where the router sends it (by the lease as x last read
+/// it), retried until some region acks it.
+pub fn produce(
+    world: &World,
+    x: usize,
+    (docs, ops, batch): (&[String], &[Op], usize),
+    acks: &Mutex<Vec<Ack>>,
+    rt: &tokio::runtime::Handle,
+) {
     let leases = rt.block_on(Leases::open(&world.regions[x].leases, None, None)).expect("lease store");
-    let router = Router { mode: Mode::ActivePassive, local: REGIONS[x].into() };
+    let router = Router { mode: world.mode, local: REGIONS[x].into() };
     let mut lease = None;
     let mut writers: HashMap<usize, Box<dyn LogWriter>> = HashMap::new();
     let settings = [
@@ -207,7 +215,7 @@ pub fn produce(world: &World, x: usize, ops: &[Op], acks: &Mutex<Vec<Ack>>, rt: 
         ("reconnect.backoff.max.ms".to_string(), "500".to_string()),
     ];
     // A batch is one acked write: a producer far from the leader pays a round trip per batch.
-    for batch in ops.chunks(400) {
+    for batch in ops.chunks(batch) {
         let started = Instant::now();
         loop {
             if let Ok(Ok(seen)) =
@@ -240,7 +248,7 @@ pub fn produce(world: &World, x: usize, ops: &[Op], acks: &Mutex<Vec<Ack>>, rt: 
             };
             let (sent, mut bytes) = (Instant::now(), 0);
             for op in batch {
-                for doc in &docs {
+                for doc in docs {
                     let envelope = encode(&Envelope::new(doc.as_str(), REGIONS[x], now_ms(), op.clone()));
                     bytes += envelope.len();
                     writer.append(doc.as_bytes(), &envelope).expect("append");
@@ -323,7 +331,8 @@ pub fn failover(
     let (cut_at, healed_at) = std::thread::scope(|scope| {
         for x in 0..REGIONS.len() {
             let acks = &acks;
-            scope.spawn(move || produce(world, x, ops, acks, rt));
+            let docs: Vec<String> = (0..2).map(|i| format!("{}-{i}", REGIONS[x])).collect();
+            scope.spawn(move || produce(world, x, (&docs, ops, 400), acks, rt));
         }
         std::thread::sleep(steady);
         world.set_links(0, false);
