@@ -30,6 +30,7 @@ use docfold::log::LogReader;
 use docfold::log::kafka::KafkaLog;
 use docfold::lseq::{Op, doc_seed};
 use docfold::region::Mode;
+use docfold::sim::report::Real;
 use docfold::store::Store;
 use docfold::trace::{Trace, replay};
 use world::{PARTITIONS, REGIONS, World, failover, start_processes, wait_until};
@@ -216,4 +217,27 @@ fn main() {
         0 => println!("lost after heal: 0 (every region holds every document at endContent)"),
         n => println!("lost after heal: {n} documents differ from endContent"),
     }
+    let whole_ms = |d: Duration| d.as_millis() as u64;
+    let real = Real {
+        command: "./scripts/services up && source .services/env && cargo bench --bench regions --profile test".into(),
+        ack_ms: (0..REGIONS.len()).map(|x| run.ack_latency(x)).map(|(a, b)| (whole_ms(a), whole_ms(b))).collect(),
+        lag_ms: (0..REGIONS.len())
+            .map(|r| {
+                (r > 0).then(|| {
+                    let lags = timeline.lags(r, run.cut_at);
+                    (whole_ms(percentile(&lags, 0.5)), whole_ms(percentile(&lags, 0.99)))
+                })
+            })
+            .collect(),
+        rto_ms: whole_ms(run.rto().unwrap_or_default()),
+        at_risk: at_risk as u64,
+        lost: lost as u64,
+        bytes_per_op: link_bytes as f64 / total_ops.max(1) as f64,
+        op_bytes: run.op_bytes(),
+    };
+    // For `docfold sim report`'s calibration table.
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/multi-region/real.json");
+    std::fs::create_dir_all(out.parent().expect("a folder")).expect("docs/multi-region");
+    std::fs::write(&out, serde_json::to_string_pretty(&real).expect("json") + "\n").expect("write real.json");
+    println!("wrote {}", out.display());
 }

@@ -72,7 +72,7 @@ pub(super) struct Sim<'s> {
     pub users: Vec<User>,
     pub witness: Witness,
     pub mirrors: Vec<Mirror>,
-    /// Cut links, as (lower, higher) region index.
+    /// Cut links, as (lower, higher) region index; the lease witness is index `regions.len()`.
     cuts: FxHashSet<(usize, usize)>,
     pub editing: bool,
     pub rec: Recorder,
@@ -224,6 +224,19 @@ impl<'s> Sim<'s> {
         Some(self.s.net.one_way_ms[a][b] + jitter)
     }
 
+    fn set_cut(&mut self, links: &[(usize, usize)], cut: bool) {
+        if cut {
+            self.rec.cut(self.now);
+        } else {
+            self.rec.heal(self.now);
+        }
+        for &(a, b) in links {
+            let link = (a.min(b), a.max(b));
+            if cut { self.cuts.insert(link) } else { self.cuts.remove(&link) };
+        }
+    }
+
+    /// Whether the link between `a` and `b` is cut (`b` = `regions.len()`: the lease witness).
     pub fn cut(&self, a: usize, b: usize) -> bool {
         self.cuts.contains(&(a.min(b), a.max(b)))
     }
@@ -231,13 +244,18 @@ impl<'s> Sim<'s> {
     /// Appends `op` to region `r`'s own log and folds it there.
     pub fn append(&mut self, r: usize, op: u32) -> Result<(), SimError> {
         self.regions[r].log.push(op);
+        let info = &mut self.ops[op as usize];
+        if info.appended_ms < 0 {
+            info.appended_ms = self.now;
+        }
         self.fold_into(r, op)?;
         self.wake_fetches(r);
         Ok(())
     }
 
-    /// Folds `op` into region `r` (a repeat changes nothing: the fold dedupes by op id).
-    pub fn fold_into(&mut self, r: usize, op: u32) -> Result<(), SimError> {
+    /// Folds `op` into region `r` (a repeat changes nothing: the fold dedupes by op id);
+    /// whether `r` had not folded it before.
+    pub fn fold_into(&mut self, r: usize, op: u32) -> Result<bool, SimError> {
         let region = &mut self.regions[r];
         region.position += 1;
         let bytes = &self.ops[op as usize].bytes;
@@ -245,10 +263,11 @@ impl<'s> Sim<'s> {
             region.fold.insert(doc_id, crate::fold::Doc::default());
             region.fold.fold(region.position, bytes)?;
         }
-        if self.rec.folded(op, r, self.now) {
+        let first = self.rec.folded(op, r, self.now);
+        if first {
             self.regions[r].unflushed.push(op);
         }
-        Ok(())
+        Ok(first)
     }
 
     /// The flush window: what was folded becomes visible in projections and caches.
@@ -265,13 +284,14 @@ impl<'s> Sim<'s> {
     }
 
     fn fault(&mut self, i: usize, starts: bool) {
-        let fault = self.s.scenario.faults[i].clone();
-        let index = |name: &str| self.s.net.regions.iter().position(|r| r == name).expect("checked scenario");
+        let (s, fault) = (self.s, self.s.scenario.faults[i].clone());
+        let index = |name: &str| s.net.regions.iter().position(|r| r == name).expect("checked scenario");
         match fault {
             Fault::Kill { region, .. } => {
                 let r = index(&region);
                 if starts {
-                    self.rec.kill(r, self.now, &self.ops);
+                    self.rec.alone(r, &self.ops);
+                    self.rec.cut(self.now);
                     self.regions[r].up = false;
                     self.stop_mirrors_into(r);
                 } else {
@@ -286,15 +306,16 @@ impl<'s> Sim<'s> {
                     self.restart_mirrors_into(r);
                 }
             }
-            Fault::Cut { a, b, .. } => {
-                let (a, b) = (index(&a), index(&b));
-                if starts {
-                    self.rec.cut(self.now);
-                    self.cuts.insert((a.min(b), a.max(b)));
-                } else {
-                    self.rec.heal(self.now);
-                    self.cuts.remove(&(a.min(b), a.max(b)));
+            Fault::Cut { a, b, .. } => self.set_cut(&[(index(&a), index(&b))], starts),
+            Fault::Isolate { region, .. } => {
+                let r = index(&region);
+                if !starts {
+                    // What it took while cut off is in its log alone until the links are back.
+                    self.rec.alone(r, &self.ops);
                 }
+                let links: Vec<(usize, usize)> =
+                    (0..=self.regions.len()).filter(|&o| o != r).map(|o| (r, o)).collect();
+                self.set_cut(&links, starts);
             }
         }
     }

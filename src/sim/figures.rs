@@ -59,8 +59,11 @@ pub(super) struct Recorder {
     late_visible: Vec<u32>,
     /// Acks per second of virtual time, per user region.
     timeline: Vec<Vec<u32>>,
-    /// (killed region, ops acked and held by it alone at that moment).
-    killed: Option<(usize, u64)>,
+    /// Append in one region → copied into another, per target region.
+    lag: Vec<Vec<u32>>,
+    /// (the failed region, ops acked and held by it alone when it went down or before it
+    /// got its links back).
+    failed: Option<(usize, u64)>,
     fault_at: Option<i64>,
     heal_at: Option<i64>,
     promotions: Vec<(i64, usize, u64)>,
@@ -86,7 +89,8 @@ impl Recorder {
             visible: vec![Vec::new(); n],
             late_visible: Vec::new(),
             timeline: vec![Vec::new(); n],
-            killed: None,
+            lag: vec![Vec::new(); n],
+            failed: None,
             fault_at: None,
             heal_at: None,
             promotions: Vec::new(),
@@ -152,11 +156,15 @@ impl Recorder {
         }
     }
 
-    /// Region `r` goes down: the acked ops no other region has folded are at risk.
-    pub fn kill(&mut self, r: usize, now: i64, ops: &[OpInfo]) {
+    /// Region `r` failed: the acked ops no other region has folded are at risk.
+    pub fn alone(&mut self, r: usize, ops: &[OpInfo]) {
         let alone = ops.iter().zip(&self.folded_mask).filter(|(o, m)| o.acked_ms >= 0 && **m == 1 << r).count();
-        self.killed = Some((r, alone as u64));
-        self.fault_at = Some(now);
+        self.failed = Some((r, alone as u64));
+    }
+
+    /// A mirror copied an op into region `r`, `waited` after its first append.
+    pub fn replicated(&mut self, r: usize, waited: i64) {
+        self.lag[r].push(waited.max(0) as u32);
     }
 
     pub fn cut(&mut self, now: i64) {
@@ -179,7 +187,7 @@ impl Recorder {
         let all = (1u16 << n) - 1;
         let lost = ops.iter().zip(&self.folded_mask).filter(|(o, m)| o.acked_ms >= 0 && u16::from(**m) != all).count();
         let last_folded = |op: usize| (0..n).map(|r| self.folded_at[op * n + r]).max().unwrap_or(-1);
-        let killed = self.killed.map(|(r, _)| r);
+        let killed = self.failed.map(|(r, _)| r);
         let rto_ms = self.fault_at.zip(self.heal_at).map(|(from, to)| {
             ops.iter()
                 .filter(|o| !o.late && o.created_ms >= from && o.created_ms < to && Some(o.region) != killed)
@@ -224,7 +232,8 @@ impl Recorder {
             visible_all_cdf: percentiles(&visible_all),
             late: (!self.late_visible.is_empty()).then(|| Spread::of(&mut self.late_visible)),
             rto_ms,
-            at_risk: self.killed.map(|(_, alone)| alone),
+            at_risk: self.failed.map(|(_, alone)| alone),
+            lag: self.lag.iter_mut().map(|s| Spread::of(s)).collect(),
             lost: lost as u64,
             converge_ms,
             bytes_per_op: self.cross_bytes as f64 / distinct,
@@ -284,11 +293,13 @@ pub struct Figures {
     pub visible_cdf: Vec<Vec<u32>>,
     pub ack_all_cdf: Vec<u32>,
     pub visible_all_cdf: Vec<u32>,
+    /// Replication: an op's first append → copied into this region's log by a mirror.
+    pub lag: Vec<Spread>,
     /// Returning offline users' ops: return → visible in every region.
     pub late: Option<Spread>,
     /// The longest a write of a user in a surviving region waited during the fault.
     pub rto_ms: Option<i64>,
-    /// Acked ops held only by the killed region when it went down.
+    /// Acked ops held only by the failed region when it went down (or was cut off).
     pub at_risk: Option<u64>,
     /// Acked ops missing from some region at the end.
     pub lost: u64,
@@ -346,7 +357,7 @@ impl Figures {
             row(&mut out, "RTO: longest write wait of users in surviving regions during the fault", secs(rto));
         }
         if let Some(at_risk) = self.at_risk {
-            row(&mut out, "RPO: acked ops held only by the lost region when it went down", at_risk.to_string());
+            row(&mut out, "RPO: acked ops held only by the failed region (at risk until the heal)", at_risk.to_string());
         }
         row(&mut out, "RPO: acked ops missing from a region after the heal", self.lost.to_string());
         if let Some(converge) = self.converge_ms {

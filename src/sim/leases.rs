@@ -54,7 +54,9 @@ impl Sim<'_> {
         for scope in 0..self.regions[r].machines.len() {
             let (request, change) = self.regions[r].machines[scope].poll(clock);
             self.rec.role_change(self.now, r, change);
-            if let Some(request) = request {
+            if let Some(request) = request
+                && !self.cut(r, self.regions.len())
+            {
                 let d = self.to_witness();
                 self.rec.lease_bytes += LEASE_BYTES;
                 self.at(self.now + d, Event::LeaseAt { region: r, scope, request, asked_ms: clock });
@@ -79,9 +81,9 @@ impl Sim<'_> {
         self.at(self.now + d, Event::LeaseAnswer { region: r, scope, answer });
     }
 
-    /// The answer reaches the region (lost if it went down meanwhile).
+    /// The answer reaches the region (lost if it went down or was cut off meanwhile).
     pub fn lease_answer(&mut self, r: usize, scope: usize, answer: LeaseReply) {
-        if !self.regions[r].up {
+        if !self.regions[r].up || self.cut(r, self.regions.len()) {
             return;
         }
         let machine = &mut self.regions[r].machines[scope];

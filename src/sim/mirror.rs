@@ -163,7 +163,9 @@ impl Sim<'_> {
         }
         for i in from..to {
             let op = self.regions[source].log[i];
-            self.fold_into(target, op)?;
+            if self.fold_into(target, op)? {
+                self.rec.replicated(target, self.now - self.ops[op as usize].appended_ms);
+            }
         }
         self.mirrors[m].copied = to;
         Ok(())

@@ -43,6 +43,8 @@ pub(super) struct OpInfo {
     sent_ms: i64,
     /// `-1` until acked.
     pub acked_ms: i64,
+    /// When a region's log first took it (`-1`: not yet).
+    pub appended_ms: i64,
 }
 
 pub(super) fn doc_id(doc: u32) -> String {
@@ -141,6 +143,7 @@ impl Sim<'_> {
             attempt: 0,
             sent_ms: 0,
             acked_ms: -1,
+            appended_ms: -1,
         });
         self.rec.made(self.regions.len(), &self.ops[index as usize]);
         Ok(index)

@@ -27,13 +27,18 @@ pub enum Fault {
     Kill { region: String, at_ms: i64, for_ms: i64 },
     /// The link between regions `a` and `b` carries nothing from `at_ms` for `for_ms`.
     Cut { a: String, b: String, at_ms: i64, for_ms: i64 },
+    /// Every link of `region` (to the other regions and to the lease store) is cut; the
+    /// region itself goes on, and its own users still reach it.
+    Isolate { region: String, at_ms: i64, for_ms: i64 },
 }
 
 impl Fault {
     /// When it starts and when it heals.
     pub fn window(&self) -> (i64, i64) {
         match self {
-            Fault::Kill { at_ms, for_ms, .. } | Fault::Cut { at_ms, for_ms, .. } => (*at_ms, at_ms + for_ms),
+            Fault::Kill { at_ms, for_ms, .. }
+            | Fault::Cut { at_ms, for_ms, .. }
+            | Fault::Isolate { at_ms, for_ms, .. } => (*at_ms, at_ms + for_ms),
         }
     }
 }
@@ -104,7 +109,7 @@ impl Scenario {
                 return Err(format!("{fault:?}: at_ms must be ≥ 0 and for_ms > 0"));
             }
             match fault {
-                Fault::Kill { region, .. } => known(region)?,
+                Fault::Kill { region, .. } | Fault::Isolate { region, .. } => known(region)?,
                 Fault::Cut { a, b, .. } if a == b => return Err(format!("cut {a:?}–{b:?}: two regions, please")),
                 Fault::Cut { a, b, .. } => {
                     known(a)?;
