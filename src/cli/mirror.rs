@@ -64,6 +64,8 @@ pub(super) fn open_link(source: &JobConfig, target: &JobConfig, delay_ms: u64) -
         topic,
         delay_ms: i64::try_from(delay_ms).unwrap_or(i64::MAX),
         batch: target.pipeline.batch,
+        target_region: to.name.clone(),
+        residency: to.residency.clone(),
     };
     Ok(Link { mirror, reader, writer, partitions: target_topic.partitions(), from, to })
 }
@@ -94,9 +96,9 @@ impl MirrorArgs {
             anyhow::Ok(copied)
         })?;
         println!("mirror {} → {} ({})", from.name, to.name, mirror.topic);
-        println!("partition  from offset  next offset  records copied");
+        println!("partition  from offset  next offset  records copied  withheld (residency)");
         for c in &copied {
-            println!("{:>9}  {:>11}  {:>11}  {:>14}", c.partition, c.from, c.next, c.records);
+            println!("{:>9}  {:>11}  {:>11}  {:>14}  {:>20}", c.partition, c.from, c.next, c.records, c.withheld);
         }
         Ok(true)
     }

@@ -13,6 +13,7 @@ use docfold::op::{decode_json, encode};
 use docfold::trace::{Trace, publish, replay};
 
 use super::region::route;
+use docfold::region::residency::check;
 use super::{ConfigArg, open_writer, runtime};
 
 #[derive(Debug, Args)]
@@ -42,6 +43,8 @@ impl ProduceArgs {
         let config = self.config.load()?;
         let origin = self.region.clone().or_else(|| config.region.as_ref().map(|r| r.name.clone()));
         let origin = origin.unwrap_or_else(|| "local".into());
+        // The region whose log takes the records, and the residency rules it must keep.
+        let mut bound = None;
         let config = match &config.region {
             Some(region) => {
                 let regions = region.regions();
@@ -52,18 +55,23 @@ impl ProduceArgs {
                 );
                 let (to, routed) = runtime()?.block_on(route(&config, self.config.path(), &origin))?;
                 eprintln!("routed to region {to}");
+                bound = Some((to.clone(), region.residency.clone()));
                 routed
             }
             None => config,
+        };
+        let resident = |doc_id: &str| match &bound {
+            Some((to, rules)) => Ok(check(rules, doc_id.as_bytes(), to)?),
+            None => anyhow::Ok(()),
         };
         let mut writer = open_writer(&config)?;
         let started = Instant::now();
         let mut total = 0u64;
         for file in &self.files {
             let produced = if file.as_os_str() == "-" || file.extension().is_some_and(|e| e == "jsonl") {
-                produce_lines(writer.as_mut(), file)
+                produce_lines(writer.as_mut(), file, &resident)
             } else {
-                self.produce_trace(writer.as_mut(), file, &origin)
+                self.produce_trace(writer.as_mut(), file, &origin, &resident)
             };
             let count = match produced {
                 Ok(count) => count,
@@ -86,7 +94,13 @@ impl ProduceArgs {
         Ok(true)
     }
 
-    fn produce_trace(&self, writer: &mut dyn LogWriter, file: &Path, origin: &str) -> anyhow::Result<u64> {
+    fn produce_trace(
+        &self,
+        writer: &mut dyn LogWriter,
+        file: &Path,
+        origin: &str,
+        resident: &dyn Fn(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
         let trace = Trace::read(file)?;
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let doc_id =
@@ -97,12 +111,18 @@ impl ProduceArgs {
             None => vec![doc_id],
             Some(n) => (0..n).map(|i| format!("{doc_id}-{i}")).collect(),
         };
+        doc_ids.iter().try_for_each(|id| resident(id))?;
         Ok(publish(writer, &ops, &doc_ids, origin, |n| eprintln!("{}: {n} records…", file.display()))?)
     }
 }
 
-/// Appends each line's envelope; stops at the first bad line, naming it (lines before it are kept).
-fn produce_lines(writer: &mut dyn LogWriter, file: &Path) -> anyhow::Result<u64> {
+/// Appends each line's envelope; stops at the first bad line, naming it (lines before it are
+/// kept), and at a resident document this region's log may not hold.
+fn produce_lines(
+    writer: &mut dyn LogWriter,
+    file: &Path,
+    resident: &dyn Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
     let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -122,6 +142,9 @@ fn produce_lines(writer: &mut dyn LogWriter, file: &Path) -> anyhow::Result<u64>
                 file.display(),
                 index + 1
             )
+        })?;
+        resident(&envelope.doc_id).with_context(|| {
+            format!("{} line {}: refused ({count} records before it were produced)", file.display(), index + 1)
         })?;
         writer.append(envelope.doc_id.as_bytes(), &encode(&envelope))?;
         count += 1;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Url;
 use crate::region::Mode;
+use crate::region::residency::Residency;
 use crate::region::role::RoleSettings;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -33,6 +34,9 @@ pub struct RegionConfig {
     pub skew_ms: u64,
     /// The region that leads when no lease was ever taken (default: the first by name).
     pub initial_leader: Option<String>,
+    /// Documents kept inside some regions (`[[region.residency]] prefix = "eu/"
+    /// regions = ["eu-west-1"]`); the first matching rule decides.
+    pub residency: Vec<Residency>,
 }
 
 impl Default for RegionConfig {
@@ -49,6 +53,7 @@ impl Default for RegionConfig {
             ttl_ms: 10_000,
             skew_ms: 1_000,
             initial_leader: None,
+            residency: Vec::new(),
         }
     }
 }
@@ -93,6 +98,12 @@ impl RegionConfig {
                 peer.lease_store()
             );
             Some(("region.leases", why))
+        } else if self.residency != peer.residency {
+            let why = format!(
+                "{} and {} name different residency rules: a mirror or a producer could put a resident document where it may not live",
+                self.name, peer.name
+            );
+            Some(("region.residency", why))
         } else if self.mode == Mode::ActivePassive && ours != theirs {
             let why = format!(
                 "{} names {ours} as the initial leader and {} names {theirs}: name one region in every job file",
@@ -155,6 +166,17 @@ impl RegionConfig {
                             .into(),
                     ));
                 }
+            }
+        }
+        for rule in &self.residency {
+            if rule.prefix.is_empty() || rule.regions.is_empty() {
+                return Err(("region.residency", "each rule needs a prefix and at least one region".into()));
+            }
+            if let Some(unknown) = rule.regions.iter().find(|r| !regions.contains(&r.as_str())) {
+                return Err((
+                    "region.residency",
+                    format!("{unknown:?} (prefix {:?}) is neither region.name nor a peer", rule.prefix),
+                ));
             }
         }
         if self.ttl_ms < 300 || self.skew_ms >= self.ttl_ms {

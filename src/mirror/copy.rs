@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::due;
 use crate::log::{LogError, LogReader, LogWriter, Record};
+use crate::region::residency::{Residency, check};
 use crate::store::{Store, StoreError, now_ms};
 use crate::telemetry;
 
@@ -34,6 +35,10 @@ pub struct Mirror {
     pub delay_ms: i64,
     /// Records read per partition and round.
     pub batch: usize,
+    /// The target region and its residency rules: a resident document's records are not
+    /// copied into a region outside its rule (the checkpoint still passes them).
+    pub target_region: String,
+    pub residency: Vec<Residency>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,8 @@ pub struct Copied {
     pub from: u64,
     pub next: u64,
     pub records: u64,
+    /// Records not copied: resident documents that may not live in the target region.
+    pub withheld: u64,
 }
 
 /// Copies until `cancel`, or, with `until_idle`, until every partition is caught up.
@@ -85,7 +92,7 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
         if earliest > checkpoint {
             return Err(CopyError::Gap { partition, earliest, checkpoint });
         }
-        copied.push(Copied { partition, from: checkpoint, next: checkpoint, records: 0 });
+        copied.push(Copied { partition, from: checkpoint, next: checkpoint, records: 0, withheld: 0 });
     }
     let mut records: Vec<Record> = Vec::with_capacity(mirror.batch);
     let mut lag_reported: Option<Instant> = None;
@@ -170,8 +177,13 @@ async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
             false => reader.read_ready(partition, progress.next, mirror.batch, records),
         })?;
         let ready = due(records, now, mirror.delay_ms);
+        let mut withheld = 0;
         for record in &records[..ready] {
-            writer.copy(partition, record)?;
+            if check(&mirror.residency, &record.key, &mirror.target_region).is_ok() {
+                writer.copy(partition, record)?;
+            } else {
+                withheld += 1;
+            }
         }
         pending |= !records.is_empty();
         // The oldest record not copied: the first one not due, or past a full batch (at
@@ -181,7 +193,8 @@ async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
         let behind = oldest.map_or(0.0, |r| (now - r.timestamp_ms).max(0) as f64 / 1000.0);
         if let Some(last) = records[..ready].last() {
             progress.next = last.offset + 1;
-            progress.records += ready as u64;
+            progress.records += (ready - withheld) as u64;
+            progress.withheld += withheld as u64;
             moved.push((partition, progress.next));
         }
         // The end offset is a broker round trip on Kafka: at most once per LAG_EVERY.

@@ -6,6 +6,7 @@
 pub mod dynamodb;
 pub mod lease;
 pub mod leases;
+pub mod residency;
 pub mod role;
 pub mod runtime;
 pub mod sql;

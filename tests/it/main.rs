@@ -13,6 +13,7 @@ mod outage;
 mod pipeline;
 mod region;
 mod regions;
+mod residency;
 mod secrets;
 mod services;
 mod sim;
