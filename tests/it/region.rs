@@ -556,4 +556,16 @@ fn setup_refuses_regions_that_disagree_on_who_leads() {
     assert_eq!(a.disagreement(&b), None);
     let c = region("b", "a", "postgres://u@db-a.internal:5432/other");
     assert!(a.disagreement(&c).is_some_and(|(setting, _)| setting == "region.leases"));
+    // Residency: one rule set everywhere, naming known regions only.
+    let rule = |regions: &[&str]| docfold::region::residency::Residency {
+        prefix: "eu/".into(),
+        regions: regions.iter().map(|r| r.to_string()).collect(),
+    };
+    let resident = docfold::config::RegionConfig { residency: vec![rule(&["b"])], ..b.clone() };
+    assert!(a.disagreement(&resident).is_some_and(|(setting, _)| setting == "region.residency"));
+    let text = std::fs::read_to_string(&configs[0]).expect("read");
+    let unknown = "[[region.residency]]\nprefix = \"eu/\"\nregions = [\"mars-1\"]\n";
+    std::fs::write(&configs[0], format!("{text}{unknown}")).expect("write");
+    let (ok, _, err) = docfold(&["setup"], &configs[0]);
+    assert!(!ok && err.contains("region.residency") && err.contains("mars-1"), "{err}");
 }
