@@ -14,8 +14,10 @@ use crate::op::{DecodeError, Decoder, Envelope};
 #[derive(Clone, Debug, Default)]
 pub struct Doc {
     pub state: Sequence,
-    /// Ops folded that changed the state or recorded a tombstone (duplicates do not count).
-    /// Monotonic, and the same after a crash and replay: the log order decides it.
+    /// Characters ever inserted plus characters ever deleted (a delete that arrived before
+    /// its insert included): a function of the set of ops folded, not of their order or
+    /// repeats, so every region that folded the same ops has the same version, and one that
+    /// folded more has at least as high a one. It only grows.
     pub version: u64,
     /// The partition's position at the last record folded into this document: the
     /// record's offset plus the next offsets of the partition's other source topics (with
@@ -122,9 +124,7 @@ impl PartitionFold {
         self.clock += 1;
         entry.touched = self.clock;
         let outcome = entry.doc.state.apply(&envelope.op)?;
-        if outcome.changed() || outcome.tombstoned > 0 {
-            entry.doc.version += 1;
-        }
+        entry.doc.version += u64::from(outcome.inserted + outcome.deleted + outcome.tombstoned);
         entry.doc.offset = position;
         if entry.doc.region != envelope.origin_region {
             entry.doc.region.clone_from(&envelope.origin_region);
