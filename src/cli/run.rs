@@ -6,7 +6,11 @@ use tokio_util::sync::CancellationToken;
 
 use docfold::config::{JobConfig, LogLocation};
 use docfold::pipeline::{self, PartitionSummary, Until};
+use docfold::config::ProjectionWriter;
 use docfold::region::Mode;
+use docfold::sink::projection::LeaderGate;
+use docfold::store::now_ms;
+use std::sync::Arc;
 use docfold::region::leases::Leases;
 use docfold::region::role::RoleMachine;
 use docfold::region::runtime::keep_role;
@@ -64,16 +68,21 @@ pub async fn run_job(config: &JobConfig, until: Until) -> anyhow::Result<Vec<Par
         tracing::info!("shutting down: draining partitions");
         on_signal.cancel();
     });
+    let mut leader: Option<LeaderGate> = None;
     let role = match config.region.as_ref().filter(|r| r.mode == Mode::ActivePassive) {
         Some(region) => {
             let leases = Leases::of(region).await.context("the region lease store")?;
-            let (view, _) = tokio::sync::watch::channel(RoleMachine::new(region.role()));
+            let (view, seen) = tokio::sync::watch::channel(RoleMachine::new(region.role()));
+            if config.projection.writer == ProjectionWriter::Leader {
+                leader = Some(Arc::new(move || seen.borrow().admit(now_ms())));
+            }
             let keep = keep_role(leases, config.job.clone(), view, cancel.clone());
             Some(tokio::spawn(keep))
         }
         None => None,
     };
-    let summaries = pipeline::run(config, until, cancel.clone()).await.context("the pipeline stopped");
+    let summaries =
+        pipeline::run_leading(config, until, cancel.clone(), leader).await.context("the pipeline stopped");
     cancel.cancel();
     if let Some(role) = role {
         role.await.context("the region role task")?;

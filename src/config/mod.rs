@@ -13,7 +13,8 @@ mod sinks;
 pub use region::RegionConfig;
 pub use secret::{ClientSettings, Url, is_secret_setting, redact_url};
 pub use sinks::{
-    ArchiveConfig, DeadLettersConfig, InvalidationsConfig, ObjectsConfig, ProjectionConfig, SnapshotsConfig,
+    ArchiveConfig, DeadLettersConfig, InvalidationsConfig, ObjectsConfig, ProjectionConfig, ProjectionWriter,
+    SnapshotsConfig,
 };
 
 /// When the embedded log's writer calls fsync (`log.fsync`).
@@ -276,6 +277,16 @@ impl JobConfig {
         }
         if let Some(region) = &self.region {
             region.validate().or_else(|(field, message)| invalid(field, &message))?;
+        }
+        if self.projection.writer == ProjectionWriter::Leader {
+            let dynamodb = self.projection.url.expose().starts_with("dynamodb://");
+            let leads = self.region.as_ref().is_some_and(|r| r.mode == crate::region::Mode::ActivePassive);
+            if !dynamodb || !leads {
+                return invalid(
+                    "projection.writer",
+                    "\"leader\" needs a dynamodb:// projection table (the global table) and [region] with mode = \"active-passive\" (a lease holder to write it)",
+                );
+            }
         }
         sinks::validate(&self.objects, &self.archive, &self.snapshots, &self.projection)
             .or_else(|(field, message)| invalid(field, &message))

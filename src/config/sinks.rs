@@ -63,6 +63,19 @@ pub struct ProjectionConfig {
     pub inline_max_bytes: usize,
     /// Writes in flight at once.
     pub concurrency: usize,
+    /// Who writes the table: `"region"` (each region its own table, the default) or
+    /// `"leader"` (one DynamoDB global table for every region: only the lease holder
+    /// writes, each item carries its epoch, and a write is refused over a newer epoch or a
+    /// version at least as high).
+    pub writer: ProjectionWriter,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProjectionWriter {
+    #[default]
+    Region,
+    Leader,
 }
 
 /// Cache invalidations after each projection write.
@@ -135,6 +148,7 @@ impl Default for ProjectionConfig {
             aws_region: None,
             inline_max_bytes: 350_000,
             concurrency: 16,
+            writer: ProjectionWriter::Region,
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{JobConfig, PipelineConfig};
 use crate::fold::snapshot::SnapshotError;
 use crate::log::{LogError, Topic};
+use crate::sink::projection::LeaderGate;
 use crate::sink::{SinkError, Sinks};
 use crate::store::{LOCAL_TOPIC, Store, StoreError};
 
@@ -209,13 +210,27 @@ pub async fn run(
     until: Until,
     cancel: CancellationToken,
 ) -> Result<Vec<PartitionSummary>, PipelineError> {
+    run_leading(config, until, cancel, None).await
+}
+
+/// [`run`], writing projections only while `leader` admits (`projection.writer = "leader"`).
+pub async fn run_leading(
+    config: &JobConfig,
+    until: Until,
+    cancel: CancellationToken,
+    leader: Option<LeaderGate>,
+) -> Result<Vec<PartitionSummary>, PipelineError> {
     let store = Store::open(config.store.url.expose()).await?;
+    let sinks = Sinks::open(config).await?;
+    if let (Some(gate), Some(projections)) = (leader, &sinks.projections) {
+        projections.write_as_leader(gate);
+    }
     let sources: Arc<[Arc<str>]> = source_topics(config).into_iter().map(Arc::from).collect();
     let job = Job {
         name: config.job.clone(),
         sources: sources.clone(),
         store: store.clone(),
-        sinks: Sinks::open(config).await?,
+        sinks,
         settings: config.pipeline.clone(),
         cancel,
     };

@@ -4,6 +4,7 @@ mod active_active;
 mod cli;
 mod codec;
 mod fold;
+mod global_table;
 mod jobs;
 mod link;
 mod log;

@@ -77,6 +77,7 @@ fn item(doc_id: &str, version: u64, text: &str) -> Projection {
         chars: text.chars().count() as u64,
         updated_ms: 1_700_000_000_000 + version as i64,
         region: "eu-west-1".into(),
+        epoch: None,
     }
 }
 

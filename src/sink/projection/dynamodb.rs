@@ -202,10 +202,20 @@ impl DynamoProjections {
             .item("chars", AttributeValue::N(item.chars.to_string()))
             .item("updated_ms", AttributeValue::N(item.updated_ms.to_string()))
             .item("region", AttributeValue::S(item.region.clone()))
-            .condition_expression("attribute_not_exists(doc_id) OR version < :v")
-            .expression_attribute_values(":v", AttributeValue::N(item.version.to_string()))
-            .send()
-            .await;
+            .expression_attribute_values(":v", AttributeValue::N(item.version.to_string()));
+        // The leader's writes to a global table: never over a newer epoch (a deposed
+        // leader), never over a version at least as high (a new leader that has not seen
+        // every op yet); versions compare across regions (`fold::Doc::version`).
+        let put = match item.epoch {
+            None => put.condition_expression("attribute_not_exists(doc_id) OR version < :v"),
+            Some(epoch) => put
+                .item("epoch", AttributeValue::N(epoch.to_string()))
+                .condition_expression(
+                    "attribute_not_exists(doc_id) OR (version < :v AND (attribute_not_exists(epoch) OR epoch <= :e))",
+                )
+                .expression_attribute_values(":e", AttributeValue::N(epoch.to_string())),
+        };
+        let put = put.send().await;
         match put {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
@@ -254,6 +264,7 @@ impl ProjectionStore for DynamoProjections {
             chars: number(item, "chars")? as u64,
             updated_ms: number(item, "updated_ms")?,
             region: string(item, "region").unwrap_or_default(),
+            epoch: number(item, "epoch").ok().map(|e| e as u64),
         }))
     }
 }

@@ -29,7 +29,13 @@ pub struct Projection {
     pub updated_ms: i64,
     /// Region of the last op folded into the document.
     pub region: String,
+    /// The writer's lease epoch (`projection.writer = "leader"`): refused over a newer one.
+    pub epoch: Option<u64>,
 }
+
+/// Whether this region may write the global projection table now, at which epoch
+/// (`RoleMachine::admit` on the region's role as its lease loop last left it).
+pub type LeaderGate = std::sync::Arc<dyn Fn() -> Result<u64, crate::region::role::WriteRefused> + Send + Sync>;
 
 /// The text, or where it is when it is too large for an item.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +134,9 @@ pub struct Projections {
     backend: Backend,
     objects: Objects,
     inline_max_bytes: usize,
+    /// Set with `projection.writer = "leader"`: items are written only while this gate
+    /// admits, carrying its epoch.
+    leader: std::sync::OnceLock<LeaderGate>,
 }
 
 /// Where a text too large for an item is kept: one object per (document, version); the two
@@ -150,7 +159,18 @@ impl Projections {
                 Backend::DynamoDb(DynamoProjections::open(config, &table).await)
             }
         };
-        Ok(Some(Projections { backend, objects, inline_max_bytes: config.inline_max_bytes }))
+        Ok(Some(Projections {
+            backend,
+            objects,
+            inline_max_bytes: config.inline_max_bytes,
+            leader: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// From now on write only as the lease holder, at its epoch (`projection.writer =
+    /// "leader"`). Set once; a second gate is ignored.
+    pub fn write_as_leader(&self, gate: LeaderGate) {
+        let _ = self.leader.set(gate);
     }
 
     pub fn backend(&self) -> &Backend {
@@ -226,6 +246,15 @@ impl crate::sink::Sink for Projections {
             if changes.docs.is_empty() {
                 return Ok(0);
             }
+            let epoch = match self.leader.get().map(|admit| admit()) {
+                None => None,
+                Some(Ok(epoch)) => Some(epoch),
+                Some(Err(refused)) => {
+                    tracing::debug!(%refused, "the global projection table is the lease holder's to write");
+                    crate::telemetry::projection_writes(0, changes.docs.len() as u64);
+                    return Ok(0);
+                }
+            };
             let updated_ms = crate::store::now_ms();
             let items = changes
                 .docs
@@ -237,6 +266,7 @@ impl crate::sink::Sink for Projections {
                     chars: doc.state.len() as u64,
                     updated_ms,
                     region: doc.region.clone(),
+                    epoch,
                 })
                 .collect();
             let written = self.put(items).await?;

@@ -107,6 +107,7 @@ impl ProjectionStore for SqliteProjections {
             chars: row.try_get::<i64, _>(3).map_err(failed)? as u64,
             updated_ms: row.try_get(4).map_err(failed)?,
             region: row.try_get(5).map_err(failed)?,
+            epoch: None,
         }))
     }
 }
