@@ -219,8 +219,13 @@ fn main() {
     }
     let whole_ms = |d: Duration| d.as_millis() as u64;
     let real = Real {
-        command: "./scripts/services up && source .services/env && cargo bench --bench regions --profile test".into(),
-        ack_ms: (0..REGIONS.len()).map(|x| run.ack_latency(x)).map(|(a, b)| (whole_ms(a), whole_ms(b))).collect(),
+        command:
+            "./scripts/services up && source .services/env && cargo bench --bench regions --profile test"
+                .into(),
+        ack_ms: (0..REGIONS.len())
+            .map(|x| run.ack_latency(x))
+            .map(|(a, b)| (whole_ms(a), whole_ms(b)))
+            .collect(),
         lag_ms: (0..REGIONS.len())
             .map(|r| {
                 (r > 0).then(|| {

@@ -98,7 +98,10 @@ impl MirrorArgs {
         println!("mirror {} → {} ({})", from.name, to.name, mirror.topic);
         println!("partition  from offset  next offset  records copied  withheld (residency)");
         for c in &copied {
-            println!("{:>9}  {:>11}  {:>11}  {:>14}  {:>20}", c.partition, c.from, c.next, c.records, c.withheld);
+            println!(
+                "{:>9}  {:>11}  {:>11}  {:>14}  {:>20}",
+                c.partition, c.from, c.next, c.records, c.withheld
+            );
         }
         Ok(true)
     }

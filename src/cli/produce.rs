@@ -13,8 +13,8 @@ use docfold::op::{decode_json, encode};
 use docfold::trace::{Trace, publish, replay};
 
 use super::region::route;
-use docfold::region::residency::check;
 use super::{ConfigArg, open_writer, runtime};
+use docfold::region::residency::check;
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
@@ -144,7 +144,11 @@ fn produce_lines(
             )
         })?;
         resident(&envelope.doc_id).with_context(|| {
-            format!("{} line {}: refused ({count} records before it were produced)", file.display(), index + 1)
+            format!(
+                "{} line {}: refused ({count} records before it were produced)",
+                file.display(),
+                index + 1
+            )
         })?;
         writer.append(envelope.doc_id.as_bytes(), &encode(&envelope))?;
         count += 1;

@@ -4,16 +4,16 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use docfold::config::ProjectionWriter;
 use docfold::config::{JobConfig, LogLocation};
 use docfold::pipeline::{self, PartitionSummary, Until};
-use docfold::config::ProjectionWriter;
 use docfold::region::Mode;
-use docfold::sink::projection::LeaderGate;
-use docfold::store::now_ms;
-use std::sync::Arc;
 use docfold::region::leases::Leases;
 use docfold::region::role::RoleMachine;
 use docfold::region::runtime::keep_role;
+use docfold::sink::projection::LeaderGate;
+use docfold::store::now_ms;
+use std::sync::Arc;
 
 use super::{ConfigArg, file_topic, runtime};
 

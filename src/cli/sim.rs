@@ -59,7 +59,8 @@ impl SimCommand {
 
 impl RegionsArgs {
     fn run(self) -> anyhow::Result<bool> {
-        let scenario = Scenario::resolve(&self.scenario, &Net::default().regions).map_err(anyhow::Error::msg)?;
+        let scenario =
+            Scenario::resolve(&self.scenario, &Net::default().regions).map_err(anyhow::Error::msg)?;
         let mut settings = Settings::new(self.strategy, scenario);
         settings.users = self.users;
         settings.docs = self.docs;

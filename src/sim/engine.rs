@@ -81,7 +81,10 @@ pub(super) struct Sim<'s> {
 impl<'s> Sim<'s> {
     pub fn new(s: &'s Settings) -> Result<Sim<'s>, SimError> {
         let n = s.net.regions.len();
-        if n < 2 || n > 8 || s.net.one_way_ms.len() != n || s.net.one_way_ms.iter().any(|row| row.len() != n) {
+        if !(2..=8).contains(&n)
+            || s.net.one_way_ms.len() != n
+            || s.net.one_way_ms.iter().any(|row| row.len() != n)
+        {
             return Err(SimError::Settings("2 to 8 regions, with an n × n one-way matrix".into()));
         }
         if s.users == 0 || s.docs < n {
@@ -232,7 +235,11 @@ impl<'s> Sim<'s> {
         }
         for &(a, b) in links {
             let link = (a.min(b), a.max(b));
-            if cut { self.cuts.insert(link) } else { self.cuts.remove(&link) };
+            if cut {
+                self.cuts.insert(link)
+            } else {
+                self.cuts.remove(&link)
+            };
         }
     }
 
@@ -300,7 +307,8 @@ impl<'s> Sim<'s> {
                     region.up = true;
                     // A new process: no role until it reads the lease again.
                     let scopes = region.machines.len();
-                    region.machines = (0..scopes).map(|scope| RoleMachine::new(self.s.role(r, scope))).collect();
+                    region.machines =
+                        (0..scopes).map(|scope| RoleMachine::new(self.s.role(r, scope))).collect();
                     self.at(self.now, Event::LeaseTick(r));
                     self.at(self.now, Event::Flush(r));
                     self.restart_mirrors_into(r);

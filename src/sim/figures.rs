@@ -23,7 +23,12 @@ impl Spread {
     fn of(samples: &mut [u32]) -> Spread {
         samples.sort_unstable();
         let at = |q: f64| samples.get(((samples.len().max(1) - 1) as f64 * q).round() as usize).copied();
-        Spread { count: samples.len(), p50: at(0.5).unwrap_or(0), p99: at(0.99).unwrap_or(0), max: at(1.0).unwrap_or(0) }
+        Spread {
+            count: samples.len(),
+            p50: at(0.5).unwrap_or(0),
+            p99: at(0.99).unwrap_or(0),
+            max: at(1.0).unwrap_or(0),
+        }
     }
 }
 
@@ -158,7 +163,8 @@ impl Recorder {
 
     /// Region `r` failed: the acked ops no other region has folded are at risk.
     pub fn alone(&mut self, r: usize, ops: &[OpInfo]) {
-        let alone = ops.iter().zip(&self.folded_mask).filter(|(o, m)| o.acked_ms >= 0 && **m == 1 << r).count();
+        let alone =
+            ops.iter().zip(&self.folded_mask).filter(|(o, m)| o.acked_ms >= 0 && **m == 1 << r).count();
         self.failed = Some((r, alone as u64));
     }
 
@@ -185,7 +191,11 @@ impl Recorder {
     pub fn figures(&mut self, sim: &Sim) -> Result<Figures, crate::fold::BadRecord> {
         let (n, ops) = (self.n, &sim.ops);
         let all = (1u16 << n) - 1;
-        let lost = ops.iter().zip(&self.folded_mask).filter(|(o, m)| o.acked_ms >= 0 && u16::from(**m) != all).count();
+        let lost = ops
+            .iter()
+            .zip(&self.folded_mask)
+            .filter(|(o, m)| o.acked_ms >= 0 && u16::from(**m) != all)
+            .count();
         let last_folded = |op: usize| (0..n).map(|r| self.folded_at[op * n + r]).max().unwrap_or(-1);
         let killed = self.failed.map(|(r, _)| r);
         let rto_ms = self.fault_at.zip(self.heal_at).map(|(from, to)| {
@@ -333,7 +343,10 @@ impl Figures {
             self.docs,
             self.seed
         );
-        let _ = writeln!(out, "| region | users | write ack p50 / p99 | edit → visible here from other regions p50 / p99 |");
+        let _ = writeln!(
+            out,
+            "| region | users | write ack p50 / p99 | edit → visible here from other regions p50 / p99 |"
+        );
         let _ = writeln!(out, "|---|---:|---:|---:|");
         for (r, name) in self.regions.iter().enumerate() {
             let (a, v) = (self.ack[r], self.visible[r]);
@@ -352,12 +365,24 @@ impl Figures {
         let row = |out: &mut String, name: &str, value: String| {
             let _ = writeln!(out, "| {name} | {value} |");
         };
-        row(&mut out, "ops", format!("{} ({} events, {} of virtual time)", self.ops, self.events, secs(self.end_ms)));
+        row(
+            &mut out,
+            "ops",
+            format!("{} ({} events, {} of virtual time)", self.ops, self.events, secs(self.end_ms)),
+        );
         if let Some(rto) = self.rto_ms {
-            row(&mut out, "RTO: longest write wait of users in surviving regions during the fault", secs(rto));
+            row(
+                &mut out,
+                "RTO: longest write wait of users in surviving regions during the fault",
+                secs(rto),
+            );
         }
         if let Some(at_risk) = self.at_risk {
-            row(&mut out, "RPO: acked ops held only by the failed region (at risk until the heal)", at_risk.to_string());
+            row(
+                &mut out,
+                "RPO: acked ops held only by the failed region (at risk until the heal)",
+                at_risk.to_string(),
+            );
         }
         row(&mut out, "RPO: acked ops missing from a region after the heal", self.lost.to_string());
         if let Some(converge) = self.converge_ms {
@@ -378,7 +403,11 @@ impl Figures {
         row(&mut out, "writes refused by a gate (retried elsewhere)", self.refused.to_string());
         let promotions: Vec<String> =
             self.promotions.iter().map(|(t, r, e)| format!("{r} epoch {e} at {}", secs(*t))).collect();
-        row(&mut out, "promotions", if promotions.is_empty() { "none".into() } else { promotions.join("; ") });
+        row(
+            &mut out,
+            "promotions",
+            if promotions.is_empty() { "none".into() } else { promotions.join("; ") },
+        );
         let same = if self.identical {
             "yes: every region holds the reference fold's text of every document".to_string()
         } else {

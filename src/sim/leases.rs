@@ -24,7 +24,12 @@ impl LeaseStore for Witness {
         Ok(self.0.lock().expect("witness").get(scope).cloned())
     }
 
-    async fn replace(&self, scope: &str, expected: Option<&Lease>, new: &Lease) -> Result<Replaced, LeaseError> {
+    async fn replace(
+        &self,
+        scope: &str,
+        expected: Option<&Lease>,
+        new: &Lease,
+    ) -> Result<Replaced, LeaseError> {
         let mut rows = self.0.lock().expect("witness");
         let current = rows.get(scope);
         if current != expected {
@@ -41,7 +46,7 @@ impl Sim<'_> {
         if self.regions[0].machines.len() == 1 { "job" } else { &self.s.net.regions[scope] }
     }
 
-    fn to_witness(&mut self) -> i64 {
+    fn witness_delay(&mut self) -> i64 {
         self.s.net.lease_one_way_ms + self.rng.random_range(0..=self.s.net.jitter_ms)
     }
 
@@ -57,7 +62,7 @@ impl Sim<'_> {
             if let Some(request) = request
                 && !self.cut(r, self.regions.len())
             {
-                let d = self.to_witness();
+                let d = self.witness_delay();
                 self.rec.lease_bytes += LEASE_BYTES;
                 self.at(self.now + d, Event::LeaseAt { region: r, scope, request, asked_ms: clock });
             }
@@ -68,15 +73,20 @@ impl Sim<'_> {
 
     /// A request reaches the witness: a claim runs there, a read reads.
     pub fn lease_at(&mut self, r: usize, scope: usize, request: Request, asked_ms: i64) {
-        let (name, times) = (self.s.net.regions[r].clone(), self.regions[r].machines[scope].settings().times(asked_ms));
+        let (name, times) =
+            (self.s.net.regions[r].clone(), self.regions[r].machines[scope].settings().times(asked_ms));
         let scope_name = self.scope_name(scope).to_string();
         let answer = match request {
-            Request::Claim(c) => futures::executor::block_on(claim(&self.witness, &scope_name, &name, c, times))
-                .map(LeaseReply::Claimed),
-            Request::Read => futures::executor::block_on(self.witness.read(&scope_name)).map(LeaseReply::Read),
+            Request::Claim(c) => {
+                futures::executor::block_on(claim(&self.witness, &scope_name, &name, c, times))
+                    .map(LeaseReply::Claimed)
+            }
+            Request::Read => {
+                futures::executor::block_on(self.witness.read(&scope_name)).map(LeaseReply::Read)
+            }
         };
         let answer = answer.expect("the witness always answers");
-        let d = self.to_witness();
+        let d = self.witness_delay();
         self.rec.lease_bytes += LEASE_BYTES;
         self.at(self.now + d, Event::LeaseAnswer { region: r, scope, answer });
     }

@@ -131,7 +131,9 @@ impl Sim<'_> {
         let to = self.regions[source].log.len().min(from + self.s.timing.fetch_max);
         let records: usize = self.regions[source].log[from..to]
             .iter()
-            .map(|&op| self.ops[op as usize].bytes.len() + doc_id_len(self.ops[op as usize].doc) + RECORD_BYTES)
+            .map(|&op| {
+                self.ops[op as usize].bytes.len() + doc_id_len(self.ops[op as usize].doc) + RECORD_BYTES
+            })
             .sum();
         self.rec.traffic(source, target, RESPONSE_BYTES + records);
         match self.delay(source, target) {

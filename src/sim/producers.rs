@@ -132,7 +132,8 @@ impl Sim<'_> {
             user.caret = caret + 1;
             user.editor.local_edit(caret, 0, letter.encode_utf8(&mut [0; 4]))?
         };
-        let envelope = Envelope::new(doc_id(doc), self.s.net.regions[region].clone(), EPOCH_MS + client_ms, op);
+        let envelope =
+            Envelope::new(doc_id(doc), self.s.net.regions[region].clone(), EPOCH_MS + client_ms, op);
         let index = self.ops.len() as u32;
         self.ops.push(OpInfo {
             doc,
@@ -200,7 +201,9 @@ impl Sim<'_> {
         if self.regions[u].up {
             return Some(u);
         }
-        (0..self.regions.len()).filter(|&r| self.regions[r].up).min_by_key(|&r| (self.s.net.one_way_ms[u][r], r))
+        (0..self.regions.len())
+            .filter(|&r| self.regions[r].up)
+            .min_by_key(|&r| (self.s.net.one_way_ms[u][r], r))
     }
 
     /// A write reaches region `t`: the gate takes it (appended, folded, acked) or refuses it.

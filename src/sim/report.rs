@@ -49,7 +49,8 @@ pub struct Real {
 fn calibration(settings: &ReportSettings) -> Settings {
     let regions = Net::default().regions;
     let isolate = super::Fault::Isolate { region: regions[0].clone(), at_ms: 8_000, for_ms: 5_000 };
-    let scenario = Scenario { name: "leader cut off".into(), duration_ms: 20_000, faults: vec![isolate], offline: None };
+    let scenario =
+        Scenario { name: "leader cut off".into(), duration_ms: 20_000, faults: vec![isolate], offline: None };
     let mut one = Settings::new(Strategy::Ap, scenario);
     (one.users, one.docs, one.seed) = (settings.users / 2, settings.docs, settings.seed);
     (one.timing.ttl_ms, one.timing.skew_ms, one.timing.flush_ms) = (1_500, 200, 200);
@@ -88,30 +89,26 @@ pub fn write(settings: &ReportSettings, runs: &Runs) -> Result<(), ReportError> 
     std::fs::create_dir_all(&folder).map_err(|e| failed(&folder, e.to_string()))?;
     let steady: Vec<&Figures> = Strategy::ALL.iter().map(|&s| runs.get(s, "steady")).collect();
     let lost: Vec<&Figures> = Strategy::ALL.iter().map(|&s| runs.get(s, "region-lost")).collect();
-    let line = |f: &&Figures, cdf: &Vec<u32>| (f.strategy.label().to_string(), cdf.clone());
-    let charts: [(&str, Box<dyn Fn(&Path) -> Result<(), _>>); 3] = [
-        (
-            "ack-cdf.png",
-            Box::new(|p: &Path| {
-                let lines: Vec<_> = steady.iter().map(|f| line(f, &f.ack_all_cdf)).collect();
-                charts::cdf(p, "Write ack, every region (steady state)", &lines)
-            }),
-        ),
-        (
-            "visible-cdf.png",
-            Box::new(|p: &Path| {
-                let lines: Vec<_> = steady.iter().map(|f| line(f, &f.visible_all_cdf)).collect();
-                charts::cdf(p, "Edit → visible in another region (steady state)", &lines)
-            }),
-        ),
-        ("failover.png", Box::new(|p: &Path| charts::timeline(p, "Writes acked while us-east-1 is down", &lost))),
-    ];
-    for (name, draw) in charts {
-        let path = folder.join(name);
-        draw(&path).map_err(|e| failed(&path, e.to_string()))?;
-    }
+    let lines = |cdf: fn(&Figures) -> &Vec<u32>| -> Vec<(String, Vec<u32>)> {
+        steady.iter().map(|f| (f.strategy.label().to_string(), cdf(f).clone())).collect()
+    };
+    let charted = |name: &str, drawn: Result<(), charts::Error>| {
+        drawn.map_err(|e| failed(&folder.join(name), e.to_string()))
+    };
+    let title = "Write ack, every region (steady state)";
+    charted("ack-cdf.png", charts::cdf(&folder.join("ack-cdf.png"), title, &lines(|f| &f.ack_all_cdf)))?;
+    let title = "Edit → visible in another region (steady state)";
+    charted(
+        "visible-cdf.png",
+        charts::cdf(&folder.join("visible-cdf.png"), title, &lines(|f| &f.visible_all_cdf)),
+    )?;
+    let title = "Writes acked while us-east-1 is down";
+    charted("failover.png", charts::timeline(&folder.join("failover.png"), title, &lost))?;
     let real = match std::fs::read_to_string(folder.join("real.json")) {
-        Ok(text) => Some(serde_json::from_str::<Real>(&text).map_err(|e| failed(&folder.join("real.json"), e.to_string()))?),
+        Ok(text) => Some(
+            serde_json::from_str::<Real>(&text)
+                .map_err(|e| failed(&folder.join("real.json"), e.to_string()))?,
+        ),
         Err(_) => None,
     };
     let page = page(settings, runs, &folder, real.as_ref());
@@ -121,7 +118,6 @@ pub fn write(settings: &ReportSettings, runs: &Runs) -> Result<(), ReportError> 
 fn ms(spread: Spread) -> String {
     format!("{} / {} ms", spread.p50, spread.p99)
 }
-
 
 fn page(settings: &ReportSettings, runs: &Runs, folder: &Path, real: Option<&Real>) -> String {
     let (net, timing) = (Net::default(), Timing::default());
@@ -205,7 +201,11 @@ fn setup(settings: &ReportSettings, net: &Net, timing: &Timing) -> String {
 fn steady_section(w: &mut String, runs: &Runs, net: &Net, timing: &Timing) {
     let _ = writeln!(w, "## Steady state\n");
     let regions: Vec<String> = net.regions.iter().map(|r| format!("ack p50 / p99 {r}")).collect();
-    let _ = writeln!(w, "| strategy | {} | edit → visible elsewhere p50 / p99 | cross-region bytes per op (per peer's copy) |", regions.join(" | "));
+    let _ = writeln!(
+        w,
+        "| strategy | {} | edit → visible elsewhere p50 / p99 | cross-region bytes per op (per peer's copy) |",
+        regions.join(" | ")
+    );
     let _ = writeln!(w, "|---|{}---:|---:|", "---:|".repeat(net.regions.len()));
     for strategy in Strategy::ALL {
         let f = runs.get(strategy, "steady");
@@ -223,7 +223,8 @@ fn steady_section(w: &mut String, runs: &Runs, net: &Net, timing: &Timing) {
     }
     let aa = runs.get(Strategy::Aa, "steady");
     let goal = |r: usize| {
-        let nearest = (0..net.regions.len()).filter(|&o| o != r).map(|o| net.one_way_ms[r][o]).min().unwrap_or(0);
+        let nearest =
+            (0..net.regions.len()).filter(|&o| o != r).map(|o| net.one_way_ms[r][o]).min().unwrap_or(0);
         (nearest as f64 * 1.2) as i64 + timing.flush_ms
     };
     let _ = writeln!(
@@ -249,8 +250,12 @@ fn lost_section(w: &mut String, runs: &Runs) {
     let _ = writeln!(w, "|---|---:|---:|---:|---:|---|");
     for strategy in Strategy::ALL {
         let f = runs.get(strategy, "region-lost");
-        let promotions: Vec<String> =
-            f.promotions.iter().filter(|p| p.0 > 0 && p.2 > 1).map(|(t, r, e)| format!("{r} epoch {e} at {}", secs(*t))).collect();
+        let promotions: Vec<String> = f
+            .promotions
+            .iter()
+            .filter(|p| p.0 > 0 && p.2 > 1)
+            .map(|(t, r, e)| format!("{r} epoch {e} at {}", secs(*t)))
+            .collect();
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} | {} | {} |",
@@ -267,7 +272,10 @@ fn lost_section(w: &mut String, runs: &Runs) {
 
 fn partition_section(w: &mut String, runs: &Runs) {
     let _ = writeln!(w, "## us-east-1 ↔ eu-west-1 cut for 60 s\n");
-    let _ = writeln!(w, "| strategy | longest write wait | lost after heal | convergence after heal | write ack p99, all users |");
+    let _ = writeln!(
+        w,
+        "| strategy | longest write wait | lost after heal | convergence after heal | write ack p99, all users |"
+    );
     let _ = writeln!(w, "|---|---:|---:|---:|---:|");
     for strategy in Strategy::ALL {
         let f = runs.get(strategy, "partition");
@@ -286,7 +294,10 @@ fn partition_section(w: &mut String, runs: &Runs) {
 
 fn offline_section(w: &mut String, runs: &Runs) {
     let _ = writeln!(w, "## 500 editors back after 3 days offline (40 ops each)\n");
-    let _ = writeln!(w, "| strategy | return → visible in every region p50 / p99 | lost | every region equals the reference fold |");
+    let _ = writeln!(
+        w,
+        "| strategy | return → visible in every region p50 / p99 | lost | every region equals the reference fold |"
+    );
     let _ = writeln!(w, "|---|---:|---:|---|");
     for strategy in Strategy::ALL {
         let f = runs.get(strategy, "offline");
@@ -303,8 +314,11 @@ fn offline_section(w: &mut String, runs: &Runs) {
 }
 
 fn answers(w: &mut String, runs: &Runs, net: &Net, timing: &Timing) {
-    let (ap, aa, home) =
-        (runs.get(Strategy::Ap, "steady"), runs.get(Strategy::Aa, "steady"), runs.get(Strategy::Home, "steady"));
+    let (ap, aa, home) = (
+        runs.get(Strategy::Ap, "steady"),
+        runs.get(Strategy::Aa, "steady"),
+        runs.get(Strategy::Home, "steady"),
+    );
     let (ap_lost, aa_lost, home_lost) = (
         runs.get(Strategy::Ap, "region-lost"),
         runs.get(Strategy::Aa, "region-lost"),
@@ -403,11 +417,16 @@ fn calibration_section(w: &mut String, sim: &Figures, real: Option<&Real>, net: 
     }
     for (r, name) in net.regions.iter().enumerate() {
         if let Some(Some((p50, p99))) = real.lag_ms.get(r) {
-            let _ = writeln!(w, "| replication lag p50 / p99 to {name} | {p50} / {p99} ms | {} |", ms(sim.lag[r]));
+            let _ = writeln!(
+                w,
+                "| replication lag p50 / p99 to {name} | {p50} / {p99} ms | {} |",
+                ms(sim.lag[r])
+            );
         }
     }
     let _ = writeln!(w, "| RTO | {} | {} |", secs(real.rto_ms as i64), secs(sim.rto_ms.unwrap_or(0)));
-    let _ = writeln!(w, "| acked ops at risk while cut off | {} | {} |", real.at_risk, sim.at_risk.unwrap_or(0));
+    let _ =
+        writeln!(w, "| acked ops at risk while cut off | {} | {} |", real.at_risk, sim.at_risk.unwrap_or(0));
     let _ = writeln!(w, "| lost after the heal | {} | {} |", real.lost, sim.lost);
     let _ = writeln!(
         w,

@@ -60,7 +60,8 @@ impl Scenario {
     pub fn builtin(name: &str, regions: &[String]) -> Option<Scenario> {
         let (first, second) = (regions.first()?.clone(), regions.get(1)?.clone());
         let at_ms = 20_000;
-        let scenario = |duration_ms, faults, offline| Scenario { name: name.into(), duration_ms, faults, offline };
+        let scenario =
+            |duration_ms, faults, offline| Scenario { name: name.into(), duration_ms, faults, offline };
         Some(match name {
             "steady" => scenario(40_000, vec![], None),
             "region-lost" => {
@@ -89,7 +90,8 @@ impl Scenario {
                 Scenario::BUILTIN.join(", ")
             )
         })?;
-        let scenario: Scenario = toml::from_str(&text).map_err(|e| format!("scenario {name_or_file}: {e}"))?;
+        let scenario: Scenario =
+            toml::from_str(&text).map_err(|e| format!("scenario {name_or_file}: {e}"))?;
         scenario.check(regions).map_err(|e| format!("scenario {name_or_file}: {e}"))?;
         Ok(scenario)
     }
@@ -101,7 +103,11 @@ impl Scenario {
             return Err("duration_ms must be positive".into());
         }
         let known = |r: &String| {
-            if regions.contains(r) { Ok(()) } else { Err(format!("unknown region {r:?} (regions: {})", regions.join(", "))) }
+            if regions.contains(r) {
+                Ok(())
+            } else {
+                Err(format!("unknown region {r:?} (regions: {})", regions.join(", ")))
+            }
         };
         for fault in &self.faults {
             let (at, until) = fault.window();
@@ -110,7 +116,9 @@ impl Scenario {
             }
             match fault {
                 Fault::Kill { region, .. } | Fault::Isolate { region, .. } => known(region)?,
-                Fault::Cut { a, b, .. } if a == b => return Err(format!("cut {a:?}–{b:?}: two regions, please")),
+                Fault::Cut { a, b, .. } if a == b => {
+                    return Err(format!("cut {a:?}–{b:?}: two regions, please"));
+                }
                 Fault::Cut { a, b, .. } => {
                     known(a)?;
                     known(b)?;

@@ -7,8 +7,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use docfold::config::JobConfig;
@@ -42,8 +42,14 @@ fn typing(site: u64, n: usize, rng: &mut StdRng) -> Vec<Op> {
 
 /// Reads region `r`'s projections of `docs` until `done`; returns every time a version went
 /// back (document, from, to).
-async fn watch_versions(config: JobConfig, docs: Vec<String>, done: Arc<AtomicBool>) -> Vec<(String, u64, u64)> {
-    let ProjectionUrl::DynamoDb { table } = ProjectionUrl::parse(config.projection.url.expose()).expect("url") else {
+async fn watch_versions(
+    config: JobConfig,
+    docs: Vec<String>,
+    done: Arc<AtomicBool>,
+) -> Vec<(String, u64, u64)> {
+    let ProjectionUrl::DynamoDb { table } =
+        ProjectionUrl::parse(config.projection.url.expose()).expect("url")
+    else {
         panic!("the world's projections are DynamoDB tables");
     };
     let projections = DynamoProjections::open(&config.projection, &table).await;
@@ -107,13 +113,20 @@ async fn active_active_regions_converge_while_links_are_cut() {
     done.store(true, Ordering::Relaxed);
     for (r, watcher) in watchers.into_iter().enumerate() {
         let regressions = watcher.await.expect("watcher");
-        assert!(regressions.is_empty(), "seed {seed}: {}'s projections went back: {regressions:?}", REGIONS[r]);
+        assert!(
+            regressions.is_empty(),
+            "seed {seed}: {}'s projections went back: {regressions:?}",
+            REGIONS[r]
+        );
     }
     let acks = acks.into_inner().expect("acks");
     for (x, name) in REGIONS.iter().enumerate() {
         let acked: usize = acks.iter().filter(|a| a.producer == x).map(|a| a.ops).sum();
         assert_eq!(acked, ops[x].len() * docs.len(), "seed {seed}: {name}: every batch acked once");
-        assert!(acks.iter().filter(|a| a.producer == x).all(|a| a.region == x), "{name} wrote to its own log");
+        assert!(
+            acks.iter().filter(|a| a.producer == x).all(|a| a.region == x),
+            "{name} wrote to its own log"
+        );
     }
     let mut reference = Replica::new(doc_seed("shared"), 999);
     for op in ops.iter().flatten() {

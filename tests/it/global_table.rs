@@ -76,7 +76,8 @@ async fn only_the_leader_writes_the_global_table_and_never_backwards() {
 fn the_leader_writer_needs_a_dynamodb_table_and_a_lease() {
     let dir = services::temp_dir("global-config");
     let file = dir.join("job.toml");
-    std::fs::write(&file, "job = \"main\"\n[projection]\nurl = \"sqlite://p.db\"\nwriter = \"leader\"\n").expect("write");
+    std::fs::write(&file, "job = \"main\"\n[projection]\nurl = \"sqlite://p.db\"\nwriter = \"leader\"\n")
+        .expect("write");
     let error = docfold::config::JobConfig::load(&file).expect_err("sqlite is no global table").to_string();
     assert!(error.contains("projection.writer") && error.contains("dynamodb://"), "{error}");
 }

@@ -53,9 +53,17 @@ fn a_resident_document_never_leaves_its_regions() {
         let (ok, _, err) = docfold(&dir, &["setup", "--config", &format!("{name}.toml")]);
         assert!(ok, "setup {name}: {err}");
     }
-    let write = |file: &str, lines: &[String]| std::fs::write(dir.join(file), lines.join("\n") + "\n").expect("write");
-    write("resident.jsonl", &[op("eu/contract", "00000000000000b1", 5, MARKER), op("shared", "00000000000000b2", 5, "hello ")]);
-    write("elsewhere.jsonl", &[op("shared", "00000000000000a1", 20, "world"), op("eu/contract", "00000000000000a2", 5, "x")]);
+    let write = |file: &str, lines: &[String]| {
+        std::fs::write(dir.join(file), lines.join("\n") + "\n").expect("write")
+    };
+    write(
+        "resident.jsonl",
+        &[op("eu/contract", "00000000000000b1", 5, MARKER), op("shared", "00000000000000b2", 5, "hello ")],
+    );
+    write(
+        "elsewhere.jsonl",
+        &[op("shared", "00000000000000a1", 20, "world"), op("eu/contract", "00000000000000a2", 5, "x")],
+    );
     let (ok, _, err) = docfold(&dir, &["produce", "resident.jsonl", "--config", "b.toml"]);
     assert!(ok, "b takes its resident document: {err}");
     let (ok, _, err) = docfold(&dir, &["produce", "elsewhere.jsonl", "--config", "a.toml"]);
@@ -63,20 +71,32 @@ fn a_resident_document_never_leaves_its_regions() {
 
     let mut withheld = 0;
     for (from, to) in [("a", "b"), ("a", "c"), ("b", "a"), ("b", "c"), ("c", "a"), ("c", "b")] {
-        let args = ["mirror", "--exit-when-idle", "--from", &format!("{from}.toml"), "--config", &format!("{to}.toml")];
+        let args = [
+            "mirror",
+            "--exit-when-idle",
+            "--from",
+            &format!("{from}.toml"),
+            "--config",
+            &format!("{to}.toml"),
+        ];
         let (ok, out, err) = docfold(&dir, &args);
         assert!(ok, "mirror {from} → {to}: {err}");
-        withheld += out.lines().skip(2).filter_map(|l| l.split_whitespace().nth(4)?.parse::<u64>().ok()).sum::<u64>();
+        withheld +=
+            out.lines().skip(2).filter_map(|l| l.split_whitespace().nth(4)?.parse::<u64>().ok()).sum::<u64>();
     }
     assert_eq!(withheld, 2, "b's resident record withheld from a and from c");
     for name in ["a", "b", "c"] {
         let (ok, _, err) = docfold(&dir, &["run", "--exit-when-idle", "--config", &format!("{name}.toml")]);
         assert!(ok, "run {name}: {err}");
-        let (ok, out, err) = docfold(&dir, &["doc", "show", "shared", "--text-only", "--config", &format!("{name}.toml")]);
+        let (ok, out, err) =
+            docfold(&dir, &["doc", "show", "shared", "--text-only", "--config", &format!("{name}.toml")]);
         assert!(ok && out.trim_end() == "hello world", "{name} holds the shared document: {out}{err}");
     }
     for needle in [MARKER, "eu/contract"] {
-        assert!(!files_with(&dir.join("b"), needle.as_bytes()).is_empty(), "the scan finds {needle} in region b");
+        assert!(
+            !files_with(&dir.join("b"), needle.as_bytes()).is_empty(),
+            "the scan finds {needle} in region b"
+        );
         for name in ["a", "c"] {
             let found = files_with(&dir.join(name), needle.as_bytes());
             assert!(found.is_empty(), "{needle:?} reached region {name}: {found:?}");

@@ -59,8 +59,14 @@ fn latencies_agree_with_the_closed_form_on_a_plain_link() {
     let median = (2 * one_way + t.copy_ms + t.flush_ms / 2 + 1) as f64;
     for (r, cdf) in aa.visible_cdf.iter().enumerate() {
         let (min, p50, max) = (cdf[0] as i64, cdf[50] as f64, cdf[100] as i64);
-        assert!(min >= low && max <= high, "region {r}: visible from {min} to {max} ms, expected within {low}–{high}");
-        assert!((p50 - median).abs() <= median * 0.05, "region {r}: visible p50 {p50} ms, expected {median} ± 5 %");
+        assert!(
+            min >= low && max <= high,
+            "region {r}: visible from {min} to {max} ms, expected within {low}–{high}"
+        );
+        assert!(
+            (p50 - median).abs() <= median * 0.05,
+            "region {r}: visible p50 {p50} ms, expected {median} ± 5 %"
+        );
     }
     settings.strategy = Strategy::Ap;
     let ap = run(&settings).expect("sim");

@@ -329,9 +329,9 @@ pub fn failover(
     });
     let acks = Mutex::new(Vec::new());
     let (cut_at, healed_at) = std::thread::scope(|scope| {
-        for x in 0..REGIONS.len() {
+        for (x, name) in REGIONS.iter().enumerate() {
             let acks = &acks;
-            let docs: Vec<String> = (0..2).map(|i| format!("{}-{i}", REGIONS[x])).collect();
+            let docs: Vec<String> = (0..2).map(|i| format!("{name}-{i}")).collect();
             scope.spawn(move || produce(world, x, (&docs, ops, 400), acks, rt));
         }
         std::thread::sleep(steady);

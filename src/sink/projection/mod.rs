@@ -35,7 +35,8 @@ pub struct Projection {
 
 /// Whether this region may write the global projection table now, at which epoch
 /// (`RoleMachine::admit` on the region's role as its lease loop last left it).
-pub type LeaderGate = std::sync::Arc<dyn Fn() -> Result<u64, crate::region::role::WriteRefused> + Send + Sync>;
+pub type LeaderGate =
+    std::sync::Arc<dyn Fn() -> Result<u64, crate::region::role::WriteRefused> + Send + Sync>;
 
 /// The text, or where it is when it is too large for an item.
 #[derive(Clone, Debug, PartialEq, Eq)]
