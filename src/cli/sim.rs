@@ -18,14 +18,23 @@ pub enum SimCommand {
     Report(ReportArgs),
 }
 
+/// Who is simulated, and the seed.
 #[derive(Debug, Args)]
-pub struct ReportArgs {
+pub struct Population {
+    /// Simulated users across the regions (round robin).
     #[arg(long, default_value_t = 100_000)]
     users: usize,
+    /// Documents (Zipf popularity).
     #[arg(long, default_value_t = 20_000)]
     docs: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    population: Population,
     /// The page to write; its charts go to a folder of the same name without `.md`.
     #[arg(long, default_value = "docs/multi-region.md")]
     out: PathBuf,
@@ -35,14 +44,8 @@ pub struct ReportArgs {
 pub struct RegionsArgs {
     #[arg(long, value_enum, default_value = "ap")]
     strategy: Strategy,
-    /// Simulated users across the regions (round robin).
-    #[arg(long, default_value_t = 100_000)]
-    users: usize,
-    /// Documents (Zipf popularity).
-    #[arg(long, default_value_t = 20_000)]
-    docs: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    population: Population,
     /// A built-in scenario (steady, region-lost, partition, offline) or a TOML file.
     #[arg(long, default_value = "steady")]
     scenario: String,
@@ -62,9 +65,8 @@ impl RegionsArgs {
         let scenario =
             Scenario::resolve(&self.scenario, &Net::default().regions).map_err(anyhow::Error::msg)?;
         let mut settings = Settings::new(self.strategy, scenario);
-        settings.users = self.users;
-        settings.docs = self.docs;
-        settings.seed = self.seed;
+        let Population { users, docs, seed } = self.population;
+        (settings.users, settings.docs, settings.seed) = (users, docs, seed);
         let started = Instant::now();
         let figures = run(&settings).context("simulating the regions")?;
         print!("{}", figures.markdown());
@@ -75,7 +77,8 @@ impl RegionsArgs {
 
 impl ReportArgs {
     fn run(self) -> anyhow::Result<bool> {
-        let settings = ReportSettings { users: self.users, docs: self.docs, seed: self.seed, out: self.out };
+        let Population { users, docs, seed } = self.population;
+        let settings = ReportSettings { users, docs, seed, out: self.out };
         let started = Instant::now();
         let mut ok = true;
         let runs = measure(&settings, |f| {

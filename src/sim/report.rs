@@ -132,9 +132,7 @@ fn page(settings: &ReportSettings, runs: &Runs, folder: &Path, real: Option<&Rea
     );
     let _ = writeln!(w, "{}", setup(settings, &net, &timing));
     steady_section(w, runs, &net, &timing);
-    lost_section(w, runs);
-    partition_section(w, runs);
-    offline_section(w, runs);
+    fault_sections(w, runs);
     answers(w, runs, &net, &timing);
     calibration_section(w, &runs.1, real, &net);
     let _ = writeln!(w, "## Charts\n");
@@ -198,29 +196,45 @@ fn setup(settings: &ReportSettings, net: &Net, timing: &Timing) -> String {
     )
 }
 
+/// A table with a row per strategy for `scenario`: the strategy, then `cells`.
+fn table(
+    w: &mut String,
+    runs: &Runs,
+    scenario: &str,
+    header: &[String],
+    cells: impl Fn(&Figures) -> Vec<String>,
+) {
+    let _ = writeln!(w, "| strategy | {} |", header.join(" | "));
+    let _ = writeln!(w, "|---|{}", "---:|".repeat(header.len()));
+    for strategy in Strategy::ALL {
+        let _ = writeln!(w, "| {} | {} |", strategy.label(), cells(runs.get(strategy, scenario)).join(" | "));
+    }
+    let _ = writeln!(w);
+}
+
+fn heads(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
 fn steady_section(w: &mut String, runs: &Runs, net: &Net, timing: &Timing) {
     let _ = writeln!(w, "## Steady state\n");
-    let regions: Vec<String> = net.regions.iter().map(|r| format!("ack p50 / p99 {r}")).collect();
-    let _ = writeln!(
-        w,
-        "| strategy | {} | edit → visible elsewhere p50 / p99 | cross-region bytes per op (per peer's copy) |",
-        regions.join(" | ")
-    );
-    let _ = writeln!(w, "|---|{}---:|---:|", "---:|".repeat(net.regions.len()));
-    for strategy in Strategy::ALL {
-        let f = runs.get(strategy, "steady");
-        let acks: Vec<String> = f.ack.iter().map(|&a| ms(a)).collect();
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {:.0} ({:.0}; an op is {:.0}) |",
-            strategy.label(),
-            acks.join(" | "),
-            ms(f.visible_all),
+    let mut header: Vec<String> = net.regions.iter().map(|r| format!("ack p50 / p99 {r}")).collect();
+    header.extend(heads(&[
+        "edit → visible elsewhere p50 / p99",
+        "cross-region bytes per op (per peer's copy)",
+    ]));
+    let peers = (net.regions.len() - 1) as f64;
+    table(w, runs, "steady", &header, |f| {
+        let mut cells: Vec<String> = f.ack.iter().map(|&a| ms(a)).collect();
+        cells.push(ms(f.visible_all));
+        cells.push(format!(
+            "{:.0} ({:.0}; an op is {:.0})",
             f.bytes_per_op,
-            f.bytes_per_op / (net.regions.len() - 1) as f64,
+            f.bytes_per_op / peers,
             f.op_bytes
-        );
-    }
+        ));
+        cells
+    });
     let aa = runs.get(Strategy::Aa, "steady");
     let goal = |r: usize| {
         let nearest =
@@ -229,7 +243,7 @@ fn steady_section(w: &mut String, runs: &Runs, net: &Net, timing: &Timing) {
     };
     let _ = writeln!(
         w,
-        "\nA pulled record waits for the next fetch to reach the source (fetches arrive once per \
+        "A pulled record waits for the next fetch to reach the source (fetches arrive once per \
          round trip), crosses once, and shows at the next flush: 2 × one-way + the copy + half \
          the flush window on average (the simulator test checks this closed form). The issue's \
          goal, 1.2 × one-way + the flush window ({} ms for the nearest peer of {}), needs the \
@@ -241,76 +255,58 @@ fn steady_section(w: &mut String, runs: &Runs, net: &Net, timing: &Timing) {
     );
 }
 
-fn lost_section(w: &mut String, runs: &Runs) {
+fn fault_sections(w: &mut String, runs: &Runs) {
     let _ = writeln!(w, "## us-east-1 lost for 60 s (the active-passive leader, and a home region)\n");
-    let _ = writeln!(
-        w,
-        "| strategy | RTO (longest wait of a write from a surviving region) | acked ops at risk | lost after heal | convergence after heal | promotions |"
-    );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---|");
-    for strategy in Strategy::ALL {
-        let f = runs.get(strategy, "region-lost");
+    let header = heads(&[
+        "RTO (longest wait of a write from a surviving region)",
+        "acked ops at risk",
+        "lost after heal",
+        "convergence after heal",
+        "promotions",
+    ]);
+    table(w, runs, "region-lost", &header, |f| {
         let promotions: Vec<String> = f
             .promotions
             .iter()
             .filter(|p| p.0 > 0 && p.2 > 1)
             .map(|(t, r, e)| format!("{r} epoch {e} at {}", secs(*t)))
             .collect();
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {} | {} | {} |",
-            strategy.label(),
+        vec![
             secs(f.rto_ms.unwrap_or(0)),
-            f.at_risk.unwrap_or(0),
-            f.lost,
+            f.at_risk.unwrap_or(0).to_string(),
+            f.lost.to_string(),
             secs(f.converge_ms.unwrap_or(0)),
-            if promotions.is_empty() { "none".into() } else { promotions.join("; ") }
-        );
-    }
-    let _ = writeln!(w);
-}
-
-fn partition_section(w: &mut String, runs: &Runs) {
+            if promotions.is_empty() { "none".into() } else { promotions.join("; ") },
+        ]
+    });
     let _ = writeln!(w, "## us-east-1 ↔ eu-west-1 cut for 60 s\n");
-    let _ = writeln!(
-        w,
-        "| strategy | longest write wait | lost after heal | convergence after heal | write ack p99, all users |"
-    );
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|");
-    for strategy in Strategy::ALL {
-        let f = runs.get(strategy, "partition");
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {} | {} ms |",
-            strategy.label(),
+    let header = heads(&[
+        "longest write wait",
+        "lost after heal",
+        "convergence after heal",
+        "write ack p99, all users",
+    ]);
+    table(w, runs, "partition", &header, |f| {
+        vec![
             secs(f.rto_ms.unwrap_or(0)),
-            f.lost,
+            f.lost.to_string(),
             secs(f.converge_ms.unwrap_or(0)),
-            f.ack_all.p99
-        );
-    }
-    let _ = writeln!(w);
-}
-
-fn offline_section(w: &mut String, runs: &Runs) {
+            format!("{} ms", f.ack_all.p99),
+        ]
+    });
     let _ = writeln!(w, "## 500 editors back after 3 days offline (40 ops each)\n");
-    let _ = writeln!(
-        w,
-        "| strategy | return → visible in every region p50 / p99 | lost | every region equals the reference fold |"
-    );
-    let _ = writeln!(w, "|---|---:|---:|---|");
-    for strategy in Strategy::ALL {
-        let f = runs.get(strategy, "offline");
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {} |",
-            strategy.label(),
+    let header = heads(&[
+        "return → visible in every region p50 / p99",
+        "lost",
+        "every region equals the reference fold",
+    ]);
+    table(w, runs, "offline", &header, |f| {
+        vec![
             f.late.map_or("—".into(), ms),
-            f.lost,
-            if f.identical { "yes" } else { "**no**" }
-        );
-    }
-    let _ = writeln!(w);
+            f.lost.to_string(),
+            if f.identical { "yes" } else { "**no**" }.into(),
+        ]
+    });
 }
 
 fn answers(w: &mut String, runs: &Runs, net: &Net, timing: &Timing) {

@@ -127,3 +127,38 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `docfold sim report` end to end, small: the page names every scenario and the
+/// recommendation, links three charts that exist as PNG files, and shows the calibration
+/// measurement when there is one.
+#[test]
+fn the_report_writes_its_page_and_charts() {
+    let dir = tempfile_dir().join("report");
+    std::fs::create_dir_all(dir.join("multi-region")).unwrap();
+    let real =
+        std::fs::read_to_string("docs/multi-region/real.json").expect("the bench's measurement is kept");
+    std::fs::write(dir.join("multi-region/real.json"), real).unwrap();
+    let out = dir.join("multi-region.md");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["sim", "report", "--users", "300", "--docs", "60", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let page = std::fs::read_to_string(&out).expect("the page");
+    for section in [
+        "## Steady state",
+        "lost for 60 s",
+        "cut for 60 s",
+        "offline",
+        "Recommended default",
+        "| figure | real | simulated |",
+    ] {
+        assert!(page.contains(section), "the page has {section:?}");
+    }
+    for chart in ["ack-cdf.png", "visible-cdf.png", "failover.png"] {
+        assert!(page.contains(&format!("multi-region/{chart}")), "the page links {chart}");
+        let png = std::fs::read(dir.join("multi-region").join(chart)).expect("the chart");
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{chart} is a drawn PNG");
+    }
+}
