@@ -30,7 +30,7 @@ use docfold::log::LogReader;
 use docfold::log::kafka::KafkaLog;
 use docfold::lseq::{Op, doc_seed};
 use docfold::region::Mode;
-use docfold::sim::report::Real;
+use docfold::sim::report::{Real, RealRun};
 use docfold::store::Store;
 use docfold::trace::{Trace, replay};
 use world::{PARTITIONS, REGIONS, World, failover, start_processes, wait_until};
@@ -111,13 +111,8 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let world = rt.block_on(World::start(Mode::ActivePassive));
-    let path = format!("{}/tests/data/traces/friendsforever.json.gz", env!("CARGO_MANIFEST_DIR"));
-    let trace = Trace::read(Path::new(&path)).expect("trace");
-    let ops: Vec<Op> = replay(&trace, doc_seed("friendsforever")).expect("replay").ops;
-    let mut processes = start_processes(&world);
+/// Readers of region 0's own topic and of its mirror in every other region.
+fn first_region_and_its_mirrors(world: &World) -> Vec<Box<dyn LogReader>> {
     let mirrored = docfold::mirror::mirrored_topic(REGIONS[0], "doc-ops");
     let mut readers: Vec<Box<dyn LogReader>> = vec![Box::new(
         KafkaLog::connect(&world.regions[0].broker, "doc-ops", &[])
@@ -129,6 +124,98 @@ fn main() {
         let log = KafkaLog::connect(&region.broker, &mirrored, &[]).expect("standby");
         readers.push(Box::new(log.reader().expect("reader")));
     }
+    readers
+}
+
+/// Documents (of every region's producer) that differ from `end_content` in some region's
+/// state store.
+fn lost(world: &World, rt: &tokio::runtime::Runtime, end_content: &str) -> usize {
+    rt.block_on(async {
+        let mut lost = 0;
+        for region in &world.regions {
+            let store = Store::open(&region.store).await.expect("store");
+            for doc in REGIONS.iter().flat_map(|x| (0..2).map(move |i| format!("{x}-{i}"))) {
+                let text = match store.load_doc("main", &doc).await.expect("load") {
+                    Some(stored) => docfold::fold::snapshot::decode(&stored.state).expect("state").text(),
+                    None => String::new(),
+                };
+                lost += usize::from(text != end_content);
+            }
+            store.close().await;
+        }
+        lost
+    })
+}
+
+fn whole_ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// (p50, p99) of `samples`, in whole milliseconds.
+fn spread(mut samples: Vec<Duration>) -> (u64, u64) {
+    samples.sort_unstable();
+    (whole_ms(percentile(&samples, 0.5)), whole_ms(percentile(&samples, 0.99)))
+}
+
+/// Active-active in the same world: every region's producer writes its own documents into
+/// its own log while the mirrors copy them everywhere; no fault.
+fn active_active(rt: &tokio::runtime::Runtime, ops: &[Op], end_content: &str) -> RealRun {
+    let world = rt.block_on(World::start(Mode::ActiveActive));
+    let mut processes = start_processes(&world);
+    let mut readers = first_region_and_its_mirrors(&world);
+    let links_before: u64 = world.links.values().chain(&world.lease_links).map(|l| l.bytes()).sum();
+    let (stop, acks) = (AtomicBool::new(false), std::sync::Mutex::new(Vec::new()));
+    let timeline = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| Timeline::record(&mut readers, &stop));
+        let producers: Vec<_> = REGIONS
+            .iter()
+            .enumerate()
+            .map(|(x, name)| {
+                let (world, acks, docs) =
+                    (&world, &acks, (0..2).map(|i| format!("{name}-{i}")).collect::<Vec<_>>());
+                scope.spawn(move || world::produce(world, x, (&docs, ops, 400), acks, rt.handle()))
+            })
+            .collect();
+        producers.into_iter().for_each(|p| p.join().expect("producer"));
+        wait_until("every region converges", Duration::from_secs(300), || {
+            (0..REGIONS.len()).all(|r| world.caught_up(r))
+        });
+        stop.store(true, Ordering::Relaxed);
+        sampler.join().expect("sampler")
+    });
+    let acks = acks.into_inner().expect("acks");
+    let link_bytes: u64 =
+        world.links.values().chain(&world.lease_links).map(|l| l.bytes()).sum::<u64>() - links_before;
+    let total_ops: usize = acks.iter().map(|a| a.ops).sum();
+    let op_bytes = acks.iter().map(|a| a.bytes).sum::<usize>() as f64 / total_ops.max(1) as f64;
+    let lost = lost(&world, rt, end_content);
+    for process in &mut processes {
+        let _ = std::process::Command::new("kill").arg(process.0.id().to_string()).status();
+        let _ = process.0.wait();
+    }
+    let end = Instant::now();
+    RealRun {
+        mode: "active-active".into(),
+        ack_ms: (0..REGIONS.len())
+            .map(|x| spread(acks.iter().filter(|a| a.producer == x).map(|a| a.latency).collect()))
+            .collect(),
+        lag_ms: (0..REGIONS.len()).map(|r| (r > 0).then(|| spread(timeline.lags(r, end)))).collect(),
+        rto_ms: None,
+        at_risk: None,
+        lost: lost as u64,
+        bytes_per_op: link_bytes as f64 / total_ops.max(1) as f64,
+        op_bytes,
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let world = rt.block_on(World::start(Mode::ActivePassive));
+    let path = format!("{}/tests/data/traces/friendsforever.json.gz", env!("CARGO_MANIFEST_DIR"));
+    let trace = Trace::read(Path::new(&path)).expect("trace");
+    let ops: Vec<Op> = replay(&trace, doc_seed("friendsforever")).expect("replay").ops;
+    let mut processes = start_processes(&world);
+    let mut readers = first_region_and_its_mirrors(&world);
     let links_before: u64 = world.links.values().chain(&world.lease_links).map(|l| l.bytes()).sum();
     let stop = AtomicBool::new(false);
     let caches = std::sync::Mutex::new(None);
@@ -147,20 +234,7 @@ fn main() {
     let link_bytes: u64 =
         world.links.values().chain(&world.lease_links).map(|l| l.bytes()).sum::<u64>() - links_before;
     let total_ops: usize = run.acks.iter().map(|a| a.ops).sum();
-    let mut lost = 0;
-    rt.block_on(async {
-        for region in &world.regions {
-            let store = Store::open(&region.store).await.expect("store");
-            for doc in REGIONS.iter().flat_map(|x| (0..2).map(move |i| format!("{x}-{i}"))) {
-                let text = match store.load_doc("main", &doc).await.expect("load") {
-                    Some(stored) => docfold::fold::snapshot::decode(&stored.state).expect("state").text(),
-                    None => String::new(),
-                };
-                lost += usize::from(text != trace.end_content);
-            }
-            store.close().await;
-        }
-    });
+    let lost = lost(&world, &rt, &trace.end_content);
     for process in &mut processes {
         let _ = std::process::Command::new("kill").arg(process.0.id().to_string()).status();
         let _ = process.0.wait();
@@ -217,28 +291,35 @@ fn main() {
         0 => println!("lost after heal: 0 (every region holds every document at endContent)"),
         n => println!("lost after heal: {n} documents differ from endContent"),
     }
-    let whole_ms = |d: Duration| d.as_millis() as u64;
-    let real = Real {
-        command:
-            "./scripts/services up && source .services/env && cargo bench --bench regions --profile test"
-                .into(),
+    let active_passive = RealRun {
+        mode: "active-passive".into(),
         ack_ms: (0..REGIONS.len())
             .map(|x| run.ack_latency(x))
             .map(|(a, b)| (whole_ms(a), whole_ms(b)))
             .collect(),
-        lag_ms: (0..REGIONS.len())
-            .map(|r| {
-                (r > 0).then(|| {
-                    let lags = timeline.lags(r, run.cut_at);
-                    (whole_ms(percentile(&lags, 0.5)), whole_ms(percentile(&lags, 0.99)))
-                })
-            })
-            .collect(),
-        rto_ms: whole_ms(run.rto().unwrap_or_default()),
-        at_risk: at_risk as u64,
+        lag_ms: (0..REGIONS.len()).map(|r| (r > 0).then(|| spread(timeline.lags(r, run.cut_at)))).collect(),
+        rto_ms: Some(whole_ms(run.rto().unwrap_or_default())),
+        at_risk: Some(at_risk as u64),
         lost: lost as u64,
         bytes_per_op: link_bytes as f64 / total_ops.max(1) as f64,
         op_bytes: run.op_bytes(),
+    };
+    drop(world);
+    let active_active = active_active(&rt, &ops, &trace.end_content);
+    println!("\nactive-active, the same world, no fault:");
+    println!("| producer region | write-ack p50 / p99 | replication lag from {} p50 / p99 |", REGIONS[0]);
+    println!("|---|---|---|");
+    for (r, name) in REGIONS.iter().enumerate() {
+        let (p50, p99) = active_active.ack_ms[r];
+        let lag = active_active.lag_ms[r].map_or("—".into(), |(a, b)| format!("{a} / {b} ms"));
+        println!("| {name} | {p50} / {p99} ms | {lag} |");
+    }
+    println!("cross-region bytes per op: {:.0}; lost: {}", active_active.bytes_per_op, active_active.lost);
+    let real = Real {
+        command:
+            "./scripts/services up && source .services/env && cargo bench --bench regions --profile test"
+                .into(),
+        runs: vec![active_passive, active_active],
     };
     // For `docfold sim report`'s calibration table.
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/multi-region/real.json");

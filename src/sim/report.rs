@@ -25,33 +25,49 @@ pub enum ReportError {
     Write { path: PathBuf, message: String },
 }
 
-/// Every run of the report, in order: by scenario, then strategy; then the calibration run.
-pub struct Runs(Vec<Figures>, Figures);
+/// Every run of the report, in order: by scenario, then strategy; then the calibration runs
+/// (active-passive, active-active).
+pub struct Runs(Vec<Figures>, Vec<Figures>);
 
 /// What `cargo bench --bench regions` measured on the real engines (it writes
 /// `docs/multi-region/real.json`), for the calibration table.
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 pub struct Real {
     pub command: String,
+    pub runs: Vec<RealRun>,
+}
+
+/// One mode's run of the bench.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct RealRun {
+    /// `active-passive` or `active-active` (as `Strategy::label`).
+    pub mode: String,
     /// Write ack (p50, p99) per producer region, milliseconds.
     pub ack_ms: Vec<(u64, u64)>,
-    /// Replication lag (p50, p99) from the leader to each region (none for the leader).
+    /// Replication lag (p50, p99) from the first region to each other one.
     pub lag_ms: Vec<Option<(u64, u64)>>,
-    pub rto_ms: u64,
-    pub at_risk: u64,
+    /// Active-passive: the leader cut off → the first write acked by a new leader.
+    pub rto_ms: Option<u64>,
+    pub at_risk: Option<u64>,
     pub lost: u64,
     pub bytes_per_op: f64,
     pub op_bytes: f64,
 }
 
-/// The real-engine test's setting in the simulator: its lease timing and flush window, and
-/// the leader region cut off from everything for 5 s after 8 s of steady writes.
-fn calibration(settings: &ReportSettings) -> Settings {
+/// The regions bench's setting in the simulator: its lease timing and flush window; in
+/// active-passive the leader region cut off from everything for 5 s after 8 s of steady
+/// writes, in active-active no fault.
+fn calibration(settings: &ReportSettings, strategy: Strategy) -> Settings {
     let regions = Net::default().regions;
-    let isolate = super::Fault::Isolate { region: regions[0].clone(), at_ms: 8_000, for_ms: 5_000 };
-    let scenario =
-        Scenario { name: "leader cut off".into(), duration_ms: 20_000, faults: vec![isolate], offline: None };
-    let mut one = Settings::new(Strategy::Ap, scenario);
+    let (name, faults) = match strategy {
+        Strategy::Ap => {
+            let isolate = super::Fault::Isolate { region: regions[0].clone(), at_ms: 8_000, for_ms: 5_000 };
+            ("leader cut off", vec![isolate])
+        }
+        _ => ("steady, the bench's timing", vec![]),
+    };
+    let scenario = Scenario { name: name.into(), duration_ms: 20_000, faults, offline: None };
+    let mut one = Settings::new(strategy, scenario);
     (one.users, one.docs, one.seed) = (settings.users / 2, settings.docs, settings.seed);
     (one.timing.ttl_ms, one.timing.skew_ms, one.timing.flush_ms) = (1_500, 200, 200);
     one
@@ -77,8 +93,12 @@ pub fn measure(settings: &ReportSettings, mut progress: impl FnMut(&Figures)) ->
             runs.push(figures);
         }
     }
-    let calibrated = run(&calibration(settings))?;
-    progress(&calibrated);
+    let mut calibrated = Vec::new();
+    for strategy in [Strategy::Ap, Strategy::Aa] {
+        let figures = run(&calibration(settings, strategy))?;
+        progress(&figures);
+        calibrated.push(figures);
+    }
     Ok(Runs(runs, calibrated))
 }
 
@@ -144,7 +164,7 @@ fn page(settings: &ReportSettings, runs: &Runs, folder: &Path, real: Option<&Rea
         let _ = writeln!(w, "![{what}]({charts}/{file})\n");
     }
     let _ = writeln!(w, "## Every run in full\n");
-    for f in runs.0.iter().chain([&runs.1]) {
+    for f in runs.0.iter().chain(&runs.1) {
         let _ = writeln!(w, "{}", f.markdown());
     }
     out
@@ -386,7 +406,7 @@ fn answers(w: &mut String, runs: &Runs, net: &Net, timing: &Timing) {
     );
 }
 
-fn calibration_section(w: &mut String, sim: &Figures, real: Option<&Real>, net: &Net) {
+fn calibration_section(w: &mut String, sims: &[Figures], real: Option<&Real>, net: &Net) {
     let _ = writeln!(w, "## Calibration: the real engines beside the simulator\n");
     let Some(real) = real else {
         let _ = writeln!(
@@ -398,43 +418,53 @@ fn calibration_section(w: &mut String, sim: &Figures, real: Option<&Real>, net: 
     };
     let _ = writeln!(
         w,
-        "The `regions` bench runs active-passive on three tansu brokers, PostgreSQL, DynamoDB \
-         Local, S3 and Redis through delay links of the same one-way delays, cuts the leader \
-         region off from everything after 8 s, and heals it 2 s after a standby leads \
-         (`{}`). The simulator ran the same setting (ttl 1.5 s, skew 200 ms, flush every \
-         200 ms, {} users, the leader cut off for 5 s).\n",
-        real.command, sim.users
+        "The `regions` bench (`{}`) runs three tansu brokers, PostgreSQL, DynamoDB Local, S3 \
+         and Redis through delay links of the same one-way delays: active-passive with the \
+         leader region cut off from everything after 8 s (healed 2 s after a standby leads), \
+         then active-active without a fault. The simulator ran the same settings (ttl 1.5 s, \
+         skew 200 ms, flush every 200 ms, the leader cut off for 5 s).\n",
+        real.command
     );
-    let _ = writeln!(w, "| figure | real | simulated |\n|---|---:|---:|");
-    for (r, name) in net.regions.iter().enumerate() {
-        if let Some(&(p50, p99)) = real.ack_ms.get(r) {
-            let _ = writeln!(w, "| write ack p50 / p99, {name} | {p50} / {p99} ms | {} |", ms(sim.ack[r]));
+    for measured in &real.runs {
+        let Some(sim) = sims.iter().find(|f| f.strategy.label() == measured.mode) else { continue };
+        let _ = writeln!(w, "**{}** ({} simulated users)\n", measured.mode, sim.users);
+        let _ = writeln!(w, "| figure | real | simulated |\n|---|---:|---:|");
+        for (r, name) in net.regions.iter().enumerate() {
+            if let Some(&(p50, p99)) = measured.ack_ms.get(r) {
+                let _ =
+                    writeln!(w, "| write ack p50 / p99, {name} | {p50} / {p99} ms | {} |", ms(sim.ack[r]));
+            }
         }
-    }
-    for (r, name) in net.regions.iter().enumerate() {
-        if let Some(Some((p50, p99))) = real.lag_ms.get(r) {
-            let _ = writeln!(
-                w,
-                "| replication lag p50 / p99 to {name} | {p50} / {p99} ms | {} |",
-                ms(sim.lag[r])
-            );
+        for (r, name) in net.regions.iter().enumerate() {
+            if let Some(Some((p50, p99))) = measured.lag_ms.get(r) {
+                let _ = writeln!(
+                    w,
+                    "| replication lag p50 / p99, {} → {name} | {p50} / {p99} ms | {} |",
+                    net.regions[0],
+                    ms(sim.lag[r])
+                );
+            }
         }
+        if let Some(rto) = measured.rto_ms {
+            let _ = writeln!(w, "| RTO | {} | {} |", secs(rto as i64), secs(sim.rto_ms.unwrap_or(0)));
+        }
+        if let Some(at_risk) = measured.at_risk {
+            let _ =
+                writeln!(w, "| acked ops at risk while cut off | {at_risk} | {} |", sim.at_risk.unwrap_or(0));
+        }
+        let _ = writeln!(w, "| lost after the heal | {} | {} |", measured.lost, sim.lost);
+        let _ = writeln!(
+            w,
+            "| cross-region bytes per op | {:.0} (op {:.0}) | {:.0} (op {:.0}) |\n",
+            measured.bytes_per_op, measured.op_bytes, sim.bytes_per_op, sim.op_bytes
+        );
     }
-    let _ = writeln!(w, "| RTO | {} | {} |", secs(real.rto_ms as i64), secs(sim.rto_ms.unwrap_or(0)));
-    let _ =
-        writeln!(w, "| acked ops at risk while cut off | {} | {} |", real.at_risk, sim.at_risk.unwrap_or(0));
-    let _ = writeln!(w, "| lost after the heal | {} | {} |", real.lost, sim.lost);
     let _ = writeln!(
         w,
-        "| cross-region bytes per op | {:.0} (op {:.0}) | {:.0} (op {:.0}) |\n",
-        real.bytes_per_op, real.op_bytes, sim.bytes_per_op, sim.op_bytes
-    );
-    let _ = writeln!(
-        w,
-        "Where they differ: the real producers write batches of 800 ops (one ack a batch), the \
-         simulated users one op a keystroke; the real bytes count every link's TCP payload \
-         (Kafka's framing, the lease store's SQL), the simulated ones a modelled request and \
-         record size; the simulator's claim is one compare-and-set at the witness where the \
-         real one is a read and a write.\n"
+        "Where they differ: the real producers write batches of 800 ops (one ack a batch, so a \
+         batch's p99 includes opening a session across a link), the simulated users one op a \
+         keystroke; the real bytes count every link's TCP payload (Kafka's framing, the lease \
+         store's SQL), the simulated ones a modelled request and record size; the simulator's \
+         claim is one compare-and-set at the witness where the real one is a read and a write.\n"
     );
 }
