@@ -133,11 +133,12 @@ fn produce_run_and_doc_show_on_the_embedded_default() {
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = docfold(&dir, &["doc", "show", "greeting"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("version:   2") && out.ends_with("---\nhi\n"), "{out}");
+    // "hi!" typed, "!" deleted: four characters inserted or deleted.
+    assert!(out.contains("version:   4") && out.ends_with("---\nhi\n"), "{out}");
     // The projection (embedded: SQLite) says the same.
     let (code, out, err) = docfold(&dir, &["projections", "show", "greeting"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("version: 2") && out.ends_with("---\nhi\n"), "{out}");
+    assert!(out.contains("version: 4") && out.ends_with("---\nhi\n"), "{out}");
     let (code, _, err) = docfold(&dir, &["doc", "show", "nobody"]);
     assert_eq!(code, 2);
     assert!(err.contains("no document \"nobody\""), "{err}");
@@ -164,5 +165,5 @@ fn a_preloading_cache_holds_the_folded_text() {
     let cached: std::collections::HashMap<String, String> =
         redis::cmd("HGETALL").arg(format!("{prefix}greeting")).query(&mut conn).expect("hgetall");
     assert_eq!(cached.get("text").map(String::as_str), Some("hi"), "{cached:?}");
-    assert_eq!(cached.get("version").map(String::as_str), Some("2"), "{cached:?}");
+    assert_eq!(cached.get("version").map(String::as_str), Some("4"), "{cached:?}");
 }
