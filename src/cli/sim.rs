@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use docfold::sim::report::{ReportSettings, measure, write};
-use docfold::sim::{Net, Scenario, Settings, Strategy, run};
+use docfold::sim::{MirrorMode, Net, Scenario, Settings, Strategy, run};
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
@@ -44,6 +44,10 @@ pub struct ReportArgs {
 pub struct RegionsArgs {
     #[arg(long, value_enum, default_value = "ap")]
     strategy: Strategy,
+    /// Where the mirrors run: in the target region, fetching (as built), or in the source
+    /// region, pushing (a design to measure before it is built).
+    #[arg(long, value_enum, default_value = "pull")]
+    mirror: MirrorMode,
     #[command(flatten)]
     population: Population,
     /// A built-in scenario (steady, region-lost, partition, offline) or a TOML file.
@@ -65,6 +69,7 @@ impl RegionsArgs {
         let scenario =
             Scenario::resolve(&self.scenario, &Net::default().regions).map_err(anyhow::Error::msg)?;
         let mut settings = Settings::new(self.strategy, scenario);
+        settings.mirror = self.mirror;
         let Population { users, docs, seed } = self.population;
         (settings.users, settings.docs, settings.seed) = (users, docs, seed);
         let started = Instant::now();

@@ -45,6 +45,7 @@ pub(super) enum Event {
     LeaseAt { region: usize, scope: usize, request: Request, asked_ms: i64 },
     LeaseAnswer { region: usize, scope: usize, answer: LeaseReply },
     Fetch { mirror: usize, generation: u64 },
+    Push { mirror: usize, generation: u64 },
     FetchAt { mirror: usize, generation: u64 },
     FetchExpired { mirror: usize, generation: u64 },
     Fetched { mirror: usize, from: usize, to: usize, generation: u64 },
@@ -131,8 +132,10 @@ impl<'s> Sim<'s> {
             sim.at(0, Event::LeaseTick(r));
             sim.at(s.timing.flush_ms, Event::Flush(r));
         }
-        for m in 0..sim.mirrors.len() {
-            sim.at(0, Event::Fetch { mirror: m, generation: 0 });
+        if s.mirror == super::MirrorMode::Pull {
+            for m in 0..sim.mirrors.len() {
+                sim.at(0, Event::Fetch { mirror: m, generation: 0 });
+            }
         }
         for (i, fault) in s.scenario.faults.iter().enumerate() {
             let (at, until) = fault.window();
@@ -183,6 +186,7 @@ impl<'s> Sim<'s> {
             }
             Event::LeaseAnswer { region, scope, answer } => self.lease_answer(region, scope, answer),
             Event::Fetch { mirror, generation } => self.fetch(mirror, generation),
+            Event::Push { mirror, generation } => self.push(mirror, generation),
             Event::FetchAt { mirror, generation } => self.fetch_at(mirror, generation),
             Event::FetchExpired { mirror, generation } => self.fetch_expired(mirror, generation),
             Event::Fetched { mirror, from, to, generation } => self.fetched(mirror, from, to, generation),
@@ -256,7 +260,7 @@ impl<'s> Sim<'s> {
             info.appended_ms = self.now;
         }
         self.fold_into(r, op)?;
-        self.wake_fetches(r);
+        self.wake_mirrors(r);
         Ok(())
     }
 
@@ -300,7 +304,7 @@ impl<'s> Sim<'s> {
                     self.rec.alone(r, &self.ops);
                     self.rec.cut(self.now);
                     self.regions[r].up = false;
-                    self.stop_mirrors_into(r);
+                    self.stop_mirrors(r);
                 } else {
                     self.rec.heal(self.now);
                     let region = &mut self.regions[r];
@@ -311,7 +315,7 @@ impl<'s> Sim<'s> {
                         (0..scopes).map(|scope| RoleMachine::new(self.s.role(r, scope))).collect();
                     self.at(self.now, Event::LeaseTick(r));
                     self.at(self.now, Event::Flush(r));
-                    self.restart_mirrors_into(r);
+                    self.restart_mirrors(r);
                 }
             }
             Fault::Cut { a, b, .. } => self.set_cut(&[(index(&a), index(&b))], starts),

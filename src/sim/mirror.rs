@@ -1,5 +1,7 @@
-//! The simulated mirrors: one per (source, target) pair of regions, in the target region,
-//! pulling the source's own topic as `docfold mirror` and MirrorMaker 2 do. A fetch goes to
+//! The simulated mirrors: one per (source, target) pair of regions. Pulling (as `docfold
+//! mirror` and MirrorMaker 2 run today), the mirror is in the target region and fetches the
+//! source's own topic; pushing (`MirrorMode::Push`, a design not built yet), it is in the
+//! source region and sends new records across as they come, after a short linger. A fetch goes to
 //! the source; with nothing new it waits there up to the long poll; the records come back
 //! one way later, are written into the target's `<source>.doc-ops` and folded; the next fetch
 //! leaves as soon as a response arrives (the consumer fetches ahead). A fetch that gets no
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use super::engine::{Event, Sim};
 use super::producers::doc_id_len;
-use super::{Settings, SimError};
+use super::{MirrorMode, Settings, SimError};
 use crate::config::RegionConfig;
 use crate::mirror::copy::{RETRY_FIRST, RETRY_MAX};
 
@@ -34,7 +36,7 @@ pub(super) struct Mirror {
     copied: usize,
     /// Bumped when the target restarts: events of an earlier fetch loop are dropped.
     generation: u64,
-    /// A fetch is waiting at the source for records.
+    /// A fetch is waiting at the source for records (pull), or a push is due (push).
     parked: bool,
     backoff_ms: i64,
 }
@@ -108,8 +110,12 @@ impl Sim<'_> {
         }
     }
 
-    /// Records were appended to region `s`'s log: parked fetches answer now.
-    pub fn wake_fetches(&mut self, s: usize) {
+    /// Records were appended to region `s`'s log: parked fetches answer now (pull), or a
+    /// push is made due (push).
+    pub fn wake_mirrors(&mut self, s: usize) {
+        if self.s.mirror == MirrorMode::Push {
+            return self.wake_pushes(s);
+        }
         for m in 0..self.mirrors.len() {
             if self.mirrors[m].source == s && self.mirrors[m].parked {
                 self.respond(m);
@@ -173,25 +179,91 @@ impl Sim<'_> {
         Ok(())
     }
 
-    /// Region `r` stops: its mirrors' fetches in flight are forgotten.
-    pub fn stop_mirrors_into(&mut self, r: usize) {
-        for mirror in self.mirrors.iter_mut().filter(|m| m.target == r) {
+    /// Push mode: records were appended to region `s`'s log; each of its mirrors that has no
+    /// push due sends what is new after the linger.
+    fn wake_pushes(&mut self, s: usize) {
+        for m in 0..self.mirrors.len() {
+            let mirror = &mut self.mirrors[m];
+            if mirror.source == s && !mirror.parked {
+                mirror.parked = true;
+                let generation = mirror.generation;
+                self.at(self.now + self.s.timing.push_linger_ms, Event::Push { mirror: m, generation });
+            }
+        }
+    }
+
+    /// Push mode: the mirror, at the source, sends what its source has from its next offset
+    /// straight to the target (one crossing); it goes on at once while more is there.
+    pub fn push(&mut self, m: usize, generation: u64) {
+        let Mirror { source, target, next: from, .. } = self.mirrors[m];
+        if generation != self.mirrors[m].generation || !self.regions[source].up {
+            return;
+        }
+        self.mirrors[m].parked = false;
+        let len = self.regions[source].log.len();
+        let to = len.min(from + self.s.timing.fetch_max);
+        if to == from {
+            return;
+        }
+        self.rec.traffic(source, target, RESPONSE_BYTES + self.record_bytes(source, from, to));
+        match self.delay(source, target) {
+            Some(d) => {
+                let mirror = &mut self.mirrors[m];
+                (mirror.next, mirror.backoff_ms) = (to, ms(RETRY_FIRST));
+                let copied = Event::Copied { mirror: m, from, to, generation };
+                self.at(self.now + d + self.s.timing.copy_ms, copied);
+                if to < len {
+                    self.mirrors[m].parked = true;
+                    self.at(self.now, Event::Push { mirror: m, generation });
+                }
+            }
+            None => {
+                let mirror = &mut self.mirrors[m];
+                let wait = self.s.timing.timeout_ms + mirror.backoff_ms;
+                mirror.backoff_ms = (mirror.backoff_ms * 2).min(ms(RETRY_MAX));
+                mirror.parked = true;
+                self.at(self.now + wait, Event::Push { mirror: m, generation });
+            }
+        }
+    }
+
+    /// Region `r` stops: the fetches and pushes in flight of every mirror into or out of it
+    /// are forgotten.
+    pub fn stop_mirrors(&mut self, r: usize) {
+        for mirror in self.mirrors.iter_mut().filter(|m| m.target == r || m.source == r) {
             mirror.generation += 1;
             mirror.parked = false;
         }
     }
 
-    /// Region `r` starts again: its mirrors resume from their checkpoints.
-    pub fn restart_mirrors_into(&mut self, r: usize) {
+    /// Region `r` starts again: every mirror into or out of it resumes from its checkpoint.
+    pub fn restart_mirrors(&mut self, r: usize) {
         for m in 0..self.mirrors.len() {
             let mirror = &mut self.mirrors[m];
-            if mirror.target == r {
+            if mirror.target == r || mirror.source == r {
                 mirror.generation += 1;
-                mirror.next = mirror.copied;
-                mirror.backoff_ms = ms(RETRY_FIRST);
+                (mirror.next, mirror.parked, mirror.backoff_ms) = (mirror.copied, false, ms(RETRY_FIRST));
                 let generation = mirror.generation;
-                self.at(self.now, Event::Fetch { mirror: m, generation });
+                self.at(self.now, self.mirror_step(m, generation));
             }
         }
+    }
+
+    /// The event that moves mirror `m` on: a fetch (pull) or a push.
+    pub fn mirror_step(&self, mirror: usize, generation: u64) -> Event {
+        match self.s.mirror {
+            MirrorMode::Pull => Event::Fetch { mirror, generation },
+            MirrorMode::Push => Event::Push { mirror, generation },
+        }
+    }
+
+    /// The bytes of records `from..to` of region `s`'s log on the wire.
+    fn record_bytes(&self, s: usize, from: usize, to: usize) -> usize {
+        self.regions[s].log[from..to]
+            .iter()
+            .map(|&op| {
+                self.ops[op as usize].bytes.len() + doc_id_len(self.ops[op as usize].doc) + RECORD_BYTES
+            })
+            .sum()
     }
 }

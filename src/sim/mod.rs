@@ -50,10 +50,20 @@ impl Strategy {
     }
 }
 
+/// Where the mirrors run and how records cross.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MirrorMode {
+    /// In the target region, fetching (what `docfold mirror` and MirrorMaker 2 do).
+    Pull,
+    /// In the source region, sending new records across after a linger (not built yet).
+    Push,
+}
+
 /// One simulated run.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub strategy: Strategy,
+    pub mirror: MirrorMode,
     pub users: usize,
     pub docs: usize,
     pub seed: u64,
@@ -68,6 +78,7 @@ impl Settings {
     pub fn new(strategy: Strategy, scenario: Scenario) -> Settings {
         Settings {
             strategy,
+            mirror: MirrorMode::Pull,
             users: 100_000,
             docs: 20_000,
             seed: 1,
@@ -126,8 +137,10 @@ pub struct Timing {
     pub copy_ms: i64,
     /// The mirror's long poll: a fetch with nothing to return waits this long at the source.
     pub fetch_wait_ms: i64,
-    /// Records per fetch, all partitions together (about 5 MB of ops).
+    /// Records per fetch (or push), all partitions together (about 5 MB of ops).
     pub fetch_max: usize,
+    /// A pushing mirror waits this long after a new record to send it with what follows.
+    pub push_linger_ms: i64,
     /// `pipeline.flush_interval_ms`: projections and caches are written this often.
     pub flush_ms: i64,
     pub ttl_ms: u64,
@@ -147,6 +160,7 @@ impl Default for Timing {
             copy_ms: 2,
             fetch_wait_ms: 50,
             fetch_max: 50_000,
+            push_linger_ms: 5,
             flush_ms: 100,
             ttl_ms: 3_000,
             skew_ms: 300,

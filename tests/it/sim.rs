@@ -3,7 +3,7 @@
 //! RTO bounds, converged text) hold over seeded runs. `DOCFOLD_SIM_RUNS` (default 2) and
 //! `DOCFOLD_SIM_SEED` (default 1) set the seeded runs.
 
-use docfold::sim::{Fault, Net, Scenario, Settings, Strategy, run};
+use docfold::sim::{Fault, MirrorMode, Net, Scenario, Settings, Strategy, run};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -68,6 +68,24 @@ fn latencies_agree_with_the_closed_form_on_a_plain_link() {
             "region {r}: visible p50 {p50} ms, expected {median} ± 5 %"
         );
     }
+    // A pushing mirror: a record waits at most the linger, crosses once, is copied, shows
+    // at the next flush.
+    settings.mirror = MirrorMode::Push;
+    let push = run(&settings).expect("sim");
+    let (low, high) = (one_way + t.copy_ms + 1, one_way + t.push_linger_ms + t.copy_ms + t.flush_ms + 1);
+    let median = (one_way + t.copy_ms + (t.push_linger_ms + t.flush_ms) / 2 + 1) as f64;
+    for (r, cdf) in push.visible_cdf.iter().enumerate() {
+        let (min, p50, max) = (cdf[0] as i64, cdf[50] as f64, cdf[100] as i64);
+        assert!(
+            min >= low && max <= high,
+            "push, region {r}: visible from {min} to {max} ms, expected {low}–{high}"
+        );
+        assert!(
+            (p50 - median).abs() <= median * 0.05,
+            "push, region {r}: visible p50 {p50} ms, expected {median} ± 5 %"
+        );
+    }
+    settings.mirror = MirrorMode::Pull;
     settings.strategy = Strategy::Ap;
     let ap = run(&settings).expect("sim");
     assert_eq!(ap.ack[0].p50, t.local_ack_ms as u32 + 2, "the leader's own users");
@@ -83,11 +101,17 @@ fn every_strategy_loses_nothing_and_keeps_its_recovery_bound() {
     let (runs, first) = (env("DOCFOLD_SIM_RUNS", 2), env("DOCFOLD_SIM_SEED", 1));
     for seed in first..first + runs {
         for strategy in Strategy::ALL {
-            for scenario in ["region-lost", "partition", "offline"] {
+            let runs = [
+                ("region-lost", MirrorMode::Pull),
+                ("partition", MirrorMode::Pull),
+                ("offline", MirrorMode::Pull),
+            ];
+            let pushed = [("region-lost", MirrorMode::Push), ("partition", MirrorMode::Push)];
+            for (scenario, mirror) in runs.into_iter().chain(pushed) {
                 let mut settings = small(strategy, scenario, seed);
-                settings.users = 600;
+                (settings.users, settings.mirror) = (600, mirror);
                 let f = run(&settings).expect("sim");
-                let what = format!("seed {seed}, {strategy:?}, {scenario}");
+                let what = format!("seed {seed}, {strategy:?}, {scenario}, {mirror:?}");
                 assert_eq!(f.lost, 0, "{what}: acked ops lost after the heal");
                 assert!(f.identical, "{what}: {} documents differ between regions", f.diverged);
                 if scenario == "region-lost" {
