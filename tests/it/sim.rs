@@ -180,6 +180,8 @@ fn the_report_writes_its_page_and_charts() {
     ] {
         assert!(page.contains(section), "the page has {section:?}");
     }
+    let rto = page.lines().find(|l| l.starts_with("| RTO |")).expect("the calibration's RTO row");
+    assert!(!rto.ends_with("| 0 ms |"), "the simulated cut-off leader is replaced after a while: {rto}");
     for chart in ["ack-cdf.png", "visible-cdf.png", "failover.png"] {
         assert!(page.contains(&format!("multi-region/{chart}")), "the page links {chart}");
         let png = std::fs::read(dir.join("multi-region").join(chart)).expect("the chart");
