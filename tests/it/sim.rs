@@ -57,40 +57,35 @@ fn latencies_agree_with_the_closed_form_on_a_plain_link() {
     // Plus 1 ms: the writer's hop to its own broker before the append.
     let (low, high) = (one_way + t.copy_ms + 1, 3 * one_way + t.copy_ms + t.flush_ms + 1);
     let median = (2 * one_way + t.copy_ms + t.flush_ms / 2 + 1) as f64;
-    for (r, cdf) in aa.visible_cdf.iter().enumerate() {
-        let (min, p50, max) = (cdf[0] as i64, cdf[50] as f64, cdf[100] as i64);
-        assert!(
-            min >= low && max <= high,
-            "region {r}: visible from {min} to {max} ms, expected within {low}–{high}"
-        );
-        assert!(
-            (p50 - median).abs() <= median * 0.05,
-            "region {r}: visible p50 {p50} ms, expected {median} ± 5 %"
-        );
-    }
+    visible_within(&aa, (low, high), median, "pull");
     // A pushing mirror: a record waits at most the linger, crosses once, is copied, shows
     // at the next flush.
     settings.mirror = MirrorMode::Push;
     let push = run(&settings).expect("sim");
     let (low, high) = (one_way + t.copy_ms + 1, one_way + t.push_linger_ms + t.copy_ms + t.flush_ms + 1);
     let median = (one_way + t.copy_ms + (t.push_linger_ms + t.flush_ms) / 2 + 1) as f64;
-    for (r, cdf) in push.visible_cdf.iter().enumerate() {
-        let (min, p50, max) = (cdf[0] as i64, cdf[50] as f64, cdf[100] as i64);
-        assert!(
-            min >= low && max <= high,
-            "push, region {r}: visible from {min} to {max} ms, expected {low}–{high}"
-        );
-        assert!(
-            (p50 - median).abs() <= median * 0.05,
-            "push, region {r}: visible p50 {p50} ms, expected {median} ± 5 %"
-        );
-    }
+    visible_within(&push, (low, high), median, "push");
     settings.mirror = MirrorMode::Pull;
     settings.strategy = Strategy::Ap;
     let ap = run(&settings).expect("sim");
     assert_eq!(ap.ack[0].p50, t.local_ack_ms as u32 + 2, "the leader's own users");
     let remote = (2 * one_way + t.local_ack_ms) as u32;
     assert_eq!((ap.ack[1].p50, ap.ack[1].p99), (remote, remote), "two crossings to the leader");
+}
+
+/// Every region's edit → visible lies within `low..=high` ms, its median within 5 % of `median`.
+fn visible_within(f: &docfold::sim::Figures, (low, high): (i64, i64), median: f64, what: &str) {
+    for (r, cdf) in f.visible_cdf.iter().enumerate() {
+        let (min, p50, max) = (cdf[0] as i64, cdf[50] as f64, cdf[100] as i64);
+        assert!(
+            min >= low && max <= high,
+            "{what}, region {r}: visible from {min} to {max} ms, expected {low}–{high}"
+        );
+        assert!(
+            (p50 - median).abs() <= median * 0.05,
+            "{what}, region {r}: visible p50 {p50} ms, expected {median} ± 5 %"
+        );
+    }
 }
 
 /// Over seeded runs of every strategy and fault: nothing acked is lost after the heal, every
