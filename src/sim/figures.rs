@@ -102,12 +102,12 @@ impl Recorder {
         }
     }
 
-    pub fn made(&mut self, n: usize, info: &OpInfo) {
+    pub fn made(&mut self, info: &OpInfo) {
         self.made += 1;
         self.unacked += 1;
         self.op_bytes += info.bytes.len() as u64;
         self.folded_mask.push(0);
-        self.folded_at.extend(std::iter::repeat_n(-1, n));
+        self.folded_at.extend(std::iter::repeat_n(-1, self.n));
         self.shown.push(0);
     }
 

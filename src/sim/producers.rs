@@ -146,7 +146,7 @@ impl Sim<'_> {
             acked_ms: -1,
             appended_ms: -1,
         });
-        self.rec.made(self.regions.len(), &self.ops[index as usize]);
+        self.rec.made(&self.ops[index as usize]);
         Ok(index)
     }
 
