@@ -7,12 +7,16 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use docfold::log::LogWriter;
+use docfold::config::JobConfig;
+use docfold::log::{LogError, LogWriter};
 use docfold::lseq::doc_seed;
 use docfold::op::{decode_json, encode};
+use docfold::region::Mode;
+use docfold::region::home_writer::{HomeWriter, OpenLog};
+use docfold::region::leases::Leases;
 use docfold::trace::{Trace, publish, replay};
 
-use super::region::route;
+use super::region::{peer_file, route};
 use super::{ConfigArg, open_writer, runtime};
 use docfold::region::residency::check;
 
@@ -43,9 +47,11 @@ impl ProduceArgs {
         let config = self.config.load()?;
         let origin = self.region.clone().or_else(|| config.region.as_ref().map(|r| r.name.clone()));
         let origin = origin.unwrap_or_else(|| "local".into());
-        // The region whose log takes the records, and the residency rules it must keep.
+        let rt = runtime()?;
+        // The region whose log takes the records and the residency rules it must keep; in
+        // home mode each document's home, by a writer that routes every record.
         let mut bound = None;
-        let config = match &config.region {
+        let (mut writer, to): (Box<dyn LogWriter>, String) = match &config.region {
             Some(region) => {
                 let regions = region.regions();
                 anyhow::ensure!(
@@ -53,18 +59,41 @@ impl ProduceArgs {
                     "--region {origin:?} is not a region of this job (region.name and region.peers: {})",
                     regions.join(", ")
                 );
-                let (to, routed) = runtime()?.block_on(route(&config, self.config.path(), &origin))?;
-                eprintln!("routed to region {to}");
-                bound = Some((to.clone(), region.residency.clone()));
-                routed
+                if region.mode == Mode::Home {
+                    let leases = rt.block_on(Leases::of(region))?;
+                    let path = self.config.path().map(Path::to_path_buf);
+                    let (own, name) = (config.clone(), region.name.clone());
+                    let open: OpenLog = Box::new(move |to| {
+                        let config = if to == name {
+                            own.clone()
+                        } else {
+                            JobConfig::load(&peer_file(path.as_deref(), to))
+                                .map_err(|e| LogError::Route(format!("the job file of region {to}: {e}")))?
+                        };
+                        open_writer(&config).map_err(|e| LogError::Route(format!("region {to}'s log: {e:#}")))
+                    });
+                    let routed = HomeWriter::new(
+                        rt.handle().clone(),
+                        leases,
+                        &config.job,
+                        region.clone(),
+                        &origin,
+                        open,
+                    );
+                    (Box::new(routed), "each document's home region".into())
+                } else {
+                    let (to, routed) = rt.block_on(route(&config, self.config.path(), &origin))?;
+                    eprintln!("routed to region {to}");
+                    bound = Some((to.clone(), region.residency.clone()));
+                    (open_writer(&routed)?, routed.log.url.to_string())
+                }
             }
-            None => config,
+            None => (open_writer(&config)?, config.log.url.to_string()),
         };
         let resident = |doc_id: &str| match &bound {
             Some((to, rules)) => Ok(check(rules, doc_id.as_bytes(), to)?),
             None => anyhow::Ok(()),
         };
-        let mut writer = open_writer(&config)?;
         let started = Instant::now();
         let mut total = 0u64;
         for file in &self.files {
@@ -86,11 +115,7 @@ impl ProduceArgs {
             total += count;
         }
         let seconds = started.elapsed().as_secs_f64();
-        println!(
-            "produced {total} records to {} in {seconds:.2} s ({:.0}/s)",
-            config.log.url,
-            total as f64 / seconds
-        );
+        println!("produced {total} records to {to} in {seconds:.2} s ({:.0}/s)", total as f64 / seconds);
         Ok(true)
     }
 

@@ -4,14 +4,16 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use docfold::config::{JobConfig, RegionConfig};
 use docfold::log::Topic;
 use docfold::mirror::mirrored_topic;
 use docfold::pipeline;
+use docfold::region::home::{self, Moved};
 use docfold::region::lease::{Answer, Claim, Lease, LeaseStore, claim};
 use docfold::region::leases::Leases;
+use docfold::region::residency::check;
 use docfold::region::{Mode, Router};
 use docfold::store::{Store, now_ms};
 
@@ -41,6 +43,14 @@ pub enum RegionCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Home mode: make REGION the home of document DOC_ID. Producers routed by the old home
+    /// stop within the lease ttl; the new home takes writes after the ttl + the skew bound.
+    MoveDoc {
+        doc_id: String,
+        region: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 /// The job and its `[region]` (the lease scope is the job's name).
@@ -60,6 +70,11 @@ fn describe(lease: Option<&Lease>, region: &str, now: i64) -> (&'static str, Opt
     }
 }
 
+/// The job file of region `region`: `<region>.toml` beside the job file at `path`.
+pub fn peer_file(path: Option<&Path>, region: &str) -> PathBuf {
+    path.and_then(Path::parent).unwrap_or(Path::new("")).join(format!("{region}.toml"))
+}
+
 /// Where a producer in region `local` writes: the region the router names (from the lease
 /// as it is now) and its job file, `<region>.toml` beside `path` (`config` itself when it is
 /// this region's).
@@ -72,14 +87,15 @@ pub async fn route(
     let lease = match region.mode {
         Mode::ActivePassive => Leases::of(region).await?.read(&config.job).await?,
         Mode::ActiveActive => None,
+        Mode::Home => bail!("home mode routes each document to its home (`region::home_writer`)"),
     };
     let router = Router { mode: region.mode, local: local.into() };
     let to = router.route(lease.as_ref(), now_ms())?.to_string();
     if to == region.name {
         return Ok((to, config.clone()));
     }
-    let file = path.and_then(Path::parent).unwrap_or(Path::new("")).join(format!("{to}.toml"));
-    let routed = JobConfig::load(&file).with_context(|| format!("the job file of region {to}"))?;
+    let routed =
+        JobConfig::load(&peer_file(path, &to)).with_context(|| format!("the job file of region {to}"))?;
     Ok((to, routed))
 }
 
@@ -128,9 +144,8 @@ pub(super) async fn lags(
     };
     let mut mirrored = Vec::new();
     for peer in peers {
-        let file = path.and_then(Path::parent).unwrap_or(Path::new("")).join(format!("{peer}.toml"));
         let lag = async {
-            let source = JobConfig::load(&file).map_err(|e| e.to_string())?;
+            let source = JobConfig::load(&peer_file(path, peer)).map_err(|e| e.to_string())?;
             let topic = mirrored_topic(peer, &source.log.topic);
             let mut checkpoints = Vec::new();
             for partition in 0..source.log.partitions {
@@ -162,6 +177,18 @@ impl RegionCommand {
                 let now = now_ms();
                 let (role, expires_in) = describe(lease.as_ref(), &region.name, now);
                 let (folded, mirrored) = lags(&job, arg.path(), &region.peers).await;
+                // Home mode: which region takes each home's documents' writes.
+                let mut homes = Vec::new();
+                if region.mode == Mode::Home {
+                    let leases = Leases::of(&region).await?;
+                    for home in region.regions() {
+                        homes.push((home.to_string(), leases.read(&home::group_scope(scope, home)).await?));
+                    }
+                }
+                let taken_by = |lease: &Option<Lease>| match lease {
+                    Some(l) if l.expires_ms > now => format!("{} at epoch {}", l.holder, l.epoch),
+                    _ => "nobody".to_string(),
+                };
                 let router = Router { mode: region.mode, local: region.name.clone() };
                 let reads =
                     router.read_from(lease.as_ref(), now, region.standby_reads).map_err(|e| e.to_string());
@@ -181,11 +208,18 @@ impl RegionCommand {
                         "reads_from": reads.as_deref().ok(),
                         "checkpoint_lag_records": shown(&folded),
                         "replication_lag_records": mirrored.iter().map(|(peer, lag)| (peer.clone(), shown(lag))).collect::<serde_json::Map<_, _>>(),
+                        "home_writes_taken_by": homes.iter().map(|(home, lease)| (home.clone(), serde_json::json!(taken_by(lease)))).collect::<serde_json::Map<_, _>>(),
                     });
                     println!("{value}");
                 } else {
                     println!("region:  {} (peers: {})", region.name, region.peers.join(", "));
                     println!("role:    {role}");
+                    for (home, lease) in &homes {
+                        println!(
+                            "home:    the writes of {home}'s documents are taken by {}",
+                            taken_by(lease)
+                        );
+                    }
                     match &lease {
                         Some(l) => println!(
                             "lease:   held by {} at epoch {}, {}",
@@ -248,6 +282,34 @@ impl RegionCommand {
                         Ok(false)
                     }
                     other => bail!("the lease store answered {other:?}"),
+                }
+            }
+            RegionCommand::MoveDoc { doc_id, region: to, config } => {
+                let (job, region) = region_of(&config)?;
+                if region.mode != Mode::Home {
+                    bail!("documents have homes only in mode = \"home\" (this job runs {:?})", region.mode);
+                }
+                if !region.regions().contains(&to.as_str()) {
+                    bail!("{to:?} is not a region of this job (regions: {})", region.regions().join(", "));
+                }
+                check(&region.residency, doc_id.as_bytes(), &to)?;
+                let leases = Leases::of(&region).await?;
+                let times = region.role().times(now_ms());
+                match home::move_doc(&leases, &job.job, &doc_id, &to, times).await? {
+                    Moved::Already(home) => {
+                        println!("{doc_id} already lives in {to} (epoch {})", home.epoch);
+                        Ok(true)
+                    }
+                    Moved::To { home, from } => {
+                        let from = from
+                            .map_or("no home yet".into(), |h| format!("{} at epoch {}", h.region, h.epoch));
+                        println!(
+                            "{doc_id}: home {to} at epoch {} (was {from}); {to} takes its writes in {} ms",
+                            home.epoch,
+                            (home.since_ms - times.0).max(0)
+                        );
+                        Ok(true)
+                    }
                 }
             }
             RegionCommand::Demote { config } => {

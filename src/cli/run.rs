@@ -8,6 +8,7 @@ use docfold::config::ProjectionWriter;
 use docfold::config::{JobConfig, LogLocation};
 use docfold::pipeline::{self, PartitionSummary, Until};
 use docfold::region::Mode;
+use docfold::region::home::group_scope;
 use docfold::region::leases::Leases;
 use docfold::region::role::RoleMachine;
 use docfold::region::runtime::keep_role;
@@ -69,22 +70,30 @@ pub async fn run_job(config: &JobConfig, until: Until) -> anyhow::Result<Vec<Par
         on_signal.cancel();
     });
     let mut leader: Option<LeaderGate> = None;
-    let role = match config.region.as_ref().filter(|r| r.mode == Mode::ActivePassive) {
-        Some(region) => {
+    // The lease scopes this region keeps a role in: the job's (active-passive), or every home
+    // region's group (home mode: each home takes its own first; any region takes a lost one's).
+    let mut roles = Vec::new();
+    if let Some(region) = &config.region {
+        let scopes = match region.mode {
+            Mode::ActivePassive => vec![(config.job.clone(), region.role())],
+            Mode::Home => (region.regions().into_iter())
+                .map(|home| (group_scope(&config.job, home), region.home_role(home)))
+                .collect(),
+            Mode::ActiveActive => Vec::new(),
+        };
+        for (scope, settings) in scopes {
             let leases = Leases::of(region).await.context("the region lease store")?;
-            let (view, seen) = tokio::sync::watch::channel(RoleMachine::new(region.role()));
+            let (view, seen) = tokio::sync::watch::channel(RoleMachine::new(settings));
             if config.projection.writer == ProjectionWriter::Leader {
                 leader = Some(Arc::new(move || seen.borrow().admit(now_ms())));
             }
-            let keep = keep_role(leases, config.job.clone(), view, cancel.clone());
-            Some(tokio::spawn(keep))
+            roles.push(tokio::spawn(keep_role(leases, scope, view, cancel.clone())));
         }
-        None => None,
-    };
+    }
     let summaries =
         pipeline::run_leading(config, until, cancel.clone(), leader).await.context("the pipeline stopped");
     cancel.cancel();
-    if let Some(role) = role {
+    for role in roles {
         role.await.context("the region role task")?;
     }
     summaries

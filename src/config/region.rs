@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Url;
 use crate::region::Mode;
-use crate::region::residency::Residency;
+use crate::region::home::HomeRule;
+use crate::region::residency::{Residency, check};
 use crate::region::role::RoleSettings;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -15,7 +16,8 @@ pub struct RegionConfig {
     pub name: String,
     /// The other regions, by name.
     pub peers: Vec<String>,
-    /// `"active-passive"` (one leader takes writes) or `"active-active"`.
+    /// `"active-passive"` (one leader takes writes), `"active-active"`, or `"home"` (a
+    /// document's writes go to its home region).
     pub mode: Mode,
     /// The lease store every region reaches: `sqlite://PATH` (one machine),
     /// `postgres://…` or `dynamodb://TABLE` (in one AWS region, not a global table).
@@ -37,6 +39,9 @@ pub struct RegionConfig {
     /// Documents kept inside some regions (`[[region.residency]] prefix = "eu/"
     /// regions = ["eu-west-1"]`); the first matching rule decides.
     pub residency: Vec<Residency>,
+    /// Home mode: where documents are first homed (`[[region.home]] prefix = "eu/"
+    /// region = "eu-west-1"`; the first matching rule decides, else the first writer's region).
+    pub home: Vec<HomeRule>,
 }
 
 impl Default for RegionConfig {
@@ -54,6 +59,7 @@ impl Default for RegionConfig {
             skew_ms: 1_000,
             initial_leader: None,
             residency: Vec::new(),
+            home: Vec::new(),
         }
     }
 }
@@ -78,6 +84,12 @@ impl RegionConfig {
         }
     }
 
+    /// The role machine's settings for the group lease of `home`'s documents (home mode):
+    /// the home itself takes it first.
+    pub fn home_role(&self, home: &str) -> RoleSettings {
+        RoleSettings { initial_leader: home.to_string(), ..self.role() }
+    }
+
     /// What `peer` (another region's `[region]` of the same job) must agree on with this
     /// one, else regions could each believe they lead: the setting and why, or `None`.
     pub fn disagreement(&self, peer: &RegionConfig) -> Option<(&'static str, String)> {
@@ -89,7 +101,7 @@ impl RegionConfig {
                 "region.mode",
                 format!("{} runs {:?}, {} runs {:?}", self.name, self.mode, peer.name, peer.mode),
             ))
-        } else if self.mode == Mode::ActivePassive && self.lease_store() != peer.lease_store() {
+        } else if self.mode != Mode::ActiveActive && self.lease_store() != peer.lease_store() {
             let why = format!(
                 "{} and {} name different lease stores ({} and {}): each store would grant its own leader",
                 self.name,
@@ -104,6 +116,12 @@ impl RegionConfig {
                 self.name, peer.name
             );
             Some(("region.residency", why))
+        } else if self.home != peer.home {
+            let why = format!(
+                "{} and {} name different home rules: their producers would place one document in two homes",
+                self.name, peer.name
+            );
+            Some(("region.home", why))
         } else if self.mode == Mode::ActivePassive && ours != theirs {
             let why = format!(
                 "{} names {ours} as the initial leader and {} names {theirs}: name one region in every job file",
@@ -156,16 +174,33 @@ impl RegionConfig {
         {
             return Err(("region.initial_leader", format!("{leader:?} is neither region.name nor a peer")));
         }
-        if self.mode == Mode::ActivePassive {
+        if self.mode != Mode::ActiveActive {
             match self.leases.scheme() {
                 Some(("sqlite" | "postgres" | "postgresql" | "dynamodb", rest)) if !rest.is_empty() => {}
                 _ => {
                     return Err((
                         "region.leases",
-                        "active-passive needs a lease store: sqlite://PATH, postgres://… or dynamodb://TABLE"
+                        "active-passive and home mode need a lease store: sqlite://PATH, postgres://… or dynamodb://TABLE"
                             .into(),
                     ));
                 }
+            }
+        }
+        if !self.home.is_empty() && self.mode != Mode::Home {
+            return Err(("region.home", "home rules need mode = \"home\"".into()));
+        }
+        for rule in &self.home {
+            if rule.prefix.is_empty() || !regions.contains(&rule.region.as_str()) {
+                return Err((
+                    "region.home",
+                    format!(
+                        "prefix {:?}: each rule needs a prefix and one of this job's regions",
+                        rule.prefix
+                    ),
+                ));
+            }
+            if let Err(resident) = check(&self.residency, rule.prefix.as_bytes(), &rule.region) {
+                return Err(("region.home", format!("a home rule breaks a residency rule: {resident}")));
             }
         }
         for rule in &self.residency {

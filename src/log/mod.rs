@@ -159,4 +159,7 @@ pub enum LogError {
     Refused(String),
     #[error("log URL {0}")]
     BadUrl(String),
+    /// A producer's record has no region to go to now (home mode: `region::home_writer`).
+    #[error("{0}")]
+    Route(String),
 }

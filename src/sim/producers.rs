@@ -11,6 +11,7 @@ use super::engine::{Event, Sim};
 use super::{SimError, Strategy};
 use crate::lseq::Replica;
 use crate::op::{Envelope, encode};
+use crate::region::home::{Home, Seen};
 use crate::region::{Mode, Router};
 
 /// Virtual time 0 on the editors' clocks (2026-12-01T00:00Z), for the ops' client time.
@@ -151,12 +152,26 @@ impl Sim<'_> {
     }
 
     /// Where region `u`'s producers write a document's op now: `region::Router` on the lease
-    /// of the document's scope as `u` last saw it (`None`: no leader; try again later).
+    /// of the document's scope as `u` last saw it (`None`: no leader; try again later). In
+    /// home mode the document's home is fixed (document `d` lives in region `d mod n`), and
+    /// its scope is that home's group lease.
     fn route(&self, u: usize, doc: u32) -> Option<usize> {
-        let mode = if self.s.strategy == Strategy::Aa { Mode::ActiveActive } else { Mode::ActivePassive };
+        let mode = match self.s.strategy {
+            Strategy::Ap => Mode::ActivePassive,
+            Strategy::Aa => Mode::ActiveActive,
+            Strategy::Home => Mode::Home,
+        };
         let router = Router { mode, local: self.s.net.regions[u].clone() };
         let lease = self.scope(doc).and_then(|scope| self.regions[u].machines[scope].lease());
-        let target = router.route(lease, self.clock(u)).ok()?;
+        let target = match self.scope(doc).filter(|_| mode == Mode::Home) {
+            Some(home) => {
+                let region = self.s.net.regions[home].clone();
+                let seen = Seen { home: Home { region, epoch: 1, since_ms: 0 }, valid_until_ms: i64::MAX };
+                router.route_doc(&doc.to_string(), &seen, lease, self.clock(u))
+            }
+            None => router.route(lease, self.clock(u)),
+        };
+        let target = target.ok()?;
         self.s.net.regions.iter().position(|r| r == target)
     }
 

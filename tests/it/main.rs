@@ -5,6 +5,7 @@ mod cli;
 mod codec;
 mod fold;
 mod global_table;
+mod homes;
 mod jobs;
 mod link;
 mod log;
