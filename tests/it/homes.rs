@@ -168,6 +168,17 @@ fn homes_move_under_load_without_loss_or_two_homes() {
         stop.store(true, Ordering::Relaxed);
         producers.into_iter().map(|p| p.join().expect("producer")).collect::<Vec<_>>()
     });
+    // `docfold produce` routes by the same writer: a new document is homed where it is first
+    // written (the test's writers let go of the logs first).
+    drop(writers);
+    let line = r#"{"schema_version":1,"doc_id":"fresh","origin_region":"c","client_time_ms":0,"op":{"id":{"site":"00000000000000c9","counter":1},"inserts":[{"start":[[5,"00000000000000c9",1]],"text":"new"}],"deletes":[]}}"#;
+    std::fs::write(dir.join("fresh.jsonl"), format!("{line}\n")).expect("write");
+    let out = docfold(&["produce", &dir.join("fresh.jsonl").display().to_string(), "--config"], &files[2]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("1 records to each document's home region"), "{said}{err}");
+    let home = rt.block_on(docfold::region::home::read(&leases, "main", "fresh")).expect("read");
+    assert_eq!(home.map(|h| (h.region, h.epoch)), Some(("c".to_string(), 1)), "placed by its first writer");
     drop(runs);
     let (acks, ops): (Vec<Ack>, Vec<Envelope>) =
         produced.into_iter().fold((vec![], vec![]), |mut all, (a, o)| {

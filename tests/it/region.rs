@@ -568,4 +568,22 @@ fn setup_refuses_regions_that_disagree_on_who_leads() {
     std::fs::write(&configs[0], format!("{text}{unknown}")).expect("write");
     let (ok, _, err) = docfold(&["setup"], &configs[0]);
     assert!(!ok && err.contains("region.residency") && err.contains("mars-1"), "{err}");
+    // Home rules: one set everywhere, in home mode only, inside residency.
+    let home = |region: &str| docfold::region::home::HomeRule { prefix: "eu/".into(), region: region.into() };
+    let homed = docfold::config::RegionConfig { home: vec![home("b")], ..b.clone() };
+    assert!(a.disagreement(&homed).is_some_and(|(setting, _)| setting == "region.home"));
+    let rule = "[[region.home]]\nprefix = \"eu/\"\nregion = \"b\"\n";
+    std::fs::write(&configs[0], format!("{text}{rule}")).expect("write");
+    let (ok, _, err) = docfold(&["setup"], &configs[0]);
+    assert!(!ok && err.contains("region.home") && err.contains("mode = \"home\""), "{err}");
+    let (ok, _, err) = docfold(&["region", "move-doc", "eu/x", "b"], &configs[1]);
+    assert!(!ok && err.contains("only in mode = \"home\""), "{err}");
+    let residency = "[[region.residency]]\nprefix = \"eu/\"\nregions = [\"c\"]\n";
+    let homes = text.replace("initial_leader", "mode = \"home\"\ninitial_leader");
+    std::fs::write(&configs[0], format!("{homes}{residency}{rule}")).expect("write");
+    let (ok, _, err) = docfold(&["setup"], &configs[0]);
+    assert!(!ok && err.contains("region.home") && err.contains("may live only in c"), "{err}");
+    std::fs::write(&configs[0], format!("{homes}{residency}")).expect("write");
+    let (ok, _, err) = docfold(&["region", "move-doc", "eu/x", "b"], &configs[0]);
+    assert!(!ok && err.contains("may live only in c"), "move-doc keeps residency: {err}");
 }
