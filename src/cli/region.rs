@@ -189,6 +189,20 @@ impl RegionCommand {
                     Some(l) if l.expires_ms > now => format!("{} at epoch {}", l.holder, l.epoch),
                     _ => "nobody".to_string(),
                 };
+                let role = if region.mode == Mode::Home {
+                    let ours = |l: &Option<Lease>| {
+                        l.as_ref().is_some_and(|l| l.holder == region.name && l.expires_ms > now)
+                    };
+                    let taken: Vec<&str> =
+                        homes.iter().filter(|(_, l)| ours(l)).map(|(h, _)| h.as_str()).collect();
+                    if taken.is_empty() {
+                        "a replica of every home (takes no home's writes)".to_string()
+                    } else {
+                        format!("takes the writes of {}'s documents", taken.join(", "))
+                    }
+                } else {
+                    role.to_string()
+                };
                 let router = Router { mode: region.mode, local: region.name.clone() };
                 let reads =
                     router.read_from(lease.as_ref(), now, region.standby_reads).map_err(|e| e.to_string());
@@ -221,6 +235,7 @@ impl RegionCommand {
                         );
                     }
                     match &lease {
+                        _ if region.mode == Mode::Home => {}
                         Some(l) => println!(
                             "lease:   held by {} at epoch {}, {}",
                             l.holder,

@@ -133,6 +133,13 @@ fn homes_move_under_load_without_loss_or_two_homes() {
             lease.is_some_and(|l| l.holder == *r && l.expires_ms > now_ms())
         })
     });
+    let out = docfold(&["region", "status", "--config"], &files[0]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("role:    takes the writes of a's documents")
+            && status.contains("home:    the writes of b's documents are taken by b at epoch 1"),
+        "{status}"
+    );
     let configs: Vec<JobConfig> = files.iter().map(|f| JobConfig::load(f).expect("config")).collect();
     let writers: HashMap<String, Shared> = (REGIONS.iter().zip(&configs))
         .map(|(r, c)| {
