@@ -32,8 +32,9 @@ pub struct HomeWriter {
     groups: HashMap<String, (Option<Lease>, i64)>,
     writers: BTreeMap<String, Box<dyn LogWriter>>,
     flushed: Instant,
-    /// Where the last record went: (region, the document's home epoch).
-    last: Option<(String, u64)>,
+    /// Where the last record went: (region, the document's home epoch, when it was handed
+    /// to that region's log).
+    last: Option<(String, u64, Instant)>,
 }
 
 impl HomeWriter {
@@ -62,9 +63,10 @@ impl HomeWriter {
         }
     }
 
-    /// Where the last appended record went: the region, and the epoch of its document's home.
-    pub fn last_route(&self) -> Option<(&str, u64)> {
-        self.last.as_ref().map(|(region, epoch)| (region.as_str(), *epoch))
+    /// Where the last appended record went: the region, the epoch of its document's home,
+    /// and when it was handed to the region's log (after any wait for a move).
+    pub fn last_route(&self) -> Option<(&str, u64, Instant)> {
+        self.last.as_ref().map(|(region, epoch, at)| (region.as_str(), *epoch, *at))
     }
 
     fn ttl(&self) -> i64 {
@@ -132,8 +134,9 @@ impl LogWriter for HomeWriter {
                 Err(other) => return Err(route_error(other)),
             };
             check(&self.region.residency, key, &to).map_err(route_error)?;
+            let at = Instant::now();
             self.writer(&to)?.append(key, value)?;
-            self.last = Some((to, seen.home.epoch));
+            self.last = Some((to, seen.home.epoch, at));
             return Ok(());
         }
     }

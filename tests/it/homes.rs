@@ -3,7 +3,7 @@
 //! `HomeWriter` (each record to its document's home) while `docfold region move-doc` moves
 //! the documents' homes at seeded moments (`DOCFOLD_HOME_SEED`). Per document and epoch one
 //! region took the writes, and every write of an epoch was acked before the first of the
-//! next was sent; after mirroring, every region holds the reference fold of every op.
+//! next was appended; after mirroring, every region holds the reference fold of every op.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -64,13 +64,13 @@ impl LogWriter for Shared {
     }
 }
 
-/// One acked write: its document, the region and home epoch it went to, when it was sent
-/// and when it was acked.
+/// One acked write: its document, the region and home epoch it went to, when it was handed
+/// to that region's log and when it was acked.
 struct Ack {
     doc: &'static str,
     region: String,
     epoch: u64,
-    sent: Instant,
+    appended: Instant,
     acked: Instant,
 }
 
@@ -98,11 +98,10 @@ fn produce(
         let editor = &mut editors[d];
         let op = editor.local_edit(editor.len(), 0, &REGIONS[x].repeat(2)).expect("type");
         let envelope = Envelope::new(DOCS[d], REGIONS[x], now_ms(), op);
-        let sent = Instant::now();
         writer.append(DOCS[d].as_bytes(), &encode(&envelope)).expect("a home takes the write");
         writer.flush().expect("flush");
-        let (region, epoch) = writer.last_route().expect("routed");
-        acks.push(Ack { doc: DOCS[d], region: region.into(), epoch, sent, acked: Instant::now() });
+        let (region, epoch, appended) = writer.last_route().expect("routed");
+        acks.push(Ack { doc: DOCS[d], region: region.into(), epoch, appended, acked: Instant::now() });
         sent_ops.push(envelope);
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -197,23 +196,26 @@ fn homes_move_under_load_without_loss_or_two_homes() {
     // One home per document and epoch, and the epochs one after another in time.
     let mut epochs: BTreeMap<(&str, u64), (BTreeSet<&str>, Instant, Instant)> = BTreeMap::new();
     for ack in &acks {
-        let entry = epochs.entry((ack.doc, ack.epoch)).or_insert((BTreeSet::new(), ack.sent, ack.acked));
+        let entry = epochs.entry((ack.doc, ack.epoch)).or_insert((BTreeSet::new(), ack.appended, ack.acked));
         entry.0.insert(&ack.region);
-        entry.1 = entry.1.min(ack.sent);
+        entry.1 = entry.1.min(ack.appended);
         entry.2 = entry.2.max(ack.acked);
     }
     for ((doc, epoch), (regions, _, _)) in &epochs {
         assert_eq!(regions.len(), 1, "seed {seed}: {doc} at epoch {epoch} was taken by {regions:?}");
     }
+    let mut pauses = Vec::new();
     for pair in epochs.iter().collect::<Vec<_>>().windows(2) {
-        let (((doc, e1), (_, _, last_acked)), ((next_doc, e2), (_, first_sent, _))) = (pair[0], pair[1]);
+        let (((doc, e1), (_, _, last_acked)), ((next_doc, e2), (_, first_appended, _))) = (pair[0], pair[1]);
         if doc == next_doc {
             assert!(
-                last_acked < first_sent,
+                last_acked < first_appended,
                 "seed {seed}: {doc}: epoch {e1} still acked after epoch {e2} began"
             );
+            pauses.push(*first_appended - *last_acked);
         }
     }
+    eprintln!("seed {seed}: {} acked writes; writes paused by each move: {pauses:?}", acks.len());
     let moved: BTreeSet<&str> = moves.iter().map(|(d, _)| *d).collect();
     let epochs_seen = epochs.keys().filter(|(d, _)| moved.contains(d)).count();
     assert!(epochs_seen > moved.len(), "seed {seed}: writes went on across the moves ({epochs:?})");
