@@ -125,7 +125,8 @@ impl LogWriter for HomeWriter {
             let group = self.group(&seen.home)?;
             let to = match self.router.route_doc(&doc_id, &seen, group.as_ref(), now_ms()) {
                 Ok(to) => to.to_string(),
-                Err(RouteError::Moving { in_ms, .. }) => {
+                Err(RouteError::Moving { in_ms, to, .. }) => {
+                    tracing::warn!(doc_id, to, in_ms, "the document is moving: waiting for its new home");
                     self.flush()?;
                     std::thread::sleep(Duration::from_millis(u64::try_from(in_ms).unwrap_or(0)));
                     continue;

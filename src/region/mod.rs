@@ -39,7 +39,9 @@ pub struct Router {
 pub enum RouteError {
     #[error("no region holds the leadership lease: promote one with `docfold region promote REGION`")]
     NoLeader,
-    #[error("home region {home} is down and no region has taken its documents' writes yet")]
+    #[error(
+        "no region takes the writes of home {home}'s documents: its group lease is not held (is `docfold run` running in {home}? with auto_failover another region takes it after the ttl)"
+    )]
     HomeDown { home: String },
     #[error("document {doc_id:?} is moving to region {to}, which takes its writes in {in_ms} ms")]
     Moving { doc_id: String, to: String, in_ms: i64 },
