@@ -30,6 +30,7 @@ use docfold::log::LogReader;
 use docfold::log::kafka::KafkaLog;
 use docfold::lseq::{Op, doc_seed};
 use docfold::region::Mode;
+use docfold::sim::MirrorMode;
 use docfold::sim::report::{Real, RealRun};
 use docfold::store::Store;
 use docfold::trace::{Trace, replay};
@@ -158,10 +159,11 @@ fn spread(mut samples: Vec<Duration>) -> (u64, u64) {
 }
 
 /// Active-active in the same world: every region's producer writes its own documents into
-/// its own log while the mirrors copy them everywhere; no fault.
-fn active_active(rt: &tokio::runtime::Runtime, ops: &[Op], end_content: &str) -> RealRun {
+/// its own log while the mirrors (pulling in the targets, or pushing from the sources) copy
+/// them everywhere; no fault.
+fn active_active(rt: &tokio::runtime::Runtime, ops: &[Op], end_content: &str, mirror: MirrorMode) -> RealRun {
     let world = rt.block_on(World::start(Mode::ActiveActive));
-    let mut processes = start_processes(&world);
+    let mut processes = start_processes(&world, mirror);
     let mut readers = first_region_and_its_mirrors(&world);
     let links_before: u64 = world.links.values().chain(&world.lease_links).map(|l| l.bytes()).sum();
     let (stop, acks) = (AtomicBool::new(false), std::sync::Mutex::new(Vec::new()));
@@ -196,6 +198,7 @@ fn active_active(rt: &tokio::runtime::Runtime, ops: &[Op], end_content: &str) ->
     let end = Instant::now();
     RealRun {
         mode: "active-active".into(),
+        mirror,
         ack_ms: (0..REGIONS.len())
             .map(|x| spread(acks.iter().filter(|a| a.producer == x).map(|a| a.latency).collect()))
             .collect(),
@@ -214,7 +217,7 @@ fn main() {
     let path = format!("{}/tests/data/traces/friendsforever.json.gz", env!("CARGO_MANIFEST_DIR"));
     let trace = Trace::read(Path::new(&path)).expect("trace");
     let ops: Vec<Op> = replay(&trace, doc_seed("friendsforever")).expect("replay").ops;
-    let mut processes = start_processes(&world);
+    let mut processes = start_processes(&world, MirrorMode::Pull);
     let mut readers = first_region_and_its_mirrors(&world);
     let links_before: u64 = world.links.values().chain(&world.lease_links).map(|l| l.bytes()).sum();
     let stop = AtomicBool::new(false);
@@ -293,6 +296,7 @@ fn main() {
     }
     let active_passive = RealRun {
         mode: "active-passive".into(),
+        mirror: MirrorMode::Pull,
         ack_ms: (0..REGIONS.len())
             .map(|x| run.ack_latency(x))
             .map(|(a, b)| (whole_ms(a), whole_ms(b)))
@@ -305,21 +309,25 @@ fn main() {
         op_bytes: run.op_bytes(),
     };
     drop(world);
-    let active_active = active_active(&rt, &ops, &trace.end_content);
-    println!("\nactive-active, the same world, no fault:");
-    println!("| producer region | write-ack p50 / p99 | replication lag from {} p50 / p99 |", REGIONS[0]);
-    println!("|---|---|---|");
-    for (r, name) in REGIONS.iter().enumerate() {
-        let (p50, p99) = active_active.ack_ms[r];
-        let lag = active_active.lag_ms[r].map_or("—".into(), |(a, b)| format!("{a} / {b} ms"));
-        println!("| {name} | {p50} / {p99} ms | {lag} |");
+    let mut runs = vec![active_passive];
+    for mirror in [MirrorMode::Pull, MirrorMode::Push] {
+        let run = active_active(&rt, &ops, &trace.end_content, mirror);
+        println!("\nactive-active, the same world, no fault, mirrors {mirror:?}:");
+        println!("| producer region | write-ack p50 / p99 | replication lag from {} p50 / p99 |", REGIONS[0]);
+        println!("|---|---|---|");
+        for (r, name) in REGIONS.iter().enumerate() {
+            let (p50, p99) = run.ack_ms[r];
+            let lag = run.lag_ms[r].map_or("—".into(), |(a, b)| format!("{a} / {b} ms"));
+            println!("| {name} | {p50} / {p99} ms | {lag} |");
+        }
+        println!("cross-region bytes per op: {:.0}; lost: {}", run.bytes_per_op, run.lost);
+        runs.push(run);
     }
-    println!("cross-region bytes per op: {:.0}; lost: {}", active_active.bytes_per_op, active_active.lost);
     let real = Real {
         command:
             "./scripts/services up && source .services/env && cargo bench --bench regions --profile test"
                 .into(),
-        runs: vec![active_passive, active_active],
+        runs,
     };
     // For `docfold sim report`'s calibration table.
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/multi-region/real.json");

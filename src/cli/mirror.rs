@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use docfold::config::{JobConfig, RegionConfig};
@@ -28,6 +29,11 @@ pub struct MirrorArgs {
     /// Stop once every partition is copied to its end.
     #[arg(long)]
     exit_when_idle: bool,
+    /// Flush the target and move the checkpoints at most this often (0: after every round).
+    /// A mirror run in the source region, pushing across to a far target, sets a few hundred
+    /// ms: its copies cross once as they are sent instead of waiting a round trip a round.
+    #[arg(long, default_value_t = 0)]
+    checkpoint_ms: u64,
     /// Serve Prometheus metrics (the replication lag) here, e.g. `127.0.0.1:9899`; only
     /// loopback unless the target's `metrics.allow_remote`.
     #[arg(long)]
@@ -64,6 +70,7 @@ pub(super) fn open_link(source: &JobConfig, target: &JobConfig, delay_ms: u64) -
         topic,
         delay_ms: i64::try_from(delay_ms).unwrap_or(i64::MAX),
         batch: target.pipeline.batch,
+        checkpoint_every: Duration::ZERO,
         target_region: to.name.clone(),
         residency: to.residency.clone(),
     };
@@ -76,6 +83,7 @@ impl MirrorArgs {
         let target = self.config.load()?;
         let Link { mirror, mut reader, mut writer, partitions, from, to } =
             open_link(&source, &target, self.delay_ms)?;
+        let mirror = Mirror { checkpoint_every: Duration::from_millis(self.checkpoint_ms), ..mirror };
         let runtime = runtime()?;
         let copied = runtime.block_on(async {
             if let Some(addr) = self.metrics_listen {

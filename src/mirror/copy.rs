@@ -1,9 +1,14 @@
 //! The mirror's loop: reads every partition of the source region's topic from the mirror's
-//! checkpoint, copies what is due into the same partition of the mirrored topic, flushes
-//! the target log, then moves the checkpoints (in the target's state store). A crash
-//! between the flush and the checkpoint repeats those records; none is ever skipped. A
-//! broker or the store out of reach (a cut link) is waited out with backoff, from the
-//! checkpoints again. Memory is one batch per partition.
+//! checkpoint, copies what is due into the same partition of the mirrored topic, and, after
+//! every round or every `checkpoint_every`, flushes the target log and then moves the
+//! checkpoints (in the target's state store). A crash between the flush and the checkpoint
+//! repeats those records; none is ever skipped. A broker or the store out of reach (a cut
+//! link) is waited out with backoff, from the checkpoints again. Memory is one batch per
+//! partition.
+//!
+//! A mirror at the source pushing across an ocean sets `checkpoint_every` (a few hundred
+//! ms): its copies leave as the Kafka producer sends them (one crossing) while it goes on
+//! reading, instead of each round waiting a round trip for the flush and the checkpoint.
 
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +40,9 @@ pub struct Mirror {
     pub delay_ms: i64,
     /// Records read per partition and round.
     pub batch: usize,
+    /// Flush the target and move the checkpoints at most this often (zero: after every
+    /// round that copied something).
+    pub checkpoint_every: Duration,
     /// The target region and its residency rules: a resident document's records are not
     /// copied into a region outside its rule (the checkpoint still passes them).
     pub target_region: String,
@@ -97,17 +105,26 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
     let mut records: Vec<Record> = Vec::with_capacity(mirror.batch);
     let mut lag_reported: Option<Instant> = None;
     let mut backoff = RETRY_FIRST;
+    let mut checkpointed: Vec<u64> = copied.iter().map(|c| c.next).collect();
+    let mut last_checkpoint = Instant::now();
     while !cancel.is_cancelled() {
         let round = copy_round(
             mirror,
-            (reader, writer),
-            store,
+            (reader, &mut *writer),
             &mut copied,
             &mut records,
             &mut lag_reported,
             until_idle,
         )
         .await;
+        let idle = matches!(round, Ok(Round::Waiting { pending: false }));
+        let round = match round {
+            Ok(round) if last_checkpoint.elapsed() >= mirror.checkpoint_every || (until_idle && idle) => {
+                last_checkpoint = Instant::now();
+                checkpoint(mirror, writer, store, &copied, &mut checkpointed).await.map(|()| round)
+            }
+            other => other,
+        };
         let pending = match round {
             Ok(Round::Moved) => {
                 backoff = RETRY_FIRST;
@@ -131,6 +148,7 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
                 if let Err(error) = rewind(mirror, store, &mut copied).await {
                     tracing::warn!(%error, "mirror: cannot read its checkpoints yet");
                 }
+                checkpointed = copied.iter().map(|c| c.next).collect();
                 continue;
             }
             Err(error) => return Err(error),
@@ -143,22 +161,50 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
             () = tokio::time::sleep(POLL) => {}
         }
     }
+    // Stopped: what was copied since the last checkpoint is flushed and checkpointed (if
+    // that fails, the next run copies it again).
+    if let Err(error) = checkpoint(mirror, writer, store, &copied, &mut checkpointed).await {
+        tracing::warn!(%error, "mirror: the last copies are not checkpointed; the next run repeats them");
+    }
     Ok(copied)
+}
+
+/// Flushes the target log, then moves the checkpoint of every partition copied past its
+/// stored one.
+async fn checkpoint<W: LogWriter + ?Sized>(
+    mirror: &Mirror,
+    writer: &mut W,
+    store: &Store,
+    copied: &[Copied],
+    checkpointed: &mut [u64],
+) -> Result<(), CopyError> {
+    let moved: Vec<(u32, u64)> = (copied.iter().zip(checkpointed.iter()))
+        .filter(|(c, stored)| c.next != **stored)
+        .map(|(c, _)| (c.partition, c.next))
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    tokio::task::block_in_place(|| writer.flush())?;
+    for (partition, next) in moved {
+        store.set_mirror_checkpoint(&mirror.job, &mirror.topic, partition, next).await?;
+        checkpointed[partition as usize] = next;
+    }
+    Ok(())
 }
 
 /// What one round over the partitions did.
 enum Round {
-    /// Copied, flushed and checkpointed something: go on at once.
+    /// Copied something: go on at once.
     Moved,
     /// Nothing due; `pending`: records were read that are not due yet.
     Waiting { pending: bool },
 }
 
-/// Reads each partition once, copies what is due, flushes, moves the checkpoints.
+/// Reads each partition once and copies what is due.
 async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
     mirror: &Mirror,
     (reader, writer): (&mut R, &mut W),
-    store: &Store,
     copied: &mut [Copied],
     records: &mut Vec<Record>,
     lag_reported: &mut Option<Instant>,
@@ -166,7 +212,7 @@ async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
 ) -> Result<Round, CopyError> {
     let now = now_ms();
     let report_lag = lag_reported.is_none_or(|at| at.elapsed() >= LAG_EVERY);
-    let (mut moved, mut pending) = (Vec::new(), false);
+    let (mut moved, mut pending) = (false, false);
     for progress in copied.iter_mut() {
         records.clear();
         let partition = progress.partition;
@@ -195,7 +241,7 @@ async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
             progress.next = last.offset + 1;
             progress.records += (ready - withheld) as u64;
             progress.withheld += withheld as u64;
-            moved.push((partition, progress.next));
+            moved = true;
         }
         // The end offset is a broker round trip on Kafka: at most once per LAG_EVERY.
         if report_lag {
@@ -207,14 +253,7 @@ async fn copy_round<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
     if report_lag {
         *lag_reported = Some(Instant::now());
     }
-    if moved.is_empty() {
-        return Ok(Round::Waiting { pending });
-    }
-    tokio::task::block_in_place(|| writer.flush())?;
-    for (partition, next) in moved {
-        store.set_mirror_checkpoint(&mirror.job, &mirror.topic, partition, next).await?;
-    }
-    Ok(Round::Moved)
+    Ok(if moved { Round::Moved } else { Round::Waiting { pending } })
 }
 
 /// Puts every partition back at its stored checkpoint (after a failed round).

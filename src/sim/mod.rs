@@ -51,11 +51,17 @@ impl Strategy {
 }
 
 /// Where the mirrors run and how records cross.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum MirrorMode {
-    /// In the target region, fetching (what `docfold mirror` and MirrorMaker 2 do).
+    /// In the target region, fetching (what `docfold mirror` does by default, and
+    /// MirrorMaker 2).
+    #[default]
     Pull,
-    /// In the source region, sending new records across after a linger (not built yet).
+    /// In the source region, sending new records across after a linger (`docfold mirror
+    /// --checkpoint-ms` run at the source: the flush and the checkpoint every few hundred ms).
     Push,
 }
 

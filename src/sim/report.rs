@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use super::figures::{Spread, secs};
-use super::{Figures, Net, Scenario, Settings, SimError, Strategy, Timing, charts, run};
+use super::{Figures, MirrorMode, Net, Scenario, Settings, SimError, Strategy, Timing, charts, run};
 
 /// What to run and where to write it.
 pub struct ReportSettings {
@@ -42,6 +42,9 @@ pub struct Real {
 pub struct RealRun {
     /// `active-passive` or `active-active` (as `Strategy::label`).
     pub mode: String,
+    /// Where its mirrors ran.
+    #[serde(default)]
+    pub mirror: MirrorMode,
     /// Write ack (p50, p99) per producer region, milliseconds.
     pub ack_ms: Vec<(u64, u64)>,
     /// Replication lag (p50, p99) from the first region to each other one.
@@ -57,20 +60,23 @@ pub struct RealRun {
 /// The calibration runs' scenario names.
 const STEADY: &str = "steady, the bench's timing";
 const CUT_OFF: &str = "leader cut off, the bench's timing";
+const STEADY_PUSH: &str = "steady, the bench's timing, pushing mirrors";
 
 /// The regions bench's setting in the simulator: its lease timing and flush window, steady,
 /// or (`cut_off`) with the first region cut off from everything for 5 s after 8 s.
-fn calibration(settings: &ReportSettings, strategy: Strategy, cut_off: bool) -> Settings {
+fn calibration(settings: &ReportSettings, strategy: Strategy, cut_off: bool, mirror: MirrorMode) -> Settings {
     let regions = Net::default().regions;
-    let (name, faults) = match cut_off {
-        true => {
+    let (name, faults) = match (cut_off, mirror) {
+        (true, _) => {
             let isolate = super::Fault::Isolate { region: regions[0].clone(), at_ms: 8_000, for_ms: 5_000 };
             (CUT_OFF, vec![isolate])
         }
-        false => (STEADY, vec![]),
+        (false, MirrorMode::Pull) => (STEADY, vec![]),
+        (false, MirrorMode::Push) => (STEADY_PUSH, vec![]),
     };
     let scenario = Scenario { name: name.into(), duration_ms: 20_000, faults, offline: None };
     let mut one = Settings::new(strategy, scenario);
+    one.mirror = mirror;
     (one.users, one.docs, one.seed) = (settings.users / 2, settings.docs, settings.seed);
     (one.timing.ttl_ms, one.timing.skew_ms, one.timing.flush_ms) = (1_500, 200, 200);
     one
@@ -97,8 +103,15 @@ pub fn measure(settings: &ReportSettings, mut progress: impl FnMut(&Figures)) ->
         }
     }
     let mut calibrated = Vec::new();
-    for (strategy, cut_off) in [(Strategy::Ap, false), (Strategy::Ap, true), (Strategy::Aa, false)] {
-        let figures = run(&calibration(settings, strategy, cut_off))?;
+    let (pull, push) = (MirrorMode::Pull, MirrorMode::Push);
+    let bench = [
+        (Strategy::Ap, false, pull),
+        (Strategy::Ap, true, pull),
+        (Strategy::Aa, false, pull),
+        (Strategy::Aa, false, push),
+    ];
+    for (strategy, cut_off, mirror) in bench {
+        let figures = run(&calibration(settings, strategy, cut_off, mirror))?;
         progress(&figures);
         calibrated.push(figures);
     }
@@ -426,8 +439,10 @@ fn calibration_section(w: &mut String, sims: &[Figures], real: Option<&Real>, ne
         "The `regions` bench (`{}`) runs three tansu brokers, PostgreSQL, DynamoDB Local, S3 \
          and Redis through delay links of the same one-way delays: active-passive with the \
          leader region cut off from everything after 8 s (healed 2 s after a standby leads), \
-         then active-active without a fault. The simulator ran the same settings (ttl 1.5 s, \
-         skew 200 ms, flush every 200 ms, the leader cut off for 5 s).\n",
+         then active-active without a fault, once with the mirrors in the target regions \
+         pulling and once with them in the source regions pushing (`docfold mirror \
+         --checkpoint-ms 250`). The simulator ran the same settings (ttl 1.5 s, skew 200 ms, \
+         flush every 200 ms, the leader cut off for 5 s).\n",
         real.command
     );
     for measured in &real.runs {
@@ -435,8 +450,11 @@ fn calibration_section(w: &mut String, sims: &[Figures], real: Option<&Real>, ne
             sims.iter().find(|f| f.strategy.label() == measured.mode && f.scenario == scenario)
         };
         // Latencies and bytes from the steady run (the bench reads them before its cut).
-        let Some(sim) = of(STEADY) else { continue };
-        let _ = writeln!(w, "**{}** ({} simulated users)\n", measured.mode, sim.users);
+        let steady = if measured.mirror == MirrorMode::Push { STEADY_PUSH } else { STEADY };
+        let Some(sim) = of(steady) else { continue };
+        let mirrors =
+            if measured.mirror == MirrorMode::Push { ", mirrors pushing from the source" } else { "" };
+        let _ = writeln!(w, "**{}{mirrors}** ({} simulated users)\n", measured.mode, sim.users);
         let _ = writeln!(w, "| figure | real | simulated |\n|---|---:|---:|");
         for (r, name) in net.regions.iter().enumerate() {
             if let Some(&(p50, p99)) = measured.ack_ms.get(r) {

@@ -1,6 +1,6 @@
 //! Active-active on the real engines (`world`): producers in all three regions type into the
 //! same documents at once, each into its own region's log, while seeded cuts isolate a region
-//! at a time. Every region converges to the same text, the reference fold of every op; every
+//! at a time; the mirrors run in the source regions, pushing across the links. Every region converges to the same text, the reference fold of every op; every
 //! op is acked once; and a reader in each region never sees a projection go back to an older
 //! version. `DOCFOLD_AA_SEED` picks the cuts and the typing.
 
@@ -14,6 +14,7 @@ use std::time::Duration;
 use docfold::config::JobConfig;
 use docfold::lseq::{Op, Replica, doc_seed};
 use docfold::region::Mode;
+use docfold::sim::MirrorMode;
 use docfold::sink::projection::{DynamoProjections, ProjectionStore, ProjectionUrl};
 use docfold::store::Store;
 
@@ -76,7 +77,7 @@ async fn active_active_regions_converge_while_links_are_cut() {
     let world = World::start(Mode::ActiveActive).await;
     let docs: Vec<String> = (0..2).map(|i| format!("shared-{i}")).collect();
     let ops: Vec<Vec<Op>> = (0..REGIONS.len()).map(|x| typing(100 + x as u64, 6_000, &mut rng)).collect();
-    let mut processes = start_processes(&world);
+    let mut processes = start_processes(&world, MirrorMode::Push);
     let rt = tokio::runtime::Handle::current();
     let done = Arc::new(AtomicBool::new(false));
     let watchers: Vec<_> = (0..REGIONS.len())

@@ -128,7 +128,14 @@ fn the_mirror_copies_every_record_across_kills() {
     );
     let mut killed_mid_copy = 0;
     for run in 0..runs {
-        let mut child = spawn_mirror(&a, &b);
+        // Every other run checkpoints every 100 ms instead of every round (a pushing mirror).
+        let args: &[&str] = if run % 2 == 1 {
+            &["--exit-when-idle", "--checkpoint-ms", "100"]
+        } else {
+            &["--exit-when-idle"]
+        };
+        let mut child =
+            mirror_command(args, &a, &b).stdout(Stdio::null()).spawn().expect("spawn docfold mirror");
         std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
         killed_mid_copy += usize::from(child.try_wait().expect("status").is_none());
         child.kill().expect("SIGKILL");
@@ -148,6 +155,19 @@ fn the_mirror_copies_every_record_across_kills() {
     let again = mirror_to_the_end(&a, &b);
     assert!(again.lines().skip(2).all(|l| l.trim_end().ends_with(" 0")), "{again}");
     assert_eq!(all_records(reader_of(&b, "a.doc-ops").as_mut()), target);
+    // A mirror that checkpoints rarely, stopped by Ctrl-C, flushes and checkpoints what it
+    // copied on its way out.
+    produce(writer.as_mut(), &mut rng, 1_000);
+    let mut child =
+        mirror_command(&["--checkpoint-ms", "600000"], &a, &b).stdout(Stdio::null()).spawn().expect("spawn");
+    std::thread::sleep(Duration::from_secs(2));
+    let interrupted =
+        Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill -INT");
+    assert!(interrupted.success());
+    assert!(child.wait().expect("reap").success(), "the interrupted mirror exits cleanly");
+    assert_eq!(lag(&b)["a"], 0, "region status: the last copies are checkpointed");
+    let target = all_records(reader_of(&b, "a.doc-ops").as_mut());
+    assert_mirrored(&all_records(reader_of(&a, "doc-ops").as_mut()), &target, true);
 }
 
 fn region(name: &str, peers: &[&str]) -> RegionConfig {

@@ -4,6 +4,7 @@
 use docfold::lseq::{Op, doc_seed};
 use docfold::region::Mode;
 use docfold::region::leases::Leases;
+use docfold::sim::MirrorMode;
 use docfold::store::{Store, now_ms};
 use docfold::trace::{Trace, replay};
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ async fn active_passive_survives_the_loss_of_the_leader_region() {
     let ops: Arc<[Op]> = replay(&trace, doc_seed("friendsforever")).expect("replays").ops.into();
     let rt = tokio::runtime::Handle::current();
     let logs = |name: &str| world.dir.join(format!("{name}.log"));
-    let mut processes = start_processes(&world);
+    let mut processes = start_processes(&world, MirrorMode::Pull);
     tokio::task::block_in_place(|| {
         let run = failover(&world, &ops, &rt, Duration::from_secs(4), &|_| {});
         let rto = run.rto().expect("a write accepted by the new leader");

@@ -12,6 +12,7 @@ use docfold::op::{Envelope, encode};
 use docfold::region::lease::LeaseStore;
 use docfold::region::leases::Leases;
 use docfold::region::{Mode, Router};
+use docfold::sim::MirrorMode;
 use docfold::store::now_ms;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -368,15 +369,21 @@ pub fn status(config: &Path) -> serde_json::Value {
 
 /// Starts every region's `docfold run` and its mirror from each peer (the peer's broker
 /// through the link), logging to `<name>.log` in the world's folder.
-pub fn start_processes(world: &World) -> Vec<KillOnDrop> {
+pub fn start_processes(world: &World, mirrors: MirrorMode) -> Vec<KillOnDrop> {
     let logs = |name: &str| world.dir.join(format!("{name}.log"));
+    let path = |file: &Path| file.to_str().expect("path").to_string();
     let mut processes = Vec::new();
     for (r, name) in REGIONS.iter().enumerate() {
-        let config = world.regions[r].file.to_str().expect("path").to_string();
+        let config = path(&world.regions[r].file);
         processes.push(spawn(&["run", "--config", &config], &logs(&format!("run-{name}"))));
         for p in (0..REGIONS.len()).filter(|&p| p != r) {
-            let from = world.seen_from(p, r);
-            let args = ["mirror", "--from", from.to_str().expect("path"), "--config", &config];
+            // Pulling: in r, reading p's log across the link. Pushing: in p, reading its own
+            // log and writing r's across the link, checkpointing every 250 ms.
+            let (from, to, every) = match mirrors {
+                MirrorMode::Pull => (path(&world.seen_from(p, r)), config.clone(), "0"),
+                MirrorMode::Push => (path(&world.regions[p].file), path(&world.seen_from(r, p)), "250"),
+            };
+            let args = ["mirror", "--from", &from, "--config", &to, "--checkpoint-ms", every];
             processes.push(spawn(&args, &logs(&format!("mirror-{}-{name}", REGIONS[p]))));
         }
     }
