@@ -21,6 +21,8 @@ use crate::telemetry;
 
 /// How long a caught-up mirror waits before looking for new records.
 const POLL: Duration = Duration::from_millis(20);
+/// How long a mirror that checkpoints on an interval lets records gather between rounds.
+const LINGER: Duration = Duration::from_millis(5);
 /// How often the lag metrics are brought up to date.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 /// The first wait after a transient failure; it doubles up to `RETRY_MAX`.
@@ -128,6 +130,9 @@ pub async fn run<R: LogReader + ?Sized, W: LogWriter + ?Sized>(
         let pending = match round {
             Ok(Round::Moved) => {
                 backoff = RETRY_FIRST;
+                if !mirror.checkpoint_every.is_zero() {
+                    tokio::time::sleep(LINGER).await;
+                }
                 continue;
             }
             Ok(Round::Waiting { pending }) => {
