@@ -1,8 +1,8 @@
 //! Residency on three embedded regions in active-active: documents under `eu/` may live in
 //! region b only. A producer elsewhere is refused, the mirrors withhold their records, and
 //! afterwards no byte of the resident document (its id, its text) is in any file of regions
-//! a or c (log segments, state store, projections, objects), while region b holds it and every
-//! region holds the shared document.
+//! a or c (log segments, state store, projections, objects) nor in their caches (Redis,
+//! preloaded with text), while region b holds it and every region holds the shared document.
 
 use std::path::Path;
 
@@ -46,10 +46,17 @@ fn files_with(root: &Path, needle: &[u8]) -> Vec<String> {
 #[test]
 fn a_resident_document_never_leaves_its_regions() {
     let dir = services::temp_dir("residency");
-    let extra = "mode = \"active-active\"\n[[region.residency]]\nprefix = \"eu/\"\nregions = [\"b\"]";
+    // Each region's cache: a key prefix of its own in the test's Redis, preloaded with text.
+    let (redis, unique) = (services::redis(), services::unique());
+    let prefix = |name: &str| format!("test:{unique}:{name}:");
     for name in ["a", "b", "c"] {
+        let extra = format!(
+            "mode = \"active-active\"\n[[region.residency]]\nprefix = \"eu/\"\nregions = [\"b\"]\n\
+             [invalidations]\nredis = \"{redis}\"\nkey_prefix = \"{}\"\nchannel = \"test:{unique}:{name}\"\npreload = true",
+            prefix(name)
+        );
         let log = format!("url = \"file://{name}/log\"\npartitions = 2");
-        region_job(&dir, name, &log, extra);
+        region_job(&dir, name, &log, &extra);
         let (ok, _, err) = docfold(&dir, &["setup", "--config", &format!("{name}.toml")]);
         assert!(ok, "setup {name}: {err}");
     }
@@ -91,6 +98,25 @@ fn a_resident_document_never_leaves_its_regions() {
         let (ok, out, err) =
             docfold(&dir, &["doc", "show", "shared", "--text-only", "--config", &format!("{name}.toml")]);
         assert!(ok && out.trim_end() == "hello world", "{name} holds the shared document: {out}{err}");
+    }
+    // The caches: b holds the resident document's text, a and c hold no key of it and no
+    // value with its text.
+    let mut cache = redis::Client::open(redis.as_str()).expect("redis").get_connection().expect("connect");
+    let text_of = |cache: &mut redis::Connection, key: &str| -> Option<String> {
+        redis::cmd("HGET").arg(key).arg("text").query(cache).expect("HGET")
+    };
+    assert_eq!(text_of(&mut cache, &format!("{}eu/contract", prefix("b"))).as_deref(), Some(MARKER));
+    for name in ["a", "c"] {
+        assert_eq!(text_of(&mut cache, &format!("{}shared", prefix(name))).as_deref(), Some("hello world"));
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}*", prefix(name))).query(&mut cache).expect("KEYS");
+        for key in keys {
+            let text = text_of(&mut cache, &key).unwrap_or_default();
+            assert!(
+                !key.contains("eu/contract") && !text.contains(MARKER),
+                "{key} in {name}'s cache: {text}"
+            );
+        }
     }
     for needle in [MARKER, "eu/contract"] {
         assert!(
