@@ -165,8 +165,11 @@ impl Sim<'_> {
         let lease = self.scope(doc).and_then(|scope| self.regions[u].machines[scope].lease());
         let target = match self.scope(doc).filter(|_| mode == Mode::Home) {
             Some(home) => {
+                // A fixed home has always taken writes (the regions' clocks start skewed, some
+                // below zero).
                 let region = self.s.net.regions[home].clone();
-                let seen = Seen { home: Home { region, epoch: 1, since_ms: 0 }, valid_until_ms: i64::MAX };
+                let seen =
+                    Seen { home: Home { region, epoch: 1, since_ms: i64::MIN }, valid_until_ms: i64::MAX };
                 router.route_doc(&doc.to_string(), &seen, lease, self.clock(u))
             }
             None => router.route(lease, self.clock(u)),
