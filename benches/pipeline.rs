@@ -1,8 +1,11 @@
 //! End-to-end benchmark of the embedded pipeline (file log → fold → SQLite checkpoints):
 //! real traces spread over 1,000 documents, then a catch-up after a restart with the
-//! checkpoint 100,000 ops behind. With `DOCFOLD_BENCH_KAFKA=HOST:PORT` (and PostgreSQL at
+//! checkpoint 100,000 ops behind; then a wide run: 300,000 ops over 100,000 documents (the
+//! first ops of two traces, many users starting documents at once), with the process's
+//! peak resident memory. With `DOCFOLD_BENCH_KAFKA=HOST:PORT` (and PostgreSQL at
 //! `DOCFOLD_BENCH_POSTGRES`), also the Kafka path next to a raw rdkafka consume of the same
-//! topic. A bench binary: `cargo bench --bench pipeline`.
+//! topic. A bench binary: `cargo bench --bench pipeline [-- PHASE]`, where PHASE (`deep`,
+//! `wide` or `kafka`) runs only that phase.
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,11 +24,16 @@ const DOCS_PER_TRACE: usize = 250;
 const HEAD: usize = 2_000;
 /// Ops per document in the catch-up phase: 1,000 documents × 100 = 100,000 ops.
 const TAIL: usize = 100;
+/// The wide phase's traces: the two typed into an empty document (the others begin by
+/// pasting a file, 42,493 characters in rustcode's case), 50,000 documents each, 3 ops each.
+const WIDE_TRACES: [&str; 2] = ["automerge-paper", "friendsforever"];
+const WIDE_DOCS_PER_TRACE: usize = 50_000;
+const WIDE_OPS: usize = 3;
 
 fn main() {
-    let dir = std::env::temp_dir().join(format!("docfold-bench-{}", std::process::id()));
-    let config = JobConfig::in_dir(&dir);
-    let log = FileLog::create(&dir.join("log"), &config.log.topic, config.log.partitions).expect("topic");
+    // `cargo bench` passes `--bench`; a further argument names the one phase to run.
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let runs = |phase: &str| only.as_deref().is_none_or(|only| only == phase);
     let histories: Vec<(String, Vec<Op>)> = TRACES
         .iter()
         .map(|name| {
@@ -35,9 +43,32 @@ fn main() {
         })
         .collect();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if runs("deep") {
+        deep(&rt, &histories);
+    }
+    if runs("wide") {
+        wide(&rt, &histories);
+    }
+    if runs("kafka")
+        && let Ok(brokers) = std::env::var("DOCFOLD_BENCH_KAFKA")
+    {
+        kafka(&rt, &brokers, &histories);
+    }
+}
 
-    let produced = produce(&log, &histories, 0..HEAD);
-    let (ops, seconds) = fold(&rt, &config);
+/// A fresh embedded job in a folder of its own, with its log's topic created.
+fn embedded(phase: &str) -> (std::path::PathBuf, JobConfig, FileLog) {
+    let dir = std::env::temp_dir().join(format!("docfold-bench-{phase}-{}", std::process::id()));
+    let config = JobConfig::in_dir(&dir);
+    let log = FileLog::create(&dir.join("log"), &config.log.topic, config.log.partitions).expect("topic");
+    (dir, config, log)
+}
+
+/// 1,000 documents with long histories, then a catch-up after a restart.
+fn deep(rt: &tokio::runtime::Runtime, histories: &[(String, Vec<Op>)]) {
+    let (dir, config, log) = embedded("deep");
+    let produced = produce(&log, histories, 0..HEAD, DOCS_PER_TRACE);
+    let (ops, seconds) = fold(rt, &config);
     assert_eq!(ops, produced, "every op folded");
     println!(
         "embedded end to end: {ops} ops over {} documents in {seconds:.2} s = {:.0} ops/s",
@@ -45,16 +76,30 @@ fn main() {
         ops as f64 / seconds
     );
 
-    let produced = produce(&log, &histories, HEAD..HEAD + TAIL);
-    let (ops, seconds) = fold(&rt, &config);
+    let produced = produce(&log, histories, HEAD..HEAD + TAIL, DOCS_PER_TRACE);
+    let (ops, seconds) = fold(rt, &config);
     assert_eq!(ops, produced, "every new op folded");
     println!(
         "catch-up after restart, checkpoint {ops} ops behind: {seconds:.2} s (reloading every document from its snapshot)"
     );
     std::fs::remove_dir_all(&dir).expect("clean up");
-    if let Ok(brokers) = std::env::var("DOCFOLD_BENCH_KAFKA") {
-        kafka(&rt, &brokers, &histories);
-    }
+}
+
+/// 100,000 documents with a few ops each: many users starting documents at once.
+fn wide(rt: &tokio::runtime::Runtime, histories: &[(String, Vec<Op>)]) {
+    let (dir, config, log) = embedded("wide");
+    let typed: Vec<(String, Vec<Op>)> =
+        histories.iter().filter(|(name, _)| WIDE_TRACES.contains(&name.as_str())).cloned().collect();
+    let produced = produce(&log, &typed, 0..WIDE_OPS, WIDE_DOCS_PER_TRACE);
+    let (ops, seconds) = fold(rt, &config);
+    assert_eq!(ops, produced, "every op folded");
+    println!(
+        "wide: {ops} ops over {} documents in {seconds:.2} s = {:.0} ops/s; peak RSS {} MB",
+        WIDE_TRACES.len() * WIDE_DOCS_PER_TRACE,
+        ops as f64 / seconds,
+        peak_rss_kb() / 1024
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
 /// Both sides join a fresh consumer group and stop after `IDLE_MS` without a message, so
@@ -124,11 +169,24 @@ fn kafka(rt: &tokio::runtime::Runtime, brokers: &str, histories: &[(String, Vec<
     );
 }
 
-fn produce(log: &FileLog, histories: &[(String, Vec<Op>)], range: std::ops::Range<usize>) -> u64 {
+/// The process's peak resident memory (`VmHWM`), in KiB; 0 where /proc has none.
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).unwrap_or(0)
+}
+
+/// Publishes each trace's ops in `range` to `docs_per_trace` documents of that trace.
+fn produce(
+    log: &FileLog,
+    histories: &[(String, Vec<Op>)],
+    range: std::ops::Range<usize>,
+    docs_per_trace: usize,
+) -> u64 {
     let mut writer = log.writer(Fsync::Never, 64 << 20);
     let mut count = 0;
     for (name, ops) in histories {
-        let docs: Vec<String> = (0..DOCS_PER_TRACE).map(|i| format!("{name}-{i}")).collect();
+        let docs: Vec<String> = (0..docs_per_trace).map(|i| format!("{name}-{i}")).collect();
         count += publish(&mut writer, &ops[range.clone()], &docs, "bench", |_| {}).expect("publish");
     }
     writer.flush().expect("flush");

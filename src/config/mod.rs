@@ -85,6 +85,10 @@ pub struct PipelineConfig {
     pub flush_ops: u64,
     /// Documents kept in memory per partition; colder ones are evicted (their state is stored).
     pub max_docs_in_memory: usize,
+    /// MiB of document states the job keeps in memory, shared evenly by its partitions:
+    /// past its share a partition flushes and evicts its least recently used documents,
+    /// however few they are (one pasted book is as large as thousands of notes).
+    pub max_state_mb: usize,
     /// Records read per batch.
     pub batch: usize,
     /// Kafka: a partition's records are handed to its worker at least this often, however
@@ -133,6 +137,7 @@ impl Default for PipelineConfig {
             flush_interval_ms: 1000,
             flush_ops: 100_000,
             max_docs_in_memory: 10_000,
+            max_state_mb: 1024,
             batch: 2048,
             batch_ms: 20,
         }
@@ -254,6 +259,9 @@ impl JobConfig {
         }
         if self.pipeline.max_docs_in_memory == 0 {
             return invalid("pipeline.max_docs_in_memory", "must be at least 1");
+        }
+        if self.pipeline.max_state_mb == 0 {
+            return invalid("pipeline.max_state_mb", "must be at least 1");
         }
         if self.pipeline.batch == 0 {
             return invalid("pipeline.batch", "must be at least 1");

@@ -1,10 +1,12 @@
 //! The pure fold of one partition: log records → document states, with the bookkeeping
-//! the pipeline needs (versions, dirty documents, eviction order). No I/O: when a record
-//! is for a document not in memory, the fold says so and the caller loads it.
+//! the pipeline needs (versions, dirty documents, eviction order, the bytes the states
+//! hold). No I/O: when a record is for a document not in memory, the fold says so and the
+//! caller loads it.
 
 pub mod snapshot;
 
-use rustc_hash::FxHashMap;
+use lru::LruCache;
+use rustc_hash::FxBuildHasher;
 
 use crate::log::partition_for;
 use crate::lseq::{ApplyError, Sequence};
@@ -63,22 +65,36 @@ impl BadRecord {
     }
 }
 
-/// The documents of one partition in memory.
-#[derive(Default)]
+/// The documents of one partition in memory, least recently touched first.
 pub struct PartitionFold {
     /// (this partition, the topic's partitions) when ops of other partitions' documents
     /// must be refused; `None` folds whatever comes.
     home: Option<(u32, u32)>,
-    docs: FxHashMap<String, Entry>,
+    docs: LruCache<String, Entry, FxBuildHasher>,
+    /// Documents changed since the last [`PartitionFold::mark_clean`].
+    dirty: Vec<String>,
+    /// The sum of the entries' `bytes`.
+    bytes: usize,
     decoder: Decoder,
-    /// Bumped per record; entries remember when they were last touched.
-    clock: u64,
 }
 
 struct Entry {
     doc: Doc,
-    touched: u64,
+    /// [`Sequence::estimated_bytes`] when last measured.
+    bytes: usize,
     dirty: bool,
+}
+
+impl Default for PartitionFold {
+    fn default() -> Self {
+        PartitionFold {
+            home: None,
+            docs: LruCache::unbounded_with_hasher(FxBuildHasher),
+            dirty: Vec::new(),
+            bytes: 0,
+            decoder: Decoder::default(),
+        }
+    }
 }
 
 impl PartitionFold {
@@ -100,13 +116,25 @@ impl PartitionFold {
         self.docs.is_empty()
     }
 
-    pub fn get(&self, doc_id: &str) -> Option<&Doc> {
-        self.docs.get(doc_id).map(|e| &e.doc)
+    /// About how many bytes the documents in memory hold (their states' tables).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
-    /// Puts a loaded (clean) document in memory.
+    pub fn get(&self, doc_id: &str) -> Option<&Doc> {
+        self.docs.peek(doc_id).map(|e| &e.doc)
+    }
+
+    /// Puts a loaded (clean) document in memory, as the most recently touched.
     pub fn insert(&mut self, doc_id: String, doc: Doc) {
-        self.docs.insert(doc_id, Entry { doc, touched: self.clock, dirty: false });
+        let bytes = doc.state.estimated_bytes();
+        self.bytes += bytes;
+        if let Some(old) = self.docs.put(doc_id.clone(), Entry { doc, bytes, dirty: false }) {
+            self.bytes -= old.bytes;
+            if old.dirty {
+                self.dirty.retain(|id| *id != doc_id);
+            }
+        }
     }
 
     /// Folds the record at `position` (see [`Doc::offset`]).
@@ -121,15 +149,19 @@ impl PartitionFold {
         let Some(entry) = self.docs.get_mut(envelope.doc_id.as_str()) else {
             return Ok(Folded::NeedDoc(envelope.doc_id.clone()));
         };
-        self.clock += 1;
-        entry.touched = self.clock;
         let outcome = entry.doc.state.apply(&envelope.op)?;
         entry.doc.version += u64::from(outcome.inserted + outcome.deleted + outcome.tombstoned);
         entry.doc.offset = position;
         if entry.doc.region != envelope.origin_region {
             entry.doc.region.clone_from(&envelope.origin_region);
         }
-        entry.dirty = true;
+        let bytes = entry.doc.state.estimated_bytes();
+        self.bytes = self.bytes + bytes - entry.bytes;
+        entry.bytes = bytes;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(envelope.doc_id.clone());
+        }
         Ok(Folded::Applied { changed: outcome.changed() })
     }
 
@@ -145,35 +177,42 @@ impl PartitionFold {
     }
 
     /// Documents changed since the last [`PartitionFold::mark_clean`], with their states.
+    /// (In the order they first changed; the work is proportional to them, not to the
+    /// documents in memory.)
     pub fn dirty(&self) -> impl Iterator<Item = (&str, &Doc)> {
-        self.docs.iter().filter(|(_, e)| e.dirty).map(|(id, e)| (id.as_str(), &e.doc))
+        self.dirty.iter().filter_map(|id| self.docs.peek(id.as_str()).map(|e| (id.as_str(), &e.doc)))
     }
 
     pub fn dirty_count(&self) -> usize {
-        self.docs.values().filter(|e| e.dirty).count()
+        self.dirty.len()
     }
 
     /// Called once the dirty documents are durably stored.
     pub fn mark_clean(&mut self) {
-        self.docs.values_mut().for_each(|e| e.dirty = false);
+        for id in self.dirty.drain(..) {
+            if let Some(entry) = self.docs.peek_mut(id.as_str()) {
+                entry.dirty = false;
+            }
+        }
     }
 
-    /// Drops the least recently touched clean documents until at most `keep` remain (dirty
-    /// ones stay: their state is not stored yet). Returns how many were dropped.
-    pub fn evict(&mut self, keep: usize) -> usize {
-        if self.docs.len() <= keep {
-            return 0;
+    /// Drops the least recently touched clean documents until at most `keep_docs` remain
+    /// holding at most `keep_bytes` (dirty ones stay: their state is not stored yet).
+    /// Returns how many were dropped; the work is proportional to that.
+    pub fn evict(&mut self, keep_docs: usize, keep_bytes: usize) -> usize {
+        let mut dropped = 0;
+        // Dirty documents met on the way go to the other end; each is met at most once.
+        let mut passed = 0;
+        while (self.docs.len() > keep_docs || self.bytes > keep_bytes) && passed < self.dirty.len() + 1 {
+            let Some((id, entry)) = self.docs.pop_lru() else { break };
+            if entry.dirty {
+                self.docs.put(id, entry);
+                passed += 1;
+                continue;
+            }
+            self.bytes -= entry.bytes;
+            dropped += 1;
         }
-        let mut clean: Vec<(u64, String)> =
-            self.docs.iter().filter(|(_, e)| !e.dirty).map(|(id, e)| (e.touched, id.clone())).collect();
-        let excess = (self.docs.len() - keep).min(clean.len());
-        if excess == 0 {
-            return 0;
-        }
-        clean.select_nth_unstable_by_key(excess - 1, |c| c.0);
-        for (_, id) in clean.drain(..excess) {
-            self.docs.remove(&id);
-        }
-        excess
+        dropped
     }
 }

@@ -29,6 +29,11 @@ impl SeenCounters {
         self.sites.capacity() * (size_of::<SiteId>() + size_of::<Ranges>() + 8)
             + self.sites.values().map(|r| r.0.capacity() * 16).sum::<usize>()
     }
+
+    /// [`Self::heap_bytes`] at one range per site, without visiting the sites.
+    pub fn estimated_bytes(&self) -> usize {
+        self.sites.capacity() * (size_of::<SiteId>() + size_of::<Ranges>() + 8 + 16)
+    }
 }
 
 impl Ranges {

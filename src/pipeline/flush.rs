@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::source::{self, Source};
 use super::{Job, PipelineError};
+use crate::config::PipelineConfig;
 use crate::fold::{PartitionFold, snapshot};
 use crate::sink::dead_letter::DeadLetter;
 use crate::sink::snapshots::{self, Manifest};
@@ -63,6 +64,8 @@ pub(super) struct Flushed {
 /// A partition's flush state.
 pub(super) struct Flusher {
     label: String,
+    /// This partition's share of `pipeline.max_state_mb`, in bytes.
+    max_state_bytes: usize,
     ops_since_flush: u64,
     /// When the oldest op not yet flushed was folded.
     unflushed_since: Option<Instant>,
@@ -81,10 +84,12 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    /// A partition whose stored checkpoints are at `flushed` (per source).
-    pub fn new(partition: u32, flushed: Vec<u64>) -> Flusher {
+    /// Partition `partition` of `partitions`, whose stored checkpoints are at `flushed`
+    /// (per source).
+    pub fn new(settings: &PipelineConfig, (partition, partitions): (u32, u32), flushed: Vec<u64>) -> Flusher {
         Flusher {
             label: partition.to_string(),
+            max_state_bytes: (settings.max_state_mb << 20) / partitions.max(1) as usize,
             ops_since_flush: 0,
             unflushed_since: None,
             last_flush: Instant::now(),
@@ -130,16 +135,24 @@ impl Flusher {
             && (self.ops_since_flush >= settings.flush_ops
                 || age >= Duration::from_millis(settings.flush_interval_ms))
             || parts.fold.len() > settings.max_docs_in_memory
+            || self.over_state_bound(parts.fold)
             || self.dead_bytes > parts.job.sinks.dead_letters.max_buffered_bytes
             || parts.archive_due()
             || self.retry_at.is_some();
         if due { self.flush(parts).await } else { Ok(Flushed::default()) }
     }
 
+    /// The documents in memory hold more than this partition's share of
+    /// `pipeline.max_state_mb`: a flush is due (and evicts them once they are stored).
+    pub fn over_state_bound(&self, fold: &PartitionFold) -> bool {
+        fold.bytes() > self.max_state_bytes
+    }
+
     /// Memory held for unflushed work (documents, archive rows, dead letters) is past its
     /// bound: reading must wait.
     fn over_bound(&self, parts: &Parts<'_>) -> bool {
         parts.fold.len() > 2 * parts.job.settings.max_docs_in_memory
+            || parts.fold.bytes() > 2 * self.max_state_bytes
             || parts.sources.iter().any(|s| s.archive.as_ref().is_some_and(|a| a.is_over_bound()))
             || self.dead_bytes > parts.job.sinks.dead_letters.max_buffered_bytes
     }
@@ -245,7 +258,7 @@ impl Flusher {
         drop(writes);
         drop(docs);
         parts.fold.mark_clean();
-        parts.fold.evict(job.settings.max_docs_in_memory);
+        parts.fold.evict(job.settings.max_docs_in_memory, self.max_state_bytes);
         self.ops_since_flush = 0;
         self.unflushed_since = None;
         self.flushed = parts.sources.iter().map(|s| s.next_offset).collect();

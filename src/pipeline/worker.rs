@@ -18,6 +18,9 @@ use crate::sink::dead_letter::DeadLetter;
 use crate::store::Owner;
 use crate::telemetry;
 
+/// Cold documents loaded per query before a batch is folded.
+const PREFETCH_STEP: usize = 256;
+
 /// What a partition's worker did in this process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionSummary {
@@ -83,7 +86,7 @@ impl PartitionWorker {
                 next_offset: start,
                 ..Default::default()
             },
-            flusher: Flusher::new(partition, flushed),
+            flusher: Flusher::new(&job.settings, (partition, partitions), flushed),
         })
     }
 
@@ -154,6 +157,7 @@ impl PartitionWorker {
     /// Records may come from any of the source topics.
     pub async fn handle(&mut self, records: &[Record]) -> Result<(), PipelineError> {
         let started = Instant::now();
+        self.prefetch(records).await?;
         let mut folded = 0;
         for record in records {
             let at = self.source_of(record)?;
@@ -190,14 +194,25 @@ impl PartitionWorker {
             if to_fold {
                 source.next_offset = record.offset + 1;
             }
+            if self.flusher.over_state_bound(&self.fold) {
+                // Large documents: flush (and evict) now, not at the end of the batch.
+                self.count_folded(folded, started);
+                folded = 0;
+                self.flush_if_due().await?;
+            }
         }
+        self.count_folded(folded, started);
+        let label = self.summary.partition.to_string();
+        telemetry::fold_seconds(&label, started.elapsed().as_secs_f64());
+        self.flush_if_due().await
+    }
+
+    /// Counts `folded` ops of a batch begun at `started`.
+    fn count_folded(&mut self, folded: u64, started: Instant) {
         self.summary.next_offset = source::position(&self.sources);
         self.summary.folded += folded;
         self.flusher.folded(folded, started);
-        let label = self.summary.partition.to_string();
-        telemetry::ops_folded(&label, folded);
-        telemetry::fold_seconds(&label, started.elapsed().as_secs_f64());
-        self.flush_if_due().await
+        telemetry::ops_folded(&self.summary.partition.to_string(), folded);
     }
 
     /// Which source a record came from.
@@ -224,7 +239,7 @@ impl PartitionWorker {
             match self.fold.fold(position, &record.value) {
                 Ok(Folded::Applied { .. }) => return Ok(Ok(())),
                 Ok(Folded::NeedDoc(doc_id)) => {
-                    let doc = self.load(&doc_id).await?;
+                    let doc = self.load(&[&doc_id]).await?.remove(&doc_id).unwrap_or_default();
                     self.fold.insert(doc_id, doc);
                 }
                 Err(bad) => return Ok(Err(bad)),
@@ -242,28 +257,67 @@ impl PartitionWorker {
         self.flusher.dead_letter(letter, record.key.len() + record.value.len());
     }
 
-    /// Loads a cold document; an unavailable store is retried with backoff (the partition
-    /// waits) until it answers or the job is cancelled.
-    async fn load(&mut self, doc_id: &str) -> Result<Doc, PipelineError> {
+    /// Loads the cold documents among the records' keys (a key is its op's document id) with
+    /// a few queries, before the records are folded one by one: documents the store does not
+    /// have start empty. A key that is not its op's document only costs an idle entry.
+    async fn prefetch(&mut self, records: &[Record]) -> Result<(), PipelineError> {
+        let mut cold: Vec<&str> = Vec::new();
+        let mut asked = rustc_hash::FxHashSet::default();
+        for record in records {
+            let folded = self
+                .sources
+                .iter()
+                .find(|s| s.topic == record.topic)
+                .is_none_or(|s| record.offset < s.next_offset);
+            if let (false, Ok(id)) = (folded, std::str::from_utf8(&record.key))
+                && !id.is_empty()
+                && self.fold.get(id).is_none()
+                && asked.insert(id)
+            {
+                cold.push(id);
+            }
+        }
+        // In steps, stopping at the memory bound (the rest load as their records come).
+        for step in cold.chunks(PREFETCH_STEP) {
+            if self.flusher.over_state_bound(&self.fold) {
+                break;
+            }
+            let mut loaded = self.load(step).await?;
+            for &id in step {
+                let doc = loaded.remove(id).unwrap_or_default();
+                self.fold.insert(id.to_string(), doc);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads cold documents (those the store has); an unavailable store is retried with
+    /// backoff (the partition waits) until it answers or the job is cancelled.
+    async fn load(&mut self, doc_ids: &[&str]) -> Result<rustc_hash::FxHashMap<String, Doc>, PipelineError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let stored = loop {
-            match self.job.store.load_doc(&self.job.name, doc_id).await {
+            match self.job.store.load_docs(&self.job.name, doc_ids).await {
                 Ok(stored) => break stored,
                 Err(error) if error.is_retryable() && !self.job.cancel.is_cancelled() => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(partition = self.summary.partition, %error, retry_in_ms = delay.as_millis() as u64, "loading a document failed; retrying");
+                    tracing::warn!(partition = self.summary.partition, %error, retry_in_ms = delay.as_millis() as u64, "loading documents failed; retrying");
                     self.summary.retries += 1;
                     self.job.pause(delay).await;
                 }
                 Err(error) => return Err(error.into()),
             }
         };
-        let Some(stored) = stored else {
-            return Ok(Doc::default());
-        };
-        self.summary.docs_loaded += 1;
-        let state = snapshot::decode(&stored.state)
-            .map_err(|error| PipelineError::Snapshot { doc_id: doc_id.into(), error })?;
-        Ok(Doc { state, version: stored.version, offset: stored.offset, region: String::new() })
+        self.summary.docs_loaded += stored.len() as u64;
+        stored
+            .into_iter()
+            .map(|(doc_id, stored)| match snapshot::decode(&stored.state) {
+                Ok(state) => {
+                    let doc =
+                        Doc { state, version: stored.version, offset: stored.offset, region: String::new() };
+                    Ok((doc_id, doc))
+                }
+                Err(error) => Err(PipelineError::Snapshot { doc_id, error }),
+            })
+            .collect()
     }
 }

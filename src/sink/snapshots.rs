@@ -1,16 +1,18 @@
 //! Disaster-recovery snapshots in object storage: every `snapshots.interval_ms` a partition
-//! writes the documents changed since its last manifest as `snapshots/doc=<id>/<offset>`
-//! (the state encoding of `schemas/docfold/state/v1/snapshot.proto`, taken from the state
-//! store after a checkpoint), then a manifest
-//! `snapshots/manifests/partition=<P>/<next offset>.json` listing the latest object of
-//! every document of the partition. A manifest is written last, so it only names objects
-//! that exist; [`restore`] rebuilds a state store from the newest manifest of each
-//! partition, and the log replays the rest.
+//! writes the documents changed since its last manifest, packed `snapshots.batch_docs` to an
+//! object (`snapshots/packs/partition=<P>/<next offset>-<n>`: the states' encodings of
+//! `schemas/docfold/state/v1/snapshot.proto`, one after another, taken from the state store
+//! after a checkpoint), then a manifest
+//! `snapshots/manifests/partition=<P>/<next offset>.json` naming, for every document of the
+//! partition, the object and byte range of its latest state. A manifest is written last, so
+//! it only names objects that exist; [`restore`] rebuilds a state store from the newest
+//! manifest of each partition, and the log replays the rest. (Manifests from before packs
+//! name one object per document, `snapshots/doc=<id>/<offset>`, and are read the same way.)
 
 use bytes::Bytes;
 use object_store::path::Path as Key;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::SinkError;
 use super::objects::{Objects, stored_key};
@@ -35,8 +37,11 @@ pub struct Manifest {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestDoc {
-    /// Object key of the state (relative to the object storage root).
+    /// Object key of the state (relative to the object storage root)…
     pub key: String,
+    /// …and its bytes there, `[start, end)`; the whole object when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[u64; 2]>,
     pub version: u64,
     /// The partition's position after the last record in the state (`StoredDoc::offset`).
     pub offset: u64,
@@ -57,8 +62,25 @@ fn manifests(partition: u32) -> Key {
     Key::from_iter(["snapshots".to_string(), "manifests".into(), format!("partition={partition}")])
 }
 
-fn doc_key(doc_id: &str, offset: u64) -> Key {
-    Key::from_iter(["snapshots".to_string(), format!("doc={doc_id}"), format!("{offset:020}")])
+fn pack_key(partition: u32, next_offset: u64, pack: usize) -> Key {
+    Key::from_iter([
+        "snapshots".to_string(),
+        "packs".into(),
+        format!("partition={partition}"),
+        format!("{next_offset:020}-{pack:06}"),
+    ])
+}
+
+impl ManifestDoc {
+    /// This document's state in `object`, the bytes of the object its key names.
+    fn state<'a>(&self, object: &'a Bytes) -> Result<&'a [u8], SinkError> {
+        let Some([start, end]) = self.range else { return Ok(object) };
+        usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(start, end)| object.get(start..end))
+            .ok_or_else(|| corrupt(format!("{} has no bytes {start}..{end}", self.key)))
+    }
 }
 
 fn corrupt(message: String) -> SinkError {
@@ -83,8 +105,9 @@ pub async fn latest_manifest(objects: &Objects, partition: u32) -> Result<Option
 
 /// Writes the partition's documents changed since `last` (the previous manifest) and a new
 /// manifest at `sources`, the checkpoints just committed (stored topic, next offset).
-/// Documents are read from the store `batch` at a time, so an export holds one batch of
-/// states, never a partition.
+/// Documents are read from the store `batch` at a time and each batch is written as one
+/// object, so an export holds one batch of states, never a partition, and makes one request
+/// per batch, not per document.
 pub async fn export(
     objects: &Objects,
     store: &Store,
@@ -95,28 +118,33 @@ pub async fn export(
 ) -> Result<Manifest, SinkError> {
     let mut manifest = last.unwrap_or_else(|| Manifest { job: job.into(), partition, ..Manifest::default() });
     let since = manifest.next_offset;
+    let next_offset: u64 = sources.values().sum();
     let delay = fault_delay();
     let mut after: Option<String> = None;
-    loop {
+    for pack in 0.. {
         let page = store
             .docs_changed(job, partition, since, after.as_deref(), batch.max(1))
             .await
             .map_err(store_failed)?;
         let Some((last_id, _)) = page.last() else { break };
         after = Some(last_id.clone());
+        let key = pack_key(partition, next_offset, pack);
+        let mut body = Vec::with_capacity(page.iter().map(|(_, doc)| doc.state.len()).sum());
+        let mut docs = Vec::with_capacity(page.len());
         for (doc_id, doc) in page {
-            let key = doc_key(&doc_id, doc.offset);
-            objects.put(&key, Bytes::from(doc.state), usize::MAX).await?;
+            let range = Some([body.len() as u64, (body.len() + doc.state.len()) as u64]);
+            body.extend_from_slice(&doc.state);
+            docs.push((
+                doc_id,
+                ManifestDoc { key: key.to_string(), range, version: doc.version, offset: doc.offset },
+            ));
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            manifest.docs.insert(
-                doc_id,
-                ManifestDoc { key: key.to_string(), version: doc.version, offset: doc.offset },
-            );
         }
+        objects.put(&key, Bytes::from(body), usize::MAX).await?;
+        manifest.docs.extend(docs);
     }
-    let next_offset: u64 = sources.values().sum();
     manifest.next_offset = next_offset;
     manifest.sources = sources;
     manifest.created_ms = crate::store::now_ms();
@@ -138,18 +166,18 @@ pub async fn collect_garbage(objects: &Objects, partition: u32, keep: usize) -> 
     }
     let (old, kept) = listed.split_at(listed.len() - keep);
     let oldest_kept = read_manifest(objects, &kept[0]).await?;
-    let referenced: std::collections::HashSet<&str> =
-        oldest_kept.docs.values().map(|d| d.key.as_str()).collect();
-    let mut deleted = 0;
+    let referenced: HashSet<&str> = oldest_kept.docs.values().map(|d| d.key.as_str()).collect();
+    let mut deleted = HashSet::new();
     for key in old {
         let manifest = read_manifest(objects, key).await?;
         for doc in manifest.docs.values().filter(|d| !referenced.contains(d.key.as_str())) {
-            objects.delete(&stored_key("snapshots", &doc.key)?).await?;
-            deleted += 1;
+            if deleted.insert(doc.key.clone()) {
+                objects.delete(&stored_key("snapshots", &doc.key)?).await?;
+            }
         }
         objects.delete(key).await?;
     }
-    Ok(deleted)
+    Ok(deleted.len())
 }
 
 async fn read_manifest(objects: &Objects, key: &Key) -> Result<Manifest, SinkError> {
@@ -210,22 +238,32 @@ pub async fn restore(
                 (topic, held.unwrap_or_default())
             })
             .collect();
-        let docs: Vec<(&String, &ManifestDoc)> = manifest.docs.iter().collect();
+        // By object, so that each is fetched once.
+        let mut docs: Vec<(&String, &ManifestDoc)> = manifest.docs.iter().collect();
+        docs.sort_by(|a, b| a.1.key.cmp(&b.1.key));
         let mut chunks = docs.chunks(batch.max(1)).peekable();
         if chunks.peek().is_none() {
             store.commit(&owner, &done, &[]).await.map_err(store_failed)?;
         }
+        let mut object: Option<(&str, Bytes)> = None;
         while let Some(chunk) = chunks.next() {
             let mut writes = Vec::with_capacity(chunk.len());
             for (doc_id, doc) in chunk {
-                let state = objects.get(&stored_key("snapshots", &doc.key)?).await?.ok_or_else(|| {
-                    corrupt(format!("manifest of partition {partition} names {}, which is missing", doc.key))
-                })?;
+                if object.as_ref().is_none_or(|(key, _)| *key != doc.key) {
+                    let bytes = objects.get(&stored_key("snapshots", &doc.key)?).await?.ok_or_else(|| {
+                        corrupt(format!(
+                            "manifest of partition {partition} names {}, which is missing",
+                            doc.key
+                        ))
+                    })?;
+                    object = Some((&doc.key, bytes));
+                }
+                let (_, bytes) = object.as_ref().expect("fetched above");
                 writes.push(DocWrite {
                     doc_id,
                     version: doc.version,
                     offset: doc.offset,
-                    state: state.to_vec(),
+                    state: doc.state(bytes)?.to_vec(),
                 });
             }
             let checkpoints = if chunks.peek().is_some() { &before } else { &done };

@@ -122,7 +122,11 @@ impl Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
 }
+
+/// Document ids per query of [`Store::load_docs`].
+pub const IDS_PER_QUERY: usize = 500;
 
 /// How long a load or a commit may take before it counts as failed (and is retried): a
 /// black-holed database fails a flush instead of hanging it.
@@ -220,7 +224,7 @@ impl Store {
             Backend::Sqlite => migrate_sqlite(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Store { pool })
+        Ok(Store { pool, backend })
     }
 
     pub async fn load_doc(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
@@ -236,6 +240,40 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| stored_doc(&row, 0)).transpose()
+    }
+
+    /// The stored documents among `doc_ids` (any number: they are asked for
+    /// [`IDS_PER_QUERY`] at a time), with their ids, in no particular order.
+    pub async fn load_docs(
+        &self,
+        job: &str,
+        doc_ids: &[&str],
+    ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+        timed("loading documents", self.load_docs_now(job, doc_ids)).await
+    }
+
+    async fn load_docs_now(
+        &self,
+        job: &str,
+        doc_ids: &[&str],
+    ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in doc_ids.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT doc_id, partition_id, version, log_offset, state, updated_ms FROM doc_snapshots \
+                 WHERE job = {} AND doc_id IN {}",
+                self.parameter(1),
+                self.parameters(2, 1, chunk.len())
+            );
+            let mut select = sqlx::query(&sql).bind(job);
+            for id in chunk {
+                select = select.bind(*id);
+            }
+            for row in select.fetch_all(&self.pool).await? {
+                found.push((row.try_get(0)?, stored_doc(&row, 1)?));
+            }
+        }
+        Ok(found)
     }
 
     /// Up to `limit` documents of (job, partition) whose last record is at or after
@@ -312,6 +350,28 @@ impl Store {
         .bind(to_i64(next_offset)?)
         .bind(now_ms());
         timed("a mirror checkpoint", async { Ok(write.execute(&self.pool).await.map(drop)?) }).await
+    }
+
+    /// Parameter `at` (from 1): PostgreSQL's `$N`, SQLite's plain `?` (SQLite looks a
+    /// numbered or named parameter up in a list of every one before it: quadratic in a
+    /// statement of thousands), so parameters must be bound in order.
+    fn parameter(&self, at: usize) -> String {
+        match self.backend {
+            Backend::Sqlite => "?".into(),
+            Backend::Postgres => format!("${at}"),
+        }
+    }
+
+    /// `rows` parenthesised groups of `width` parameters, numbered from `first`.
+    fn parameters(&self, first: usize, rows: usize, width: usize) -> String {
+        let groups: Vec<String> = (0..rows)
+            .map(|row| {
+                let marks: Vec<String> =
+                    (0..width).map(|column| self.parameter(first + row * width + column)).collect();
+                format!("({})", marks.join(", "))
+            })
+            .collect();
+        groups.join(", ")
     }
 
     /// The connection pool, for tables kept beside the state (`region::sql`'s leases).

@@ -104,9 +104,9 @@ fn the_partition_fold_asks_for_cold_documents_counts_versions_and_evicts_clean_o
     fold.fold(2, &record("b", 1)).expect("folds");
     assert!(fold.fold(3, b"not an op").is_err(), "garbage is an error");
     assert_eq!(fold.dirty_count(), 2);
-    assert_eq!(fold.evict(0), 0, "dirty documents are never evicted");
+    assert_eq!(fold.evict(0, usize::MAX), 0, "dirty documents are never evicted");
     fold.mark_clean();
     fold.fold(4, &record("b", 2)).expect("folds");
-    assert_eq!(fold.evict(1), 1);
+    assert_eq!(fold.evict(1, usize::MAX), 1);
     assert!(fold.get("a").is_none() && fold.get("b").is_some(), "the least recently touched clean one goes");
 }

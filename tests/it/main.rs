@@ -1,6 +1,7 @@
 //! docfold's integration tests: one binary, one module per area.
 
 mod active_active;
+mod capacity;
 mod cli;
 mod codec;
 mod fold;

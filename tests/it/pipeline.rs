@@ -26,13 +26,14 @@ use crate::sinks::{offsets_once, read_archive};
 const PARTITIONS: u32 = 4;
 
 /// A job config; `flush_ops` small makes a run slow (a transaction per few ops), so a kill
-/// lands mid-stream. Archive files rotate often, disaster-recovery snapshots too.
+/// lands mid-stream. Archive files rotate often, disaster-recovery snapshots too (a pack per
+/// document, so that a kill lands between the packs of an export).
 fn write_config(dir: &Path, name: &str, log: &str, store_url: &str, flush_ops: u64, sinks: &str) -> PathBuf {
     let path = dir.join(name);
     let text = format!(
         "job = \"crash\"\n[log]\npartitions = {PARTITIONS}\n{log}\n[store]\nurl = \"{store_url}\"\n\
          [pipeline]\nflush_interval_ms = 40\nflush_ops = {flush_ops}\nmax_docs_in_memory = 2\nbatch = 500\n\
-         [archive]\nmax_file_bytes = 65536\nmax_file_age_ms = 150\n[snapshots]\ninterval_ms = 100\n{sinks}"
+         [archive]\nmax_file_bytes = 65536\nmax_file_age_ms = 150\n[snapshots]\ninterval_ms = 100\nbatch_docs = 1\n{sinks}"
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -259,8 +260,8 @@ async fn assert_sinks_equal_reference(sinks: &Sinks, expected: &Reference, dead_
 }
 
 /// Watches the disaster-recovery snapshots between kills: a kill after an export (a new
-/// manifest appeared during the run), and a kill during one (a document object newer than
-/// every manifest of its partition: written, but its manifest never was).
+/// manifest appeared during the run), and a kill during one (a pack of states for an offset
+/// past every manifest of its partition: written, but its manifest never was).
 struct ExportWatch {
     root: PathBuf,
     manifests: usize,
@@ -297,14 +298,12 @@ impl ExportWatch {
             self.manifests = manifests;
         }
         let mut cut_short = false;
-        for doc in entries(self.root.clone()) {
-            let Some(id) = doc.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("doc="))
-            else {
-                continue;
-            };
-            let partition = docfold::log::partition_for(id.as_bytes(), PARTITIONS) as usize;
-            for object in entries(doc.clone()) {
-                if offset(&object) >= newest[partition] && self.orphans.insert(object) {
+        for (partition, newest) in newest.iter().enumerate() {
+            // Packs are named `<the export's offset>-<n>`.
+            for pack in entries(self.root.join(format!("packs/partition={partition}"))) {
+                let name = pack.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let at: u64 = name.split('-').next().and_then(|o| o.parse().ok()).unwrap_or(0);
+                if at > *newest && self.orphans.insert(pack) {
                     cut_short = true;
                 }
             }

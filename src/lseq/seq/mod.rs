@@ -443,6 +443,17 @@ impl Sequence {
             + self.pending.capacity() * 16
     }
 
+    /// [`Self::heap_bytes`] without visiting the nodes (a fold measures its states after
+    /// every op): every node counted with one slot in its parent's list, each list at its
+    /// length, the seen counters at one range per site.
+    pub fn estimated_bytes(&self) -> usize {
+        self.nodes.capacity() * (size_of::<Node>() + 4)
+            + self.children.capacity() * size_of::<Vec<u32>>()
+            + (self.free_nodes.capacity() + self.free_children.capacity()) * 4
+            + self.seen.estimated_bytes()
+            + self.pending.capacity() * 16
+    }
+
     /// Checks the structure's invariants; panics with a description when one fails.
     /// Meant for tests and debug builds.
     pub fn check_invariants(&self) {
