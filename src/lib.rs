@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod fold;
+pub mod loadgen;
 pub mod log;
 pub mod lseq;
 pub mod mirror;

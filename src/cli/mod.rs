@@ -3,6 +3,7 @@
 mod dead_letters;
 mod demo;
 mod doc;
+mod loadgen;
 mod log;
 mod mirror;
 mod produce;
@@ -73,6 +74,9 @@ enum Command {
     /// Simulate the regions under virtual time (deterministic; see docs/multi-region.md).
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Simulated users editing documents at a target rate into the log, with `docfold run`
+    /// beside them: publish → invalidation latency, memory, and a report folder.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 /// `--config`, shared by the commands that touch the log or the store.
@@ -123,6 +127,7 @@ impl Cli {
             Command::Mirror(args) => args.run(),
             Command::Region(command) => command.run(),
             Command::Sim(command) => command.run(),
+            Command::Loadgen(args) => args.run(),
         }
     }
 }

@@ -10,7 +10,7 @@ const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 const COLOURS: [RGBColor; 3] =
     [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0xd6, 0x27, 0x28), RGBColor(0x2c, 0xa0, 0x2c)];
 
-pub(super) type Error = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn register_font() -> Result<(), Error> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
@@ -46,36 +46,54 @@ pub fn cdf(path: &Path, title: &str, lines: &[(String, Vec<u32>)]) -> Result<(),
 /// Writes acked per second (all regions) through the run of each strategy, with the fault's
 /// start and end marked.
 pub fn timeline(path: &Path, title: &str, runs: &[&Figures]) -> Result<(), Error> {
+    let total = |f: &Figures| -> Vec<f64> {
+        let seconds = f.timeline.iter().map(Vec::len).max().unwrap_or(0);
+        (0..seconds)
+            .map(|s| f64::from(f.timeline.iter().map(|r| r.get(s).copied().unwrap_or(0)).sum::<u32>()))
+            .collect()
+    };
+    let series: Vec<(String, Vec<f64>)> =
+        runs.iter().map(|f| (f.strategy.label().to_string(), total(f))).collect();
+    let marks: Vec<f64> = runs
+        .first()
+        .and_then(|f| f.faults.first())
+        .map(|fault| {
+            let (from, to) = fault.window();
+            vec![from as f64 / 1000.0, to as f64 / 1000.0]
+        })
+        .unwrap_or_default();
+    lines(path, title, ("seconds of virtual time", "writes acked per second"), &marks, &series)
+}
+
+/// A line per named series of one value per second, with vertical marks at `marks` (seconds).
+pub fn lines(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    marks: &[f64],
+    series: &[(String, Vec<f64>)],
+) -> Result<(), Error> {
     register_font()?;
     let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let total = |f: &Figures| -> Vec<u32> {
-        let seconds = f.timeline.iter().map(Vec::len).max().unwrap_or(0);
-        (0..seconds).map(|s| f.timeline.iter().map(|r| r.get(s).copied().unwrap_or(0)).sum()).collect()
-    };
-    let series: Vec<Vec<u32>> = runs.iter().map(|f| total(f)).collect();
-    let seconds = series.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    let most = series.iter().flatten().max().copied().unwrap_or(1).max(1);
+    let seconds = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(1);
+    let most = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(1f64, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..seconds as f64, 0f64..f64::from(most) * 1.15)?;
-    chart.configure_mesh().x_desc("seconds of virtual time").y_desc("writes acked per second").draw()?;
-    if let Some(fault) = runs.first().and_then(|f| f.faults.first()) {
-        let (from, to) = fault.window();
-        for at in [from, to] {
-            let x = at as f64 / 1000.0;
-            chart.draw_series(LineSeries::new([(x, 0.0), (x, f64::from(most) * 1.15)], BLACK.mix(0.4)))?;
-        }
+        .build_cartesian_2d(0f64..seconds as f64, 0f64..most)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    for &x in marks {
+        chart.draw_series(LineSeries::new([(x, 0.0), (x, most)], BLACK.mix(0.4)))?;
     }
-    for (i, (f, points)) in runs.iter().zip(&series).enumerate() {
+    for (i, (name, values)) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
-        let line = points.iter().enumerate().map(|(s, &n)| (s as f64, f64::from(n)));
+        let line = values.iter().enumerate().map(|(s, &v)| (s as f64, v));
         chart
             .draw_series(LineSeries::new(line, colour.stroke_width(2)))?
-            .label(f.strategy.label())
+            .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;

@@ -12,7 +12,7 @@
 //! One seed gives one run, byte for byte: events are ordered by (time, sequence number), and
 //! nothing reads a wall clock or an unseeded hash.
 
-mod charts;
+pub(crate) mod charts;
 mod engine;
 pub mod figures;
 mod leases;

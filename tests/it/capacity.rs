@@ -58,3 +58,86 @@ async fn large_documents_stay_within_the_memory_bound() {
     }
     assert_eq!(state.text(), reference.text(), "the stored text is the fold of the three ops");
 }
+
+/// A job folding into `dir` with a short flush window, and its config file.
+fn loadgen_job(dir: &Path) -> (JobConfig, std::path::PathBuf) {
+    let path = dir.join("job.toml");
+    let text = format!(
+        "job = \"lg\"\n[log]\nurl = \"file://{d}/log\"\npartitions = 4\n[store]\nurl = \"sqlite://{d}/state.db\"\n\
+         [pipeline]\nflush_interval_ms = 100\n[objects]\nurl = \"file://{d}/objects\"\n\
+         [projection]\nurl = \"sqlite://{d}/projections.db\"\n",
+        d = dir.display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    (JobConfig::load(&path).expect("config"), path)
+}
+
+/// `docfold loadgen` with a small population; its report's figures.
+fn loadgen(config: &Path, out: &Path, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["loadgen", "--users", "400", "--docs", "40", "--rate", "800", "--seconds", "3"])
+        .args(["--offline-share", "0.1", "--offline-ms", "1500", "--drain-seconds", "30", "--out"])
+        .arg(out)
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .output()
+        .expect("loadgen runs");
+    let figures = std::fs::read(out.join("figures.json")).unwrap_or_default();
+    (output, serde_json::from_slice(&figures).unwrap_or_default())
+}
+
+/// A short run: every op it sent is seen folded, offline users' ops arrive late, its own
+/// check passes, and an independent fold of the log equals the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_load_run_folds_to_what_its_users_made() {
+    let dir = crate::services::temp_dir("loadgen");
+    let (config, path) = loadgen_job(&dir);
+    let (output, figures) = tokio::task::block_in_place(|| loadgen(&path, &dir.join("report"), &[]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("stored texts and versions are what their users made"), "{stdout}");
+    let sent = figures["sent"].as_u64().expect("sent");
+    assert!(sent > 1000, "{figures}");
+    assert_eq!(figures["visible"].as_u64(), Some(sent), "every op seen folded");
+    assert!(figures["late"].as_u64().expect("late") > 0, "offline ops arrive late: {figures}");
+    for name in ["report.md", "latency.png", "throughput.png"] {
+        assert!(dir.join("report").join(name).is_file(), "{name}");
+    }
+    let log = FileLog::open(&dir.join("log"), &config.log.topic).expect("log");
+    let expected = crate::pipeline::reference(&mut log.reader());
+    crate::pipeline::assert_store_equals_reference((config.store.url.expose(), "lg"), &expected).await;
+}
+
+/// Latency comes from when each op was sent and when an invalidation showed it folded: with
+/// the pipeline started 1.5 s after the load, the first ops wait at least that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_pipeline_shows_in_the_latency() {
+    let dir = crate::services::temp_dir("loadgen-late");
+    let (_, path) = loadgen_job(&dir);
+    let report = dir.join("report");
+    let started = std::time::Instant::now();
+    let run = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            std::process::Command::new(env!("CARGO_BIN_EXE_docfold"))
+                .args(["run", "--config"])
+                .arg(path)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("docfold run")
+        })
+    };
+    let (output, figures) = tokio::task::block_in_place(|| loadgen(&path, &report, &["--no-run"]));
+    let mut run = run.join().expect("joined");
+    // SAFETY: kill(2) with our own child's pid; SIGINT drains `docfold run` as Ctrl-C does.
+    unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    assert!(run.wait().expect("waited").success());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let max = figures["max_ms"].as_u64().expect("max");
+    let first = figures["timeline"][0]["visible"].as_u64().expect("first second");
+    assert_eq!(first, 0, "nothing is folded before the pipeline starts: {figures}");
+    assert!(max >= 1400 && max < started.elapsed().as_millis() as u64, "max {max} ms: {figures}");
+}

@@ -125,7 +125,7 @@ pub fn run_to_completion(config: &Path, idle_ms: u64) {
 }
 
 /// Every document of the log folded in log order, without the pipeline.
-struct Reference {
+pub(crate) struct Reference {
     docs: BTreeMap<String, Doc>,
     /// Each partition's end offset.
     ends: Vec<u64>,
@@ -136,7 +136,7 @@ struct Reference {
     bad: BTreeSet<(u32, u64)>,
 }
 
-fn reference(reader: &mut dyn LogReader) -> Reference {
+pub(crate) fn reference(reader: &mut dyn LogReader) -> Reference {
     let mut r =
         Reference { docs: BTreeMap::new(), ends: Vec::new(), ops: BTreeMap::new(), bad: BTreeSet::new() };
     for partition in 0..reader.partitions() {
@@ -174,16 +174,16 @@ fn reference(reader: &mut dyn LogReader) -> Reference {
     r
 }
 
-async fn assert_store_equals_reference(store_url: &str, expected: &Reference) {
+pub(crate) async fn assert_store_equals_reference((store_url, job): (&str, &str), expected: &Reference) {
     let Reference { docs: expected, ends, .. } = expected;
     let store = Store::open(store_url).await.expect("open store");
     assert_eq!(
-        store.doc_ids("crash").await.expect("ids"),
+        store.doc_ids(job).await.expect("ids"),
         expected.keys().cloned().collect::<Vec<_>>(),
         "no document missing"
     );
     for (id, doc) in expected {
-        let stored = store.load_doc("crash", id).await.expect("load").expect("stored");
+        let stored = store.load_doc(job, id).await.expect("load").expect("stored");
         let state = snapshot::decode(&stored.state).expect("decodes");
         let (text, expected_text) = (state.text(), doc.state.text());
         assert!(
@@ -196,7 +196,7 @@ async fn assert_store_equals_reference(store_url: &str, expected: &Reference) {
         assert_eq!((stored.version, stored.offset), (doc.version, doc.offset), "version and offset of {id}");
     }
     let checkpoints: Vec<u64> =
-        store.checkpoints("crash").await.expect("checkpoints").iter().map(|c| c.2).collect();
+        store.checkpoints(job).await.expect("checkpoints").iter().map(|c| c.2).collect();
     assert_eq!(&checkpoints, ends, "every partition checkpointed at its end");
     store.close().await;
 }
@@ -383,7 +383,7 @@ async fn embedded_pipeline_survives_sigkill_at_random_moments() {
     tokio::task::block_in_place(|| run_to_completion(&config, 0));
     tokio::task::block_in_place(&mut versions);
     let expected = reference(&mut log.reader());
-    assert_store_equals_reference(&store_url, &expected).await;
+    assert_store_equals_reference((&store_url, "crash"), &expected).await;
     let mut dead_letters = FileLog::open(&dir.join("log"), "doc-ops-dlq").expect("dead letters").reader();
     assert_sinks_equal_reference(&sinks, &expected, &mut dead_letters).await;
 
@@ -408,7 +408,7 @@ async fn embedded_pipeline_survives_sigkill_at_random_moments() {
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("restored {PARTITIONS} of {PARTITIONS} partitions")), "{stdout}");
     tokio::task::block_in_place(|| run_to_completion(&restored, 0));
-    assert_store_equals_reference(&restored_url, &expected).await;
+    assert_store_equals_reference((&restored_url, "crash"), &expected).await;
     assert_sinks_equal_reference(&sinks, &expected, &mut dead_letters).await;
 }
 
@@ -433,7 +433,7 @@ async fn a_fenced_owner_steps_down_and_the_new_owner_finishes() {
         assert_eq!(newer.wait_with_output().expect("new owner").status.code(), Some(0));
     });
     let expected = reference(&mut log.reader());
-    assert_store_equals_reference(&store_url, &expected).await;
+    assert_store_equals_reference((&store_url, "crash"), &expected).await;
     let sinks = Sinks::open(&JobConfig::load(&fast).expect("config")).await.expect("sinks");
     let mut dead_letters = FileLog::open(&dir.join("log"), "doc-ops-dlq").expect("dead letters").reader();
     assert_sinks_equal_reference(&sinks, &expected, &mut dead_letters).await;
@@ -538,7 +538,7 @@ async fn kafka_and_postgres_pipeline_survives_sigkill() {
 /// The store and every sink of a Kafka run equal the reference fold of its log; returns it.
 async fn assert_kafka_run_equals_reference(setup: &KafkaSetup, sinks: &Sinks) -> Reference {
     let expected = reference(&mut setup.log.reader().expect("reader"));
-    assert_store_equals_reference(&setup.store_url, &expected).await;
+    assert_store_equals_reference((&setup.store_url, "crash"), &expected).await;
     let mut dead_letters = setup.dead_letters.reader().expect("reader");
     tokio::task::block_in_place(|| {
         tokio::runtime::Handle::current().block_on(assert_sinks_equal_reference(
@@ -566,7 +566,7 @@ async fn two_processes_share_a_group_and_one_is_killed_mid_stream() {
         assert_eq!(status.code(), Some(0), "survivor failed: {status}");
     });
     let expected = reference(&mut setup.log.reader().expect("reader"));
-    assert_store_equals_reference(&setup.store_url, &expected).await;
+    assert_store_equals_reference((&setup.store_url, "crash"), &expected).await;
 }
 
 /// A zombie member: one of two members of a group is frozen (SIGSTOP) mid-stream, past
