@@ -65,6 +65,8 @@ struct Run {
     sessions: Sessions,
     visibility: Visibility,
     epoch_ms: i64,
+    /// This second's invalidations and the projection write units they stand for.
+    writes: (u64, u64),
 }
 
 impl LoadgenArgs {
@@ -93,8 +95,15 @@ impl LoadgenArgs {
         let next =
             (0..invalidations.partitions()).map(|p| invalidations.end_offset(p)).collect::<Result<_, _>>()?;
         let mut child = if self.no_run { None } else { Some(self.spawn_pipeline()?) };
-        let mut run =
-            Run { writer, invalidations, next, sessions, visibility: Visibility::new(self.docs), epoch_ms };
+        let mut run = Run {
+            writer,
+            invalidations,
+            next,
+            sessions,
+            visibility: Visibility::new(self.docs),
+            epoch_ms,
+            writes: (0, 0),
+        };
         let driven = self.drive(&mut run, child.as_ref().map(Child::id));
         if let Some(child) = &mut child {
             stop(child);
@@ -157,7 +166,9 @@ impl LoadgenArgs {
             read_invalidations(run, now_ms, &mut latencies)?;
             if now_ms / 1000 > timeline.len() as u64 {
                 let rss = pipeline.map_or(0, rss_mb);
-                let second = Second::new(second_sent, &mut latencies, run.visibility.waiting() as u64, rss);
+                let writes = std::mem::take(&mut run.writes);
+                let second =
+                    Second::new(second_sent, &mut latencies, writes, run.visibility.waiting() as u64, rss);
                 eprintln!(
                     "{:>4} s  sent {:>8}/s  folded {:>8}/s  p99 {:>6} ms  waiting {:>8}  held offline {:>7}  RSS {:>5} MB",
                     timeline.len() + 1,
@@ -224,6 +235,10 @@ fn read_invalidations(run: &mut Run, now_ms: u64, latencies: &mut Vec<u64>) -> a
             let Ok(invalidation) = serde_json::from_slice::<Invalidation>(&record.value) else { continue };
             if let Some(doc) = run.sessions.doc_of(&invalidation.doc_id) {
                 run.visibility.invalidated(doc, invalidation.version, now_ms, latencies);
+                // The item: the text (its editor's length now, near enough) and ~100 bytes more.
+                let bytes = run.sessions.len(doc) + 100;
+                run.writes.0 += 1;
+                run.writes.1 += bytes.div_ceil(1024) as u64;
             }
         }
     }

@@ -126,6 +126,11 @@ impl Sessions {
         self.editors.get(doc as usize)?.as_ref().map(Replica::text)
     }
 
+    /// A document's length in characters as its editor has it.
+    pub fn len(&self, doc: u32) -> usize {
+        self.editors.get(doc as usize).and_then(Option::as_ref).map_or(0, Replica::len)
+    }
+
     /// Ops made offline and not sent yet.
     pub fn held(&self) -> usize {
         self.held.len()

@@ -18,6 +18,12 @@ pub struct Second {
     pub max_ms: u64,
     /// Published ops not visible yet, at the end of the second.
     pub waiting: u64,
+    /// Invalidations seen (one per projection write and per Redis script), and the
+    /// DynamoDB write units those projection writes cost (1 per KB of the document's text).
+    #[serde(default)]
+    pub invalidations: u64,
+    #[serde(default)]
+    pub write_units: u64,
     /// The pipeline's resident memory at the end of the second (0: not sampled).
     pub rss_mb: u64,
 }
@@ -56,11 +62,20 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
 }
 
 impl Second {
-    /// A second whose visible ops had `latencies` (sorted here).
-    pub fn new(sent: u64, latencies: &mut [u64], waiting: u64, rss_mb: u64) -> Second {
+    /// A second whose visible ops had `latencies` (sorted here), with `invalidations` and
+    /// their `write_units`.
+    pub fn new(
+        sent: u64,
+        latencies: &mut [u64],
+        (invalidations, write_units): (u64, u64),
+        waiting: u64,
+        rss_mb: u64,
+    ) -> Second {
         latencies.sort_unstable();
         Second {
             sent,
+            invalidations,
+            write_units,
             visible: latencies.len() as u64,
             p50_ms: quantile(latencies, 0.5),
             p95_ms: quantile(latencies, 0.95),

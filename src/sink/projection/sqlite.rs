@@ -10,6 +10,10 @@ use std::str::FromStr;
 use super::{Body, Projection, ProjectionStore, Written};
 use crate::sink::SinkError;
 
+/// Projections written by one statement (7 parameters each; a statement per item would cost
+/// a round trip to SQLite's worker thread per document).
+const ITEMS_PER_STATEMENT: usize = 500;
+
 pub struct SqliteProjections {
     pool: SqlitePool,
 }
@@ -56,33 +60,34 @@ impl ProjectionStore for SqliteProjections {
     async fn put(&self, items: &[Projection]) -> Result<Written, SinkError> {
         let mut tx = self.pool.begin().await.map_err(failed)?;
         let mut outcome = Written::default();
-        for item in items {
-            let (text, text_ref) = match &item.body {
-                Body::Text(text) => (Some(text.as_str()), None),
-                Body::Pointer(key) => (None, Some(key.as_str())),
-            };
-            let done = sqlx::query(
+        for chunk in items.chunks(ITEMS_PER_STATEMENT) {
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
                 "INSERT INTO projections (doc_id, text, text_ref, version, chars, updated_ms, region) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (doc_id) DO UPDATE SET text = excluded.text, \
+                 VALUES {rows} ON CONFLICT (doc_id) DO UPDATE SET text = excluded.text, \
                  text_ref = excluded.text_ref, version = excluded.version, chars = excluded.chars, \
                  updated_ms = excluded.updated_ms, region = excluded.region \
-                 WHERE projections.version < excluded.version",
-            )
-            .bind(&item.doc_id)
-            .bind(text)
-            .bind(text_ref)
-            .bind(item.version as i64)
-            .bind(item.chars as i64)
-            .bind(item.updated_ms)
-            .bind(&item.region)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
-            if done.rows_affected() == 1 {
-                outcome.written += 1;
-            } else {
-                outcome.stale += 1;
+                 WHERE projections.version < excluded.version"
+            );
+            let mut upsert = sqlx::query(&sql);
+            for item in chunk {
+                let (text, text_ref) = match &item.body {
+                    Body::Text(text) => (Some(text.as_str()), None),
+                    Body::Pointer(key) => (None, Some(key.as_str())),
+                };
+                upsert = upsert
+                    .bind(&item.doc_id)
+                    .bind(text)
+                    .bind(text_ref)
+                    .bind(item.version as i64)
+                    .bind(item.chars as i64)
+                    .bind(item.updated_ms)
+                    .bind(&item.region);
             }
+            // A row is affected when it is new or moved forward; the others were stale.
+            let done = upsert.execute(&mut *tx).await.map_err(failed)?.rows_affected();
+            outcome.written += done;
+            outcome.stale += chunk.len() as u64 - done;
         }
         tx.commit().await.map_err(failed)?;
         Ok(outcome)
