@@ -149,10 +149,13 @@ impl LoadgenArgs {
         let (mut sent, mut late, mut second_sent) = (0u64, 0u64, 0u64);
         let mut timeline = Vec::new();
         let mut returned = false;
+        let per_tick = (2 * u128::from(self.rate) * TICK.as_millis() / 1000).max(1) as usize;
         loop {
             let now_ms = started.elapsed().as_millis() as u64;
             if now_ms < end_ms {
-                run.sessions.edits_until(now_ms, &mut edits)?;
+                // At most two ticks' worth at a time: a generator that falls behind goes on
+                // reading invalidations and reporting, and says how far behind it is.
+                run.sessions.edits_until(now_ms, per_tick, &mut edits)?;
             } else if !returned {
                 run.sessions.return_everyone(&mut edits);
                 returned = true;
@@ -167,17 +170,28 @@ impl LoadgenArgs {
             if now_ms / 1000 > timeline.len() as u64 {
                 let rss = pipeline.map_or(0, rss_mb);
                 let writes = std::mem::take(&mut run.writes);
-                let second =
+                let mut second =
                     Second::new(second_sent, &mut latencies, writes, run.visibility.waiting() as u64, rss);
+                let behind = run
+                    .sessions
+                    .next_due()
+                    .filter(|_| now_ms < end_ms)
+                    .map_or(0, |due| now_ms.saturating_sub(due));
+                second.behind_ms = behind;
                 eprintln!(
-                    "{:>4} s  sent {:>8}/s  folded {:>8}/s  p99 {:>6} ms  waiting {:>8}  held offline {:>7}  RSS {:>5} MB",
+                    "{:>4} s  sent {:>8}/s  folded {:>8}/s  p99 {:>6} ms  waiting {:>8}  held offline {:>7}  RSS {:>5} MB{}",
                     timeline.len() + 1,
                     second.sent,
                     second.visible,
                     second.p99_ms,
                     second.waiting,
                     run.sessions.held(),
-                    rss
+                    rss,
+                    if behind > 1000 {
+                        format!("  (the generator is {behind} ms behind)")
+                    } else {
+                        String::new()
+                    }
                 );
                 sent += second_sent;
                 second_sent = 0;
@@ -188,7 +202,9 @@ impl LoadgenArgs {
             if drained || now_ms > end_ms + self.drain_seconds * 1000 {
                 break;
             }
-            std::thread::sleep(TICK);
+            if run.sessions.next_due().is_none_or(|due| due > now_ms) {
+                std::thread::sleep(TICK);
+            }
         }
         sent += second_sent;
         all.append(&mut latencies);

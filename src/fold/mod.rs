@@ -27,6 +27,62 @@ pub struct Doc {
     pub offset: u64,
     /// Origin region of the last op folded in this process (empty after a reload).
     pub region: String,
+    /// The records folded into it since it was last stored (`snapshot::push_delta`), when
+    /// its fold keeps them ([`PartitionFold::for_partition`]).
+    pub delta: Vec<u8>,
+    /// What the store holds of it: `None` before its first write.
+    pub stored: Option<Stored>,
+}
+
+/// The size of what the store holds of a document.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Bytes of its last full state, and of the deltas written after it.
+    pub full: u64,
+    pub deltas: u64,
+}
+
+/// Deltas add up to at least this before a full state is due, however small the document.
+const MIN_DELTAS_BEFORE_FULL: u64 = 16 << 10;
+
+impl Doc {
+    /// Whether its next write must be the whole state: nothing is stored yet, or the stored
+    /// deltas with this one would pass a quarter of the full state (every load applies
+    /// them all). A flush's cost then follows what changed, not the document's size.
+    pub fn full_due(&self) -> bool {
+        self.stored
+            .is_none_or(|s| s.deltas + self.delta.len() as u64 > (s.full / 4).max(MIN_DELTAS_BEFORE_FULL))
+    }
+
+    /// What to store of it now: its whole state or its delta.
+    pub fn to_store(&self) -> StateWrite {
+        if self.full_due() {
+            StateWrite::Full(snapshot::encode(&self.state))
+        } else {
+            StateWrite::Delta(self.delta.clone())
+        }
+    }
+
+    /// What the store holds of it once `write` (from [`Doc::to_store`]) is stored.
+    pub fn stored_after(&self, write: &StateWrite) -> Stored {
+        match write {
+            StateWrite::Full(state) => Stored { full: state.len() as u64, deltas: 0 },
+            StateWrite::Delta(delta) => {
+                let stored = self.stored.unwrap_or_default();
+                Stored { deltas: stored.deltas + delta.len() as u64, ..stored }
+            }
+        }
+    }
+}
+
+/// What a write stores of a document's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateWrite {
+    /// The whole state (`snapshot::encode`); the deltas before it are dropped.
+    Full(Vec<u8>),
+    /// The records folded into it since its last write (`snapshot::push_delta`), kept after
+    /// the full state until the next one.
+    Delta(Vec<u8>),
 }
 
 /// What folding one record did.
@@ -75,6 +131,8 @@ pub struct PartitionFold {
     dirty: Vec<String>,
     /// The sum of the entries' `bytes`.
     bytes: usize,
+    /// Keep each document's records since its last write (`Doc::delta`).
+    deltas: bool,
     decoder: Decoder,
 }
 
@@ -92,6 +150,7 @@ impl Default for PartitionFold {
             docs: LruCache::unbounded_with_hasher(FxBuildHasher),
             dirty: Vec::new(),
             bytes: 0,
+            deltas: false,
             decoder: Decoder::default(),
         }
     }
@@ -102,10 +161,11 @@ impl PartitionFold {
         PartitionFold::default()
     }
 
-    /// The fold of `partition` of a topic with `partitions`: an op whose document belongs
-    /// to another partition (by the key rule, [`partition_for`]) is [`BadRecord::Misrouted`].
+    /// The fold of `partition` of a topic with `partitions` for a store: an op whose document
+    /// belongs to another partition (by the key rule, [`partition_for`]) is
+    /// [`BadRecord::Misrouted`], and each document keeps its records since its last write.
     pub fn for_partition(partition: u32, partitions: u32) -> PartitionFold {
-        PartitionFold { home: Some((partition, partitions)), ..PartitionFold::default() }
+        PartitionFold { home: Some((partition, partitions)), deltas: true, ..PartitionFold::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -127,7 +187,7 @@ impl PartitionFold {
 
     /// Puts a loaded (clean) document in memory, as the most recently touched.
     pub fn insert(&mut self, doc_id: String, doc: Doc) {
-        let bytes = doc.state.estimated_bytes();
+        let bytes = doc.state.estimated_bytes() + doc.delta.capacity();
         self.bytes += bytes;
         if let Some(old) = self.docs.put(doc_id.clone(), Entry { doc, bytes, dirty: false }) {
             self.bytes -= old.bytes;
@@ -155,7 +215,10 @@ impl PartitionFold {
         if entry.doc.region != envelope.origin_region {
             entry.doc.region.clone_from(&envelope.origin_region);
         }
-        let bytes = entry.doc.state.estimated_bytes();
+        if self.deltas && outcome.inserted + outcome.deleted + outcome.tombstoned > 0 {
+            snapshot::push_delta(&mut entry.doc.delta, bytes);
+        }
+        let bytes = entry.doc.state.estimated_bytes() + entry.doc.delta.capacity();
         self.bytes = self.bytes + bytes - entry.bytes;
         entry.bytes = bytes;
         if !entry.dirty {
@@ -185,6 +248,21 @@ impl PartitionFold {
 
     pub fn dirty_count(&self) -> usize {
         self.dirty.len()
+    }
+
+    /// Called once the dirty documents are durably stored, with what the store now holds of
+    /// each ([`Doc::stored_after`]).
+    pub fn mark_stored(&mut self, stored: &[(String, Stored)]) {
+        for (id, stored) in stored {
+            if let Some(entry) = self.docs.peek_mut(id.as_str()) {
+                entry.doc.stored = Some(*stored);
+                entry.doc.delta = Vec::new();
+                let bytes = entry.doc.state.estimated_bytes();
+                self.bytes = self.bytes + bytes - entry.bytes;
+                entry.bytes = bytes;
+            }
+        }
+        self.mark_clean();
     }
 
     /// Called once the dirty documents are durably stored.

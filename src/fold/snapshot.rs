@@ -25,6 +25,36 @@ pub enum SnapshotError {
     BadRanges(#[from] BadRanges),
     #[error("snapshot does not make a document state: {0}")]
     BadState(#[from] PartsError),
+    #[error("snapshot delta: {0}")]
+    BadDelta(String),
+}
+
+/// Appends one folded record (an encoded `op::Envelope`) to a delta: its length (4 bytes,
+/// little-endian), then the record.
+pub fn push_delta(delta: &mut Vec<u8>, record: &[u8]) {
+    delta.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    delta.extend_from_slice(record);
+}
+
+/// A stored state with its deltas (oldest first) applied, encoded again.
+pub fn apply_deltas(state: &[u8], deltas: &[Vec<u8>]) -> Result<Vec<u8>, SnapshotError> {
+    let mut sequence = decode(state)?;
+    let mut decoder = crate::op::Decoder::default();
+    for delta in deltas {
+        let mut rest = delta.as_slice();
+        while let Some((len, after)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_le_bytes(*len) as usize;
+            let record =
+                after.get(..len).ok_or_else(|| SnapshotError::BadDelta("a record is cut short".into()))?;
+            let envelope = decoder.decode(record).map_err(|e| SnapshotError::BadDelta(e.to_string()))?;
+            sequence.apply(&envelope.op).map_err(|e| SnapshotError::BadDelta(e.to_string()))?;
+            rest = &after[len..];
+        }
+        if !rest.is_empty() {
+            return Err(SnapshotError::BadDelta("trailing bytes".into()));
+        }
+    }
+    Ok(encode(&sequence))
 }
 
 pub fn encode(sequence: &Sequence) -> Vec<u8> {

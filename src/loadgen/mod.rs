@@ -136,13 +136,11 @@ impl Sessions {
         self.held.len()
     }
 
-    /// Every keystroke due by `now_ms`, and the held ops of users back by then, to `out`
-    /// (held ones first: they are older).
-    pub fn edits_until(&mut self, now_ms: u64, out: &mut Vec<Edit>) -> Result<(), EditError> {
-        if now_ms >= self.settings.offline_ms {
-            out.append(&mut self.held);
-        }
-        while let Some(&Reverse((at, user))) = self.due.peek() {
+    /// Up to `max` keystrokes due by `now_ms` (the oldest first), then the held ops of users
+    /// back by then, to `out`.
+    pub fn edits_until(&mut self, now_ms: u64, max: usize, out: &mut Vec<Edit>) -> Result<(), EditError> {
+        for _ in 0..max {
+            let Some(&Reverse((at, user))) = self.due.peek() else { break };
             if at > now_ms {
                 break;
             }
@@ -160,7 +158,15 @@ impl Sessions {
                 out.push(edit);
             }
         }
+        if now_ms >= self.settings.offline_ms {
+            out.append(&mut self.held);
+        }
         Ok(())
+    }
+
+    /// When the oldest keystroke not made yet is due (ms of the run).
+    pub fn next_due(&self) -> Option<u64> {
+        self.due.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Every held op, as if every user came back now (the end of a run).
@@ -253,7 +259,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
-            users: 200,
+            users: 400,
             docs: 20,
             rate: 2_000,
             zipf_s: 1.0,
@@ -270,10 +276,10 @@ mod tests {
     fn users_make_about_the_rate_and_offline_ops_come_late() {
         let mut sessions = Sessions::new(settings()).expect("settings");
         let mut out = Vec::new();
-        sessions.edits_until(400, &mut out).expect("edits");
+        sessions.edits_until(400, usize::MAX, &mut out).expect("edits");
         assert!(sessions.held() > 0, "offline users hold their ops");
         assert!(out.iter().all(|e| e.made_ms <= 400));
-        sessions.edits_until(5_000, &mut out).expect("edits");
+        sessions.edits_until(5_000, usize::MAX, &mut out).expect("edits");
         let rate = out.len() as f64 / 5.0;
         assert!((1_200.0..2_800.0).contains(&rate), "{rate} ops/s for 2,000");
         assert_eq!(sessions.held(), 0, "everyone is back after 500 ms");

@@ -26,6 +26,9 @@ pub struct Second {
     pub write_units: u64,
     /// The pipeline's resident memory at the end of the second (0: not sampled).
     pub rss_mb: u64,
+    /// How far the generator itself was behind its schedule (it shares the machine).
+    #[serde(default)]
+    pub behind_ms: u64,
 }
 
 /// A whole run.
@@ -83,6 +86,7 @@ impl Second {
             max_ms: latencies.last().copied().unwrap_or(0),
             waiting,
             rss_mb,
+            behind_ms: 0,
         }
     }
 }
@@ -102,14 +106,14 @@ impl Figures {
     /// The per-second rows as markdown (every `step`-th second, and the last).
     fn table(&self, step: usize) -> String {
         let mut out = String::from(
-            "| second | sent | visible | p50 ms | p95 ms | p99 ms | max ms | waiting | RSS MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| second | sent | visible | p50 ms | p95 ms | p99 ms | max ms | waiting | RSS MB | generator behind ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let last = self.timeline.len().saturating_sub(1);
         for (at, s) in self.timeline.iter().enumerate().filter(|(at, _)| at % step.max(1) == 0 || *at == last)
         {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 at + 1,
                 s.sent,
                 s.visible,
@@ -118,7 +122,8 @@ impl Figures {
                 s.p99_ms,
                 s.max_ms,
                 s.waiting,
-                s.rss_mb
+                s.rss_mb,
+                s.behind_ms
             );
         }
         out

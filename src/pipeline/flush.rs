@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::source::{self, Source};
 use super::{Job, PipelineError};
 use crate::config::PipelineConfig;
-use crate::fold::{PartitionFold, snapshot};
+use crate::fold::{PartitionFold, Stored};
 use crate::sink::dead_letter::DeadLetter;
 use crate::sink::snapshots::{self, Manifest};
 use crate::sink::{Backoff, Changes};
@@ -233,8 +233,13 @@ impl Flusher {
                 doc_id,
                 version: doc.version,
                 offset: doc.offset,
-                state: snapshot::encode(&doc.state),
+                state: doc.to_store(),
             })
+            .collect();
+        let stored: Vec<(String, Stored)> = docs
+            .iter()
+            .zip(&writes)
+            .map(|((id, doc), write)| (id.to_string(), doc.stored_after(&write.state)))
             .collect();
         if last || parts.archive_due() {
             // Checked again just before the uploads: a file with other boundaries than the
@@ -257,7 +262,7 @@ impl Flusher {
         tracing::debug!(partition = %self.label, position = source::position(parts.sources), docs = writes.len(), "checkpoint written");
         drop(writes);
         drop(docs);
-        parts.fold.mark_clean();
+        parts.fold.mark_stored(&stored);
         parts.fold.evict(job.settings.max_docs_in_memory, self.max_state_bytes);
         self.ops_since_flush = 0;
         self.unflushed_since = None;

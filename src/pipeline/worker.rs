@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::flush::{Flushed, Flusher, Parts};
 use super::source::{self, Source};
 use super::{Job, PipelineError};
-use crate::fold::{BadRecord, Doc, Folded, PartitionFold, snapshot};
+use crate::fold::{BadRecord, Doc, Folded, PartitionFold, Stored, snapshot};
 use crate::log::Record;
 use crate::sink::Backoff;
 use crate::sink::archive::PartitionArchive;
@@ -312,8 +312,14 @@ impl PartitionWorker {
             .into_iter()
             .map(|(doc_id, stored)| match snapshot::decode(&stored.state) {
                 Ok(state) => {
-                    let doc =
-                        Doc { state, version: stored.version, offset: stored.offset, region: String::new() };
+                    let on_disk = Stored { full: stored.state.len() as u64, deltas: stored.delta_bytes };
+                    let doc = Doc {
+                        state,
+                        version: stored.version,
+                        offset: stored.offset,
+                        stored: Some(on_disk),
+                        ..Doc::default()
+                    };
                     Ok((doc_id, doc))
                 }
                 Err(error) => Err(PipelineError::Snapshot { doc_id, error }),

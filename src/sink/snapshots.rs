@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::SinkError;
 use super::objects::{Objects, stored_key};
-use crate::store::{Checkpoint, DocWrite, LOCAL_TOPIC, Store, StoreError};
+use crate::store::{Checkpoint, DocWrite, LOCAL_TOPIC, StateWrite, Store, StoreError};
 
 /// The documents of a partition as of its checkpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,7 +263,7 @@ pub async fn restore(
                     doc_id,
                     version: doc.version,
                     offset: doc.offset,
-                    state: doc.state(bytes)?.to_vec(),
+                    state: StateWrite::Full(doc.state(bytes)?.to_vec()),
                 });
             }
             let checkpoints = if chunks.peek().is_some() { &before } else { &done };

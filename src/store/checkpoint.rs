@@ -8,10 +8,6 @@ use sqlx::Row;
 use super::{Store, StoreError, now_ms, timed, to_i64, to_u64};
 use crate::store::DocWrite;
 
-/// Documents written by one statement of a commit (7 parameters each: well under SQLite's
-/// 32,766 and PostgreSQL's 65,535), so a flush of many documents makes few round trips.
-const DOCS_PER_STATEMENT: usize = 1_000;
-
 /// How the job's own topic (`log.topic`) is named in the checkpoints: rows from before
 /// several source topics were moved here when the config was not known, and a renamed
 /// topic keeps its progress.
@@ -184,27 +180,7 @@ impl Store {
                 });
             }
         }
-        for chunk in docs.chunks(DOCS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO doc_snapshots (job, doc_id, partition_id, version, log_offset, state, updated_ms) \
-                 VALUES {} ON CONFLICT (job, doc_id) DO UPDATE SET \
-                 partition_id = excluded.partition_id, version = excluded.version, log_offset = excluded.log_offset, \
-                 state = excluded.state, updated_ms = excluded.updated_ms",
-                self.parameters(1, chunk.len(), 7)
-            );
-            let mut upsert = sqlx::query(&sql);
-            for doc in chunk {
-                upsert = upsert
-                    .bind(job)
-                    .bind(doc.doc_id)
-                    .bind(i64::from(partition))
-                    .bind(to_i64(doc.version)?)
-                    .bind(to_i64(doc.offset)?)
-                    .bind(doc.state.as_slice())
-                    .bind(now);
-            }
-            upsert.execute(&mut *tx).await?;
-        }
+        self.write_docs(&mut tx, (job, partition, now), docs).await?;
         tx.commit().await?;
         Ok(())
     }

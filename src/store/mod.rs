@@ -4,6 +4,7 @@
 //! migration folder per backend (`migrations/sqlite`, `migrations/postgres`).
 
 mod checkpoint;
+mod deltas;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
@@ -11,6 +12,7 @@ use crate::config::redact_url;
 use sqlx::{AnyPool, Executor, Row};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use crate::fold::StateWrite;
 pub use checkpoint::{Checkpoint, LOCAL_TOPIC, Owner};
 
 /// A document as stored.
@@ -22,9 +24,11 @@ pub struct StoredDoc {
     /// of that record plus the next offsets of the partition's other source topics (so it
     /// only grows; with one source topic it is the record's log offset).
     pub offset: u64,
-    /// The state encoding (`fold::snapshot`).
+    /// The state encoding (`fold::snapshot`), with the stored deltas applied.
     pub state: Vec<u8>,
     pub updated_ms: i64,
+    /// Bytes of deltas the store holds after its last full state (0: the full state is all).
+    pub delta_bytes: u64,
 }
 
 /// A document to write with a checkpoint.
@@ -33,7 +37,7 @@ pub struct DocWrite<'a> {
     pub doc_id: &'a str,
     pub version: u64,
     pub offset: u64,
-    pub state: Vec<u8>,
+    pub state: StateWrite,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,10 +157,11 @@ fn to_u64(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative offset or version {value}")))
 }
 
-/// A `StoredDoc` from the row's columns starting at `at` (partition_id, version,
-/// log_offset, state, updated_ms).
+/// A `StoredDoc` from the row's columns starting at `at` (`DOC_COLUMNS`), its deltas not
+/// applied yet.
 fn stored_doc(row: &sqlx::any::AnyRow, at: usize) -> Result<StoredDoc, StoreError> {
     Ok(StoredDoc {
+        delta_bytes: to_u64(row.try_get(at + 5)?)?,
         partition: u32::try_from(row.try_get::<i64, _>(at)?)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         version: to_u64(row.try_get(at + 1)?)?,
@@ -233,13 +238,18 @@ impl Store {
 
     async fn load_doc_now(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
         let row = sqlx::query(
-            "SELECT partition_id, version, log_offset, state, updated_ms FROM doc_snapshots WHERE job = $1 AND doc_id = $2",
+            "SELECT partition_id, version, log_offset, state, updated_ms, delta_bytes FROM doc_snapshots \
+             WHERE job = $1 AND doc_id = $2",
         )
         .bind(job)
         .bind(doc_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| stored_doc(&row, 0)).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let mut docs = [(doc_id.to_string(), stored_doc(&row, 0)?)];
+        self.apply_deltas(job, &mut docs).await?;
+        let [(_, doc)] = docs;
+        Ok(Some(doc))
     }
 
     /// The stored documents among `doc_ids` (any number: they are asked for
@@ -260,8 +270,8 @@ impl Store {
         let mut found = Vec::new();
         for chunk in doc_ids.chunks(IDS_PER_QUERY) {
             let sql = format!(
-                "SELECT doc_id, partition_id, version, log_offset, state, updated_ms FROM doc_snapshots \
-                 WHERE job = {} AND doc_id IN {}",
+                "SELECT doc_id, partition_id, version, log_offset, state, updated_ms, delta_bytes \
+                 FROM doc_snapshots WHERE job = {} AND doc_id IN {}",
                 self.parameter(1),
                 self.parameters(2, 1, chunk.len())
             );
@@ -273,6 +283,7 @@ impl Store {
                 found.push((row.try_get(0)?, stored_doc(&row, 1)?));
             }
         }
+        self.apply_deltas(job, &mut found).await?;
         Ok(found)
     }
 
@@ -288,7 +299,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT doc_id, partition_id, version, log_offset, state, updated_ms FROM doc_snapshots \
+            "SELECT doc_id, partition_id, version, log_offset, state, updated_ms, delta_bytes FROM doc_snapshots \
              WHERE job = $1 AND partition_id = $2 AND log_offset >= $3 AND doc_id > $4 \
              ORDER BY doc_id LIMIT $5",
         )
@@ -300,7 +311,12 @@ impl Store {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|row| Ok((row.try_get(0)?, stored_doc(row, 1)?))).collect()
+        let mut docs = rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, stored_doc(row, 1)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.apply_deltas(job, &mut docs).await?;
+        Ok(docs)
     }
 
     /// Document ids of a job, sorted.

@@ -18,7 +18,7 @@ use docfold::sink::invalidate::{Invalidation, Invalidator, RedisCache};
 use docfold::sink::objects::Objects;
 use docfold::sink::projection::{Body, Projection, ProjectionStore, Projections, Written};
 use docfold::sink::snapshots;
-use docfold::store::{Checkpoint, DocWrite, LOCAL_TOPIC, Store};
+use docfold::store::{Checkpoint, DocWrite, LOCAL_TOPIC, StateWrite, Store};
 use object_store::path::Path as Key;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::{BTreeMap, BTreeSet};
@@ -147,8 +147,12 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
     let mut doc = Sequence::default();
     doc.apply(&envelope("x", 1, "hello", false).op).expect("apply");
     let state = snapshot::encode(&doc);
-    let docs =
-        [ODD_DOC_ID, "plain"].map(|doc_id| DocWrite { doc_id, version: 3, offset: 24, state: state.clone() });
+    let docs = [ODD_DOC_ID, "plain"].map(|doc_id| DocWrite {
+        doc_id,
+        version: 3,
+        offset: 24,
+        state: StateWrite::Full(state.clone()),
+    });
     let owner = source.claim("dr", 0).await.expect("claim");
     source
         .commit(&owner, &[(LOCAL_TOPIC, Checkpoint { next_offset: 25, archived_offset: 10 })], &docs)
@@ -186,7 +190,12 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
     // Two more exports, "plain" changing in each: with two manifests kept, the oldest goes,
     // and with it the state only it named; every kept manifest's states are there.
     for offset in [30u64, 40] {
-        let write = [DocWrite { doc_id: "plain", version: offset, offset: offset - 1, state: state.clone() }];
+        let write = [DocWrite {
+            doc_id: "plain",
+            version: offset,
+            offset: offset - 1,
+            state: StateWrite::Full(state.clone()),
+        }];
         source
             .commit(&owner, &[(LOCAL_TOPIC, Checkpoint { next_offset: offset, archived_offset: 10 })], &write)
             .await

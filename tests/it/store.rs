@@ -1,11 +1,11 @@
 //! The state store: one conformance body run against SQLite and PostgreSQL.
 
-use docfold::store::{Checkpoint, DocWrite, LOCAL_TOPIC, Store, StoreError};
+use docfold::store::{Checkpoint, DocWrite, LOCAL_TOPIC, StateWrite, Store, StoreError};
 
 use crate::services;
 
 fn doc<'a>(doc_id: &'a str, version: u64, offset: u64, state: &[u8]) -> DocWrite<'a> {
-    DocWrite { doc_id, version, offset, state: state.to_vec() }
+    DocWrite { doc_id, version, offset, state: StateWrite::Full(state.to_vec()) }
 }
 
 /// A checkpoint with the archive caught up.
@@ -113,7 +113,59 @@ async fn conformance(url: &str) {
     let second = store.docs_changed("job", 0, 0, Some("b"), 2).await.expect("page");
     assert_eq!(ids(&second), ["d"]);
     assert!(store.docs_changed("job", 0, 0, Some("d"), 2).await.expect("page").is_empty());
+    deltas(&store, &owner).await;
     store.close().await;
+}
+
+/// Incremental snapshots: every read applies the deltas written after a full state; the
+/// next full state drops them.
+async fn deltas(store: &Store, owner: &docfold::store::Owner) {
+    use docfold::fold::snapshot;
+    use docfold::lseq::{Replica, Sequence};
+    use docfold::op::{Envelope, encode};
+    let mut editor = Replica::new(1, 7);
+    let ops =
+        [editor.local_edit(0, 0, "hello"), editor.local_edit(5, 0, " world"), editor.local_edit(0, 1, "")]
+            .map(|op| op.expect("edit"));
+    let mut state = Sequence::new();
+    state.apply(&ops[0]).expect("apply");
+    let delta = |op: &docfold::lseq::Op| {
+        let mut delta = Vec::new();
+        snapshot::push_delta(&mut delta, &encode(&Envelope::new("e", "r", 0, op.clone())));
+        delta
+    };
+    let write = |version, offset, state| DocWrite { doc_id: "e", version, offset, state };
+    let text = |doc: &docfold::store::StoredDoc| snapshot::decode(&doc.state).expect("decodes").text();
+    let full = StateWrite::Full(snapshot::encode(&state));
+    store.commit(owner, &[(LOCAL_TOPIC, at(40))], &[write(5, 39, full)]).await.expect("full");
+    let first = delta(&ops[1]);
+    let first_len = first.len() as u64;
+    store
+        .commit(owner, &[(LOCAL_TOPIC, at(41))], &[write(11, 40, StateWrite::Delta(first))])
+        .await
+        .expect("delta");
+    store
+        .commit(owner, &[(LOCAL_TOPIC, at(42))], &[write(12, 41, StateWrite::Delta(delta(&ops[2])))])
+        .await
+        .expect("delta");
+    let e = store.load_doc("job", "e").await.expect("read").expect("stored");
+    assert_eq!((text(&e).as_str(), e.version, e.offset), ("ello world", 12, 41), "full state + two deltas");
+    assert!(e.delta_bytes > first_len, "{}", e.delta_bytes);
+    let many = store.load_docs("job", &["e", "a"]).await.expect("read");
+    assert!(
+        many.iter().any(|(id, doc)| id == "e" && text(doc) == "ello world"),
+        "load_docs applies them too"
+    );
+    let changed = store.docs_changed("job", 0, 41, None, 10).await.expect("changed");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(text(&changed[0].1), "ello world", "and so do exports");
+    for op in &ops[1..] {
+        state.apply(op).expect("apply");
+    }
+    let full = StateWrite::Full(snapshot::encode(&state));
+    store.commit(owner, &[(LOCAL_TOPIC, at(43))], &[write(12, 42, full)]).await.expect("full again");
+    let e = store.load_doc("job", "e").await.expect("read").expect("stored");
+    assert_eq!((text(&e).as_str(), e.delta_bytes), ("ello world", 0), "the full state dropped the deltas");
 }
 
 #[tokio::test]
