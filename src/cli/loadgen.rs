@@ -17,8 +17,10 @@ use docfold::op::{Envelope, encode};
 use docfold::sink::invalidate::Invalidation;
 use docfold::store::{IDS_PER_QUERY, Store};
 
-/// How often the generator wakes to send what is due and read invalidations.
+/// How often the generator wakes to send what is due and read invalidations…
 const TICK: Duration = Duration::from_millis(5);
+/// …and the most it sends between two flushes, in time's worth of the rate.
+const BATCH: Duration = Duration::from_millis(100);
 
 #[derive(Debug, clap::Args)]
 pub struct LoadgenArgs {
@@ -55,6 +57,34 @@ pub struct LoadgenArgs {
     /// After the last op, how long to wait for every op to be seen folded.
     #[arg(long, default_value_t = 60)]
     drain_seconds: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CapacityArgs {
+    /// `figures.json` files of `docfold loadgen` runs (or their report folders).
+    #[arg(required = true)]
+    figures: Vec<PathBuf>,
+    /// Where to write the page.
+    #[arg(long, default_value = "docs/capacity.md")]
+    out: PathBuf,
+}
+
+impl CapacityArgs {
+    pub fn run(self) -> anyhow::Result<bool> {
+        let mut runs = Vec::new();
+        for path in &self.figures {
+            let path = if path.is_dir() { path.join("figures.json") } else { path.clone() };
+            let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            runs.push(
+                serde_json::from_slice::<Figures>(&text)
+                    .with_context(|| format!("{} is not a loadgen figures.json", path.display()))?,
+            );
+        }
+        std::fs::write(&self.out, docfold::loadgen::capacity::markdown(&runs))
+            .with_context(|| format!("writing {}", self.out.display()))?;
+        println!("wrote {}", self.out.display());
+        Ok(true)
+    }
 }
 
 /// Where the run is.
@@ -105,10 +135,12 @@ impl LoadgenArgs {
             writes: (0, 0),
         };
         let driven = self.drive(&mut run, child.as_ref().map(Child::id));
+        let cpu = child.as_ref().map_or(0.0, |child| cpu_seconds(child.id()));
         if let Some(child) = &mut child {
             stop(child);
         }
         let mut figures = driven?;
+        figures.pipeline_cpu_seconds = cpu;
         figures.log = config.log.url.expose().split("://").next().unwrap_or_default().to_string();
         figures.store = config.store.url.expose().split("://").next().unwrap_or_default().to_string();
         figures.flush_interval_ms = config.pipeline.flush_interval_ms;
@@ -149,19 +181,20 @@ impl LoadgenArgs {
         let (mut sent, mut late, mut second_sent) = (0u64, 0u64, 0u64);
         let mut timeline = Vec::new();
         let mut returned = false;
-        let per_tick = (2 * u128::from(self.rate) * TICK.as_millis() / 1000).max(1) as usize;
+        let per_tick = (self.rate as usize * BATCH.as_millis() as usize / 1000).max(1);
         loop {
             let now_ms = started.elapsed().as_millis() as u64;
             if now_ms < end_ms {
-                // At most two ticks' worth at a time: a generator that falls behind goes on
-                // reading invalidations and reporting, and says how far behind it is.
+                // At most a batch's worth at a time (a Kafka flush waits for its acks): a
+                // generator that falls behind goes on reading invalidations and reporting,
+                // and says how far behind it is.
                 run.sessions.edits_until(now_ms, per_tick, &mut edits)?;
             } else if !returned {
                 run.sessions.return_everyone(&mut edits);
                 returned = true;
             }
             for edit in edits.drain(..) {
-                late += u64::from(now_ms > edit.made_ms + 1000);
+                late += u64::from(edit.late);
                 publish(run, &edit, now_ms)?;
                 second_sent += 1;
             }
@@ -294,6 +327,17 @@ fn rss_mb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_default();
     line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0) / 1024
+}
+
+/// CPU seconds (user + system) process `pid` has used (0 when it is gone).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |at: usize| fields.get(at).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / per_second
 }
 
 /// Asks `docfold run` to drain (SIGINT, as Ctrl-C) and waits for it; kills it after a minute.

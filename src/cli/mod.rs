@@ -77,6 +77,9 @@ enum Command {
     /// Simulated users editing documents at a target rate into the log, with `docfold run`
     /// beside them: publish → invalidation latency, memory, and a report folder.
     Loadgen(loadgen::LoadgenArgs),
+    /// Write docs/capacity.md (cores, partitions, DynamoDB, S3 and Redis per region for 100k
+    /// and 1 M users) from loadgen runs' figures.
+    Capacity(loadgen::CapacityArgs),
 }
 
 /// `--config`, shared by the commands that touch the log or the store.
@@ -128,6 +131,7 @@ impl Cli {
             Command::Region(command) => command.run(),
             Command::Sim(command) => command.run(),
             Command::Loadgen(args) => args.run(),
+            Command::Capacity(args) => args.run(),
         }
     }
 }

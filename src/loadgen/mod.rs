@@ -6,6 +6,7 @@
 //! with users. Each op's version increment is known, so the run can tell from an
 //! invalidation's version which ops it covers ([`Visibility`]).
 
+pub mod capacity;
 pub mod report;
 
 use rand::rngs::SmallRng;
@@ -79,6 +80,8 @@ pub struct Edit {
     /// Characters it inserts plus characters it deletes: what it adds to the document's
     /// version (`fold::Doc::version`), whenever and however often it arrives.
     pub increment: u64,
+    /// Made offline, sent when its user came back.
+    pub late: bool,
 }
 
 /// Every user's session and every document's editor.
@@ -153,7 +156,7 @@ impl Sessions {
             };
             self.due.push(Reverse((next.max(at + 1), user)));
             if self.users[user as usize].offline && at < self.settings.offline_ms {
-                self.held.push(edit);
+                self.held.push(Edit { late: true, ..edit });
             } else {
                 out.push(edit);
             }
@@ -203,7 +206,7 @@ impl Sessions {
             u.caret = caret as u32 + 1;
             (editor.local_edit(caret, 0, letter.encode_utf8(&mut [0; 4]))?, 1)
         };
-        Ok(Edit { doc: u.doc, op, made_ms: at, increment })
+        Ok(Edit { doc: u.doc, op, made_ms: at, increment, late: false })
     }
 }
 

@@ -53,6 +53,9 @@ pub struct Figures {
     pub p99_ms: u64,
     pub max_ms: u64,
     pub peak_rss_mb: u64,
+    /// CPU seconds the pipeline process used in the run (user + system; 0: not measured).
+    #[serde(default)]
+    pub pipeline_cpu_seconds: f64,
     pub timeline: Vec<Second>,
 }
 
@@ -141,7 +144,8 @@ impl Figures {
              | ops seen folded (by an invalidation) | {visible} |\n\
              | published → invalidation p50 / p95 / p99 / max | {p50} / {p95} / {p99} / {max} ms |\n\
              | goal: p99 ≤ 2 × the flush window ({goal} ms) | {verdict} |\n\
-             | the pipeline's peak RSS (goal ≤ 4 GB) | {rss} MB |\n\n\
+             | the pipeline's peak RSS (goal ≤ 4 GB) | {rss} MB |\n\
+             | the pipeline's CPU | {cpu:.1} s ({per_core:.0} ops folded per CPU second) |\n\n\
              ![latency](latency.png)\n\n![throughput](throughput.png)\n\n\
              ## Second by second\n\n{table}",
             users = self.users,
@@ -160,6 +164,8 @@ impl Figures {
             p99 = self.p99_ms,
             max = self.max_ms,
             rss = self.peak_rss_mb,
+            cpu = self.pipeline_cpu_seconds,
+            per_core = self.visible as f64 / self.pipeline_cpu_seconds.max(0.001),
             table = self.table(self.timeline.len().div_ceil(30)),
         )
     }
