@@ -4,7 +4,7 @@
 use sqlx::Row;
 use std::collections::HashMap;
 
-use super::{IDS_PER_QUERY, Store, StoreError, StoredDoc, to_i64};
+use super::{IDS_PER_QUERY, Store, StoreError, StoredDoc, bind_ids, to_i64};
 use crate::store::{DocWrite, StateWrite};
 
 impl Store {
@@ -18,16 +18,12 @@ impl Store {
             docs.iter().filter(|(_, d)| d.delta_bytes > 0).map(|(id, _)| id.as_str()).collect();
         let mut deltas: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
         for chunk in with.chunks(IDS_PER_QUERY) {
-            let sql = format!(
-                "SELECT doc_id, ops FROM doc_deltas WHERE job = {} AND doc_id IN {} ORDER BY doc_id, log_offset",
-                self.parameter(1),
-                self.parameters(2, 1, chunk.len())
+            let sql = self.by_ids(
+                "SELECT doc_id, ops FROM doc_deltas",
+                chunk.len(),
+                " ORDER BY doc_id, log_offset",
             );
-            let mut select = sqlx::query(&sql).bind(job);
-            for id in chunk {
-                select = select.bind(*id);
-            }
-            for row in select.fetch_all(&self.pool).await? {
+            for row in bind_ids(&sql, job, chunk.iter().copied()).fetch_all(&self.pool).await? {
                 deltas.entry(row.try_get(0)?).or_default().push(row.try_get(1)?);
             }
         }
@@ -52,16 +48,8 @@ impl Store {
             docs.iter().partition(|d| matches!(d.state, StateWrite::Full(_)));
         for chunk in full.chunks(DOCS_PER_STATEMENT) {
             self.upsert(tx, (job, partition, now), chunk, "state = excluded.state, delta_bytes = 0").await?;
-            let sql = format!(
-                "DELETE FROM doc_deltas WHERE job = {} AND doc_id IN {}",
-                self.parameter(1),
-                self.parameters(2, 1, chunk.len())
-            );
-            let mut delete = sqlx::query(&sql).bind(job);
-            for doc in chunk {
-                delete = delete.bind(doc.doc_id);
-            }
-            delete.execute(&mut **tx).await?;
+            let sql = self.by_ids("DELETE FROM doc_deltas", chunk.len(), "");
+            bind_ids(&sql, job, chunk.iter().map(|doc| doc.doc_id)).execute(&mut **tx).await?;
         }
         for chunk in delta.chunks(DOCS_PER_STATEMENT) {
             let moved = "delta_bytes = doc_snapshots.delta_bytes + excluded.delta_bytes";

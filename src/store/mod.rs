@@ -171,6 +171,13 @@ fn stored_doc(row: &sqlx::any::AnyRow, at: usize) -> Result<StoredDoc, StoreErro
     })
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// A [`Store::by_ids`] statement with the job and the ids bound.
+fn bind_ids<'q>(sql: &'q str, job: &'q str, ids: impl IntoIterator<Item = &'q str>) -> AnyQuery<'q> {
+    ids.into_iter().fold(sqlx::query(sql).bind(job), |query, id| query.bind(id))
+}
+
 /// Creates the folder of an SQLite URL's file (`sqlite://PATH[?…]`) if it is missing.
 pub fn create_folder_of(url: &str) -> Result<(), String> {
     let path = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -269,17 +276,9 @@ impl Store {
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         let mut found = Vec::new();
         for chunk in doc_ids.chunks(IDS_PER_QUERY) {
-            let sql = format!(
-                "SELECT doc_id, partition_id, version, log_offset, state, updated_ms, delta_bytes \
-                 FROM doc_snapshots WHERE job = {} AND doc_id IN {}",
-                self.parameter(1),
-                self.parameters(2, 1, chunk.len())
-            );
-            let mut select = sqlx::query(&sql).bind(job);
-            for id in chunk {
-                select = select.bind(*id);
-            }
-            for row in select.fetch_all(&self.pool).await? {
+            let head = "SELECT doc_id, partition_id, version, log_offset, state, updated_ms, delta_bytes FROM doc_snapshots";
+            let sql = self.by_ids(head, chunk.len(), "");
+            for row in bind_ids(&sql, job, chunk.iter().copied()).fetch_all(&self.pool).await? {
                 found.push((row.try_get(0)?, stored_doc(&row, 1)?));
             }
         }
@@ -376,6 +375,16 @@ impl Store {
             Backend::Sqlite => "?".into(),
             Backend::Postgres => format!("${at}"),
         }
+    }
+
+    /// `{head} WHERE job = … AND doc_id IN (…){tail}` for `count` ids: bind the job, then the
+    /// ids ([`bind_ids`]).
+    fn by_ids(&self, head: &str, count: usize, tail: &str) -> String {
+        format!(
+            "{head} WHERE job = {} AND doc_id IN {}{tail}",
+            self.parameter(1),
+            self.parameters(2, 1, count)
+        )
     }
 
     /// `rows` parenthesised groups of `width` parameters, numbered from `first`.
