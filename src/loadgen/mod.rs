@@ -47,10 +47,24 @@ const PASTE: (usize, usize) = (20, 400);
 impl Settings {
     /// The mean think time between bursts that makes `rate` ops per second from `users`.
     pub fn think_mean_ms(&self) -> Result<f64, String> {
+        for (name, value) in [("--users", self.users), ("--docs", self.docs), ("--rate", self.rate)] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.offline_share) {
+            return Err(format!(
+                "--offline-share is a share of the users, from 0 to 1 (not {})",
+                self.offline_share
+            ));
+        }
+        if !(self.zipf_s > 0.0 && self.zipf_s.is_finite()) {
+            return Err(format!("--zipf must be a positive exponent (not {})", self.zipf_s));
+        }
         let burst = f64::from(BURST.0 + BURST.1) / 2.0;
         let cycle_ms = f64::from(self.users) * 1000.0 / f64::from(self.rate.max(1)) * burst;
         let think = cycle_ms - (burst - 1.0) * KEY_MS as f64;
-        if self.users == 0 || self.docs == 0 || think <= 0.0 {
+        if think <= 0.0 {
             return Err(format!(
                 "{} users typing a key every {KEY_MS} ms in bursts cannot make {} ops/s: use more users or a lower rate",
                 self.users, self.rate
@@ -291,9 +305,15 @@ mod tests {
     }
 
     #[test]
-    fn too_high_a_rate_for_the_users_is_refused() {
-        let error = Sessions::new(Settings { users: 10, rate: 1_000, ..settings() }).err().expect("refused");
-        assert!(error.contains("more users or a lower rate"), "{error}");
+    fn bad_settings_are_refused_with_the_reason() {
+        let refused = |settings: Settings| Sessions::new(settings).err().expect("refused");
+        assert!(
+            refused(Settings { users: 10, rate: 1_000, ..settings() }).contains("more users or a lower rate")
+        );
+        assert_eq!(refused(Settings { docs: 0, ..settings() }), "--docs must be at least 1");
+        assert_eq!(refused(Settings { rate: 0, ..settings() }), "--rate must be at least 1");
+        assert!(refused(Settings { offline_share: 1.5, ..settings() }).contains("from 0 to 1"));
+        assert!(refused(Settings { zipf_s: 0.0, ..settings() }).contains("positive exponent"));
     }
 
     #[test]
