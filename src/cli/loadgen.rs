@@ -202,6 +202,9 @@ impl LoadgenArgs {
             read_invalidations(run, now_ms, &mut latencies)?;
             if now_ms / 1000 > timeline.len() as u64 {
                 let rss = pipeline.map_or(0, rss_mb);
+                if pipeline.is_some() && rss == 0 {
+                    bail!("docfold run stopped; its log is {}", self.out.join("pipeline.log").display());
+                }
                 let writes = std::mem::take(&mut run.writes);
                 let mut second =
                     Second::new(second_sent, &mut latencies, writes, run.visibility.waiting() as u64, rss);
