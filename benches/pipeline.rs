@@ -97,7 +97,7 @@ fn wide(rt: &tokio::runtime::Runtime, histories: &[(String, Vec<Op>)]) {
         "wide: {ops} ops over {} documents in {seconds:.2} s = {:.0} ops/s; peak RSS {} MB",
         WIDE_TRACES.len() * WIDE_DOCS_PER_TRACE,
         ops as f64 / seconds,
-        peak_rss_kb() / 1024
+        docfold::telemetry::memory_kb(None, "VmHWM") / 1024
     );
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
@@ -167,13 +167,6 @@ fn kafka(rt: &tokio::runtime::Runtime, brokers: &str, histories: &[(String, Vec<
         produced as f64 / piped,
         100.0 * raw / piped
     );
-}
-
-/// The process's peak resident memory (`VmHWM`), in KiB; 0 where /proc has none.
-fn peak_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or_default();
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).unwrap_or(0)
 }
 
 /// Publishes each trace's ops in `range` to `docs_per_trace` documents of that trace.

@@ -327,9 +327,7 @@ async fn check(store_url: &str, job: &str, run: &Run, docs: u32) -> anyhow::Resu
 
 /// The resident memory of process `pid` in MiB (0 when it is gone).
 fn rss_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_default();
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0) / 1024
+    docfold::telemetry::memory_kb(Some(pid), "VmRSS") / 1024
 }
 
 /// CPU seconds (user + system) process `pid` has used (0 when it is gone).

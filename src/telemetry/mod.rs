@@ -125,3 +125,13 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
         .install()
         .map_err(|e| format!("metrics on {addr}: {e}"))
 }
+
+/// A memory figure of process `pid` (this process when `None`) from `/proc/<pid>/status`, in
+/// KiB: `VmRSS` (resident now) or `VmHWM` (its peak). 0 where /proc has none (the process is
+/// gone, or not Linux).
+pub fn memory_kb(pid: Option<u32>, field: &str) -> u64 {
+    let path = pid.map_or_else(|| "/proc/self/status".to_string(), |pid| format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(path).unwrap_or_default();
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')));
+    line.and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse().ok()).unwrap_or(0)
+}

@@ -10,12 +10,12 @@ use docfold::trace::{Trace, publish, replay};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
-/// The process's peak resident memory (`VmHWM`) in MiB. nextest runs each test in a process
-/// of its own, so this is this test's peak.
+/// The process's peak resident memory in MiB. nextest runs each test in a process of its
+/// own, so this is this test's peak.
 fn peak_rss_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") / 1024
+    let kb = docfold::telemetry::memory_kb(None, "VmHWM");
+    assert!(kb > 0, "/proc/self/status has VmHWM");
+    kb / 1024
 }
 
 /// rustcode's first op pastes its 42,493-character file: 200 documents that each start
