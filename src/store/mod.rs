@@ -157,7 +157,10 @@ fn to_u64(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative offset or version {value}")))
 }
 
-/// A `StoredDoc` from the row's columns starting at `at` (`DOC_COLUMNS`), its deltas not
+/// A stored document's columns, in the order [`stored_doc`] reads them.
+const DOC_COLUMNS: &str = "partition_id, version, log_offset, state, updated_ms, delta_bytes";
+
+/// A `StoredDoc` from the row's columns starting at `at` ([`DOC_COLUMNS`]), its deltas not
 /// applied yet.
 fn stored_doc(row: &sqlx::any::AnyRow, at: usize) -> Result<StoredDoc, StoreError> {
     Ok(StoredDoc {
@@ -244,19 +247,7 @@ impl Store {
     }
 
     async fn load_doc_now(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
-        let row = sqlx::query(
-            "SELECT partition_id, version, log_offset, state, updated_ms, delta_bytes FROM doc_snapshots \
-             WHERE job = $1 AND doc_id = $2",
-        )
-        .bind(job)
-        .bind(doc_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut docs = [(doc_id.to_string(), stored_doc(&row, 0)?)];
-        self.apply_deltas(job, &mut docs).await?;
-        let [(_, doc)] = docs;
-        Ok(Some(doc))
+        Ok(self.load_docs_now(job, &[doc_id]).await?.pop().map(|(_, doc)| doc))
     }
 
     /// The stored documents among `doc_ids` (any number: they are asked for
@@ -276,8 +267,8 @@ impl Store {
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         let mut found = Vec::new();
         for chunk in doc_ids.chunks(IDS_PER_QUERY) {
-            let head = "SELECT doc_id, partition_id, version, log_offset, state, updated_ms, delta_bytes FROM doc_snapshots";
-            let sql = self.by_ids(head, chunk.len(), "");
+            let sql =
+                self.by_ids(&format!("SELECT doc_id, {DOC_COLUMNS} FROM doc_snapshots"), chunk.len(), "");
             for row in bind_ids(&sql, job, chunk.iter().copied()).fetch_all(&self.pool).await? {
                 found.push((row.try_get(0)?, stored_doc(&row, 1)?));
             }
@@ -297,19 +288,19 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT doc_id, partition_id, version, log_offset, state, updated_ms, delta_bytes FROM doc_snapshots \
-             WHERE job = $1 AND partition_id = $2 AND log_offset >= $3 AND doc_id > $4 \
-             ORDER BY doc_id LIMIT $5",
-        )
-        .bind(job)
-        .bind(i64::from(partition))
-        .bind(to_i64(since)?)
-        // Document ids are never empty (`op::limits`): "" is before every one.
-        .bind(after.unwrap_or(""))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT doc_id, {DOC_COLUMNS} FROM doc_snapshots \
+             WHERE job = $1 AND partition_id = $2 AND log_offset >= $3 AND doc_id > $4 ORDER BY doc_id LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(job)
+            .bind(i64::from(partition))
+            .bind(to_i64(since)?)
+            // Document ids are never empty (`op::limits`): "" is before every one.
+            .bind(after.unwrap_or(""))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
         let mut docs = rows
             .iter()
             .map(|row| Ok((row.try_get(0)?, stored_doc(row, 1)?)))
