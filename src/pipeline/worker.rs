@@ -55,6 +55,7 @@ impl PartitionWorker {
     /// Loads the partition's checkpoints: the worker folds each source topic from there
     /// (and the archive from its own progress, which may be behind).
     pub async fn start(job: &Job, (partition, partitions): (u32, u32)) -> Result<Self, PipelineError> {
+        job.store.expect_partitions(partitions)?;
         let owner = job.store.claim(&job.name, partition).await?;
         let stored = job.store.source_checkpoints(&job.name, partition).await?;
         let mut sources = Vec::with_capacity(job.sources.len());
@@ -296,7 +297,7 @@ impl PartitionWorker {
     async fn load(&mut self, doc_ids: &[&str]) -> Result<rustc_hash::FxHashMap<String, Doc>, PipelineError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let stored = loop {
-            match self.job.store.load_docs(&self.job.name, doc_ids).await {
+            match self.job.store.partition_docs(&self.job.name, self.owner.partition, doc_ids).await {
                 Ok(stored) => break stored,
                 Err(error) if error.is_retryable() && !self.job.cancel.is_cancelled() => {
                     let delay = backoff.next_delay();

@@ -53,7 +53,7 @@ impl Store {
         )
         .bind(job)
         .bind(i64::from(partition))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool_of(partition).await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -68,14 +68,19 @@ impl Store {
 
     /// Every checkpoint of a job: (partition, stored topic, next offset).
     pub async fn checkpoints(&self, job: &str) -> Result<Vec<(u32, String, u64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT partition_id, topic, next_offset FROM source_checkpoints WHERE job = $1 \
-             ORDER BY partition_id, topic",
-        )
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| Ok((partition_of(r)?, r.try_get(1)?, to_u64(r.try_get(2)?)?))).collect()
+        let mut checkpoints = Vec::new();
+        for pool in self.every_pool().await? {
+            let rows =
+                sqlx::query("SELECT partition_id, topic, next_offset FROM source_checkpoints WHERE job = $1")
+                    .bind(job)
+                    .fetch_all(&pool)
+                    .await?;
+            for r in rows {
+                checkpoints.push((partition_of(&r)?, r.try_get(1)?, to_u64(r.try_get(2)?)?));
+            }
+        }
+        checkpoints.sort_unstable();
+        Ok(checkpoints)
     }
 
     /// Claims (job, partition) for a new owner: the epoch goes up by one, which fences off
@@ -89,7 +94,7 @@ impl Store {
         .bind(job)
         .bind(i64::from(partition))
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.pool_of(partition).await?)
         .await?;
         Ok(Owner { job: job.into(), partition, epoch: to_u64(row.try_get(0)?)? })
     }
@@ -106,7 +111,7 @@ impl Store {
             sqlx::query("SELECT owner_epoch FROM partition_owners WHERE job = $1 AND partition_id = $2")
                 .bind(job)
                 .bind(i64::from(partition))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool_of(partition).await?)
                 .await?;
         row.map_or(Ok(0), |row| to_u64(row.try_get(0)?))
     }
@@ -136,7 +141,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (job, partition) = (owner.job.as_str(), owner.partition);
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool_of(partition).await?.begin().await?;
         // The owner row is locked until the commit: a concurrent claim waits for it.
         let owned = sqlx::query(
             "UPDATE partition_owners SET updated_ms = $3 WHERE job = $1 AND partition_id = $2 AND owner_epoch = $4",

@@ -11,6 +11,7 @@ impl Store {
     /// Applies the stored deltas of the documents that have any to their states.
     pub(super) async fn apply_deltas(
         &self,
+        pool: &sqlx::AnyPool,
         job: &str,
         docs: &mut [(String, StoredDoc)],
     ) -> Result<(), StoreError> {
@@ -23,7 +24,7 @@ impl Store {
                 chunk.len(),
                 " ORDER BY doc_id, log_offset",
             );
-            for row in bind_ids(&sql, job, chunk.iter().copied()).fetch_all(&self.pool).await? {
+            for row in bind_ids(&sql, job, chunk.iter().copied()).fetch_all(pool).await? {
                 deltas.entry(row.try_get(0)?).or_default().push(row.try_get(1)?);
             }
         }

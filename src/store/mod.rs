@@ -5,11 +5,14 @@
 
 mod checkpoint;
 mod deltas;
+mod partitions;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
 use crate::config::redact_url;
+use partitions::PartitionFiles;
 use sqlx::{AnyPool, Executor, Row};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::fold::StateWrite;
@@ -62,6 +65,14 @@ pub enum StoreError {
     Fenced { job: String, partition: u32, held: u64, ours: u64 },
     #[error("stored value out of range: {0}")]
     Corrupt(String),
+    #[error("state store: {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    /// The embedded store keeps a file per partition, so it cannot follow a log whose
+    /// partition count changed.
+    #[error(
+        "the state store's partition files ({folder}) were made for a log of {held} partitions, but it has {partitions} now: fold the log into a fresh store"
+    )]
+    Repartitioned { folder: std::path::PathBuf, held: u32, partitions: u32 },
     /// The database did not answer in time (black-holed, overloaded): retried.
     #[error("state store: {what} took longer than {seconds} s")]
     Timeout { what: &'static str, seconds: u64 },
@@ -122,11 +133,20 @@ impl Backend {
     }
 }
 
-/// The state store (cheap to clone: a connection pool).
-#[derive(Clone, Debug)]
+/// The state store (cheap to clone: connection pools).
+#[derive(Clone)]
 pub struct Store {
+    /// The database (PostgreSQL), or the store's own file (SQLite; [`partitions`]).
     pool: AnyPool,
     backend: Backend,
+    /// SQLite's file per partition (none for an in-memory store).
+    partitions: Option<Arc<PartitionFiles>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+    }
 }
 
 /// Document ids per query of [`Store::load_docs`].
@@ -210,58 +230,120 @@ async fn migrate_sqlite(pool: &AnyPool) -> Result<(), StoreError> {
     }
 }
 
+/// An SQLite pool of `url` (`sqlite://PATH?…`), migrated.
+async fn open_sqlite(url: &str, connections: u32) -> Result<AnyPool, StoreError> {
+    create_folder_of(url).map_err(|e| StoreError::BadUrl { url: redact_url(url), reason: e })?;
+    // WAL: readers (`doc show`) never block the pipeline; NORMAL sync is durable against a
+    // process crash (the log replays anything a power loss takes). The busy timeout comes
+    // first: switching to WAL takes a lock that another process opening the file at the
+    // same moment may hold.
+    let pool = AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .connect(url)
+        .await?;
+    migrate_sqlite(&pool).await?;
+    Ok(pool)
+}
+
 impl Store {
     /// Connects (creating an SQLite file if needed) and applies the migrations.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         install_default_drivers();
         let backend = Backend::of(url)?;
-        let mut options = AnyPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30));
-        let mut url = url.to_string();
-        if backend == Backend::Sqlite {
-            create_folder_of(&url).map_err(|e| StoreError::BadUrl { url: redact_url(&url), reason: e })?;
-            if !url.contains('?') {
-                url.push_str("?mode=rwc");
-            }
-            // WAL: readers (`doc show`) never block the pipeline; NORMAL sync is durable
-            // against a process crash (the log replays anything a power loss takes). The busy
-            // timeout comes first: switching to WAL takes a lock that another process opening
-            // the file at the same moment may hold.
-            options = options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-                        .await
-                        .map(drop)
-                })
-            });
+        if backend == Backend::Postgres {
+            let pool = AnyPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(30));
+            let pool = pool.connect(url).await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            return Ok(Store { pool, backend, partitions: None });
         }
-        let pool = options.connect(&url).await?;
-        match backend {
-            Backend::Sqlite => migrate_sqlite(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+        let pool = open_sqlite(&url, 4).await?;
+        let path = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let partitions = PartitionFiles::beside(std::path::Path::new(path.split('?').next().unwrap_or(path)));
+        if let Some(files) = &partitions {
+            files.move_from(&pool).await?;
         }
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, partitions: partitions.map(Arc::new) })
+    }
+
+    /// The pool that holds `partition`'s rows.
+    async fn pool_of(&self, partition: u32) -> Result<AnyPool, StoreError> {
+        match &self.partitions {
+            Some(files) => files.pool(partition).await,
+            None => Ok(self.pool.clone()),
+        }
+    }
+
+    /// Every pool that holds partitions' rows.
+    async fn every_pool(&self) -> Result<Vec<AnyPool>, StoreError> {
+        match &self.partitions {
+            Some(files) => files.every().await,
+            None => Ok(vec![self.pool.clone()]),
+        }
+    }
+
+    /// Refuses a log whose partition count is not the one the store's partition files were
+    /// made for ([`StoreError::Repartitioned`]); the first call records it.
+    pub fn expect_partitions(&self, partitions: u32) -> Result<(), StoreError> {
+        self.partitions.as_ref().map_or(Ok(()), |files| files.expect_count(partitions))
     }
 
     pub async fn load_doc(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
-        timed("loading a document", self.load_doc_now(job, doc_id)).await
-    }
-
-    async fn load_doc_now(&self, job: &str, doc_id: &str) -> Result<Option<StoredDoc>, StoreError> {
-        Ok(self.load_docs_now(job, &[doc_id]).await?.pop().map(|(_, doc)| doc))
+        Ok(self.load_docs(job, &[doc_id]).await?.pop().map(|(_, doc)| doc))
     }
 
     /// The stored documents among `doc_ids` (any number: they are asked for
-    /// [`IDS_PER_QUERY`] at a time), with their ids, in no particular order.
+    /// [`IDS_PER_QUERY`] at a time), with their ids, in no particular order, from whichever
+    /// partition holds them.
     pub async fn load_docs(
         &self,
         job: &str,
         doc_ids: &[&str],
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        timed("loading documents", self.load_docs_now(job, doc_ids)).await
+        timed("loading documents", async {
+            let mut found: Vec<(String, StoredDoc)> = Vec::new();
+            let mut missing: Vec<&str> = doc_ids.to_vec();
+            for pool in self.every_pool().await? {
+                if missing.is_empty() {
+                    break;
+                }
+                let here = self.load_docs_from(&pool, job, &missing).await?;
+                let here_ids: std::collections::HashSet<&str> =
+                    here.iter().map(|(id, _)| id.as_str()).collect();
+                missing.retain(|id| !here_ids.contains(id));
+                found.extend(here);
+            }
+            Ok(found)
+        })
+        .await
     }
 
-    async fn load_docs_now(
+    /// [`Store::load_docs`] of documents in `partition` (the pipeline's loads).
+    pub async fn partition_docs(
         &self,
+        job: &str,
+        partition: u32,
+        doc_ids: &[&str],
+    ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+        timed("loading documents", async {
+            self.load_docs_from(&self.pool_of(partition).await?, job, doc_ids).await
+        })
+        .await
+    }
+
+    async fn load_docs_from(
+        &self,
+        pool: &AnyPool,
         job: &str,
         doc_ids: &[&str],
     ) -> Result<Vec<(String, StoredDoc)>, StoreError> {
@@ -269,11 +351,11 @@ impl Store {
         for chunk in doc_ids.chunks(IDS_PER_QUERY) {
             let sql =
                 self.by_ids(&format!("SELECT doc_id, {DOC_COLUMNS} FROM doc_snapshots"), chunk.len(), "");
-            for row in bind_ids(&sql, job, chunk.iter().copied()).fetch_all(&self.pool).await? {
+            for row in bind_ids(&sql, job, chunk.iter().copied()).fetch_all(pool).await? {
                 found.push((row.try_get(0)?, stored_doc(&row, 1)?));
             }
         }
-        self.apply_deltas(job, &mut found).await?;
+        self.apply_deltas(pool, job, &mut found).await?;
         Ok(found)
     }
 
@@ -292,6 +374,7 @@ impl Store {
             "SELECT doc_id, {DOC_COLUMNS} FROM doc_snapshots \
              WHERE job = $1 AND partition_id = $2 AND log_offset >= $3 AND doc_id > $4 ORDER BY doc_id LIMIT $5"
         );
+        let pool = self.pool_of(partition).await?;
         let rows = sqlx::query(&sql)
             .bind(job)
             .bind(i64::from(partition))
@@ -299,23 +382,30 @@ impl Store {
             // Document ids are never empty (`op::limits`): "" is before every one.
             .bind(after.unwrap_or(""))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&pool)
             .await?;
         let mut docs = rows
             .iter()
             .map(|row| Ok((row.try_get(0)?, stored_doc(row, 1)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.apply_deltas(job, &mut docs).await?;
+        self.apply_deltas(&pool, job, &mut docs).await?;
         Ok(docs)
     }
 
     /// Document ids of a job, sorted.
     pub async fn doc_ids(&self, job: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT doc_id FROM doc_snapshots WHERE job = $1 ORDER BY doc_id")
-            .bind(job)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        let mut ids = Vec::new();
+        for pool in self.every_pool().await? {
+            let rows = sqlx::query("SELECT doc_id FROM doc_snapshots WHERE job = $1")
+                .bind(job)
+                .fetch_all(&pool)
+                .await?;
+            for row in rows {
+                ids.push(row.try_get(0)?);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// The mirror's next source offset for (job, mirrored topic, partition), if it copied any.
@@ -396,6 +486,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(files) = &self.partitions {
+            files.close().await;
+        }
         self.pool.close().await;
     }
 }

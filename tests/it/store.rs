@@ -156,6 +156,10 @@ async fn deltas(store: &Store, owner: &docfold::store::Owner) {
         many.iter().any(|(id, doc)| id == "e" && text(doc) == "ello world"),
         "load_docs applies them too"
     );
+    let mut ours = store.partition_docs("job", 0, &["e", "a", "nothing"]).await.expect("read");
+    ours.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(ours.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["a", "e"]);
+    assert_eq!(text(&ours[1].1), "ello world", "and so do the pipeline's loads");
     let changed = store.docs_changed("job", 0, 41, None, 10).await.expect("changed");
     assert_eq!(changed.len(), 1);
     assert_eq!(text(&changed[0].1), "ello world", "and so do exports");
@@ -172,6 +176,126 @@ async fn deltas(store: &Store, owner: &docfold::store::Owner) {
 async fn sqlite_store_conformance() {
     let dir = services::temp_dir("store");
     conformance(&format!("sqlite://{}", dir.join("state.db").display())).await;
+}
+
+/// The embedded store keeps each partition in a file of its own, so partitions commit in
+/// parallel: a writer holding one partition's file does not hold up another partition's
+/// commit. Two processes (here two stores on one URL) never both write one partition's
+/// file: a claim in one fences the other's commits off, and its refused commit leaves the
+/// file as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_partitions_commit_in_files_of_their_own() {
+    use sqlx::{Connection, Executor, Row};
+    let dir = services::temp_dir("store-partitions");
+    let url = format!("sqlite://{}", dir.join("state.db").display());
+    let (first, second) = (Store::open(&url).await.expect("open"), Store::open(&url).await.expect("open"));
+    let zero = first.claim("job", 0).await.expect("claim");
+    let one = first.claim("job", 1).await.expect("claim");
+    first.commit(&zero, &[(LOCAL_TOPIC, at(3))], &[doc("a", 1, 2, b"a")]).await.expect("commit");
+    first.commit(&one, &[(LOCAL_TOPIC, at(5))], &[doc("b", 1, 4, b"b")]).await.expect("commit");
+    let file = |p: u32| dir.join("state.partitions").join(format!("partition-{p}.db"));
+    let rows = |p: u32| async move {
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", file(p).display())).await.expect("open");
+        let docs = sqlx::query("SELECT doc_id, state FROM doc_snapshots ORDER BY doc_id")
+            .fetch_all(&mut conn)
+            .await
+            .expect("read");
+        let docs: Vec<(String, Vec<u8>)> = docs.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let checkpoints = sqlx::query("SELECT partition_id, next_offset FROM source_checkpoints")
+            .fetch_all(&mut conn)
+            .await
+            .expect("read");
+        let checkpoints: Vec<(i64, i64)> = checkpoints.iter().map(|r| (r.get(0), r.get(1))).collect();
+        (docs, checkpoints)
+    };
+    assert_eq!(rows(0).await, (vec![("a".into(), b"a".to_vec())], vec![(0, 3)]), "partition 0's file");
+    assert_eq!(rows(1).await, (vec![("b".into(), b"b".to_vec())], vec![(1, 5)]), "partition 1's file");
+
+    // A writer holds partition 0's file: partition 1 still commits at once.
+    let mut holder =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", file(0).display())).await.expect("open");
+    holder.execute("BEGIN IMMEDIATE").await.expect("take partition 0's write lock");
+    let started = std::time::Instant::now();
+    first.commit(&one, &[(LOCAL_TOPIC, at(6))], &[doc("b", 2, 5, b"b'")]).await.expect("commit");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "waited {:?} for another partition's lock",
+        started.elapsed()
+    );
+    holder.execute("ROLLBACK").await.expect("release");
+
+    // The second store claims partition 1: the first's commits there are refused whole.
+    let newer = second.claim("job", 1).await.expect("claim");
+    let before = rows(1).await;
+    let zombie = first.commit(&one, &[(LOCAL_TOPIC, at(9))], &[doc("b", 3, 8, b"zombie")]).await;
+    assert!(matches!(zombie, Err(StoreError::Fenced { .. })), "{zombie:?}");
+    assert_eq!(rows(1).await, before, "the fenced store wrote nothing to partition 1's file");
+    first.commit(&zero, &[(LOCAL_TOPIC, at(4))], &[]).await.expect("partition 0 is still the first's");
+    second
+        .commit(&newer, &[(LOCAL_TOPIC, at(9))], &[doc("b", 3, 8, b"b''")])
+        .await
+        .expect("the new owner commits");
+    assert_eq!(first.load_doc("job", "b").await.expect("read").expect("stored").state, b"b''");
+    assert_eq!(first.doc_ids("job").await.expect("ids"), ["a", "b"]);
+
+    // The partition count is kept: a log with another one is refused.
+    first.expect_partitions(2).expect("first use records the count");
+    second.expect_partitions(2).expect("the same count");
+    let error = second.expect_partitions(3).expect_err("another count");
+    assert!(matches!(error, StoreError::Repartitioned { held: 2, partitions: 3, .. }), "{error}");
+    assert!(error.to_string().contains("fresh store"), "{error}");
+    first.close().await;
+    second.close().await;
+}
+
+/// A store written before the file per partition kept every row in its own file: opening
+/// it moves each partition's documents, deltas, checkpoints and owner into the partition's
+/// file, and nothing is lost or left behind.
+#[tokio::test]
+async fn an_older_single_file_sqlite_store_moves_into_partition_files() {
+    use sqlx::{Connection, Executor, Row};
+    let dir = services::temp_dir("store-older");
+    let url = format!("sqlite://{}", dir.join("state.db").display());
+    Store::open(&url).await.expect("create the schema").close().await;
+    std::fs::remove_dir_all(dir.join("state.partitions")).ok();
+    let mut older = sqlx::SqliteConnection::connect(&format!("{url}?mode=rw")).await.expect("open");
+    older
+        .execute(
+            "INSERT INTO partition_owners VALUES ('job', 0, 4, 1), ('job', 2, 1, 1); \
+             INSERT INTO source_checkpoints VALUES ('job', 0, '', 10, 10, 1), ('job', 2, '', 7, 5, 1); \
+             INSERT INTO doc_snapshots VALUES ('job', 'a', 0, 3, 9, x'61', 1, 1), ('job', 'c', 2, 1, 6, x'63', 1, 0); \
+             INSERT INTO doc_deltas VALUES ('job', 'a', 9, x'00');",
+        )
+        .await
+        .expect("an older store's rows");
+    let store = Store::open(&url).await.expect("open moves the rows");
+    assert_eq!(
+        store.checkpoints("job").await.expect("read"),
+        [(0, LOCAL_TOPIC.into(), 10), (2, LOCAL_TOPIC.into(), 7)]
+    );
+    assert_eq!(store.doc_ids("job").await.expect("ids"), ["a", "c"]);
+    assert_eq!(store.claim("job", 0).await.expect("claim").epoch, 5, "the owner epoch moved too");
+    let c = store.partition_docs("job", 2, &["c"]).await.expect("read");
+    assert_eq!(c[0].1.state, b"c");
+    let a = sqlx::query("SELECT COUNT(*) FROM doc_deltas WHERE doc_id = 'a'")
+        .fetch_one(
+            &mut sqlx::SqliteConnection::connect(&format!(
+                "sqlite://{}",
+                dir.join("state.partitions/partition-0.db").display()
+            ))
+            .await
+            .expect("open"),
+        )
+        .await
+        .expect("read");
+    assert_eq!(a.get::<i64, _>(0), 1, "the delta moved with its document");
+    for table in ["partition_owners", "source_checkpoints", "doc_snapshots", "doc_deltas"] {
+        let left =
+            sqlx::query(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&mut older).await.expect("count");
+        assert_eq!(left.get::<i64, _>(0), 0, "{table} rows left in the store's own file");
+    }
+    store.close().await;
 }
 
 #[tokio::test]
