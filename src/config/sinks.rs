@@ -46,6 +46,10 @@ pub struct SnapshotsConfig {
     /// Documents read and written per batch by an export or a restore (their memory is
     /// one batch of states).
     pub batch_docs: usize,
+    /// At most this many documents (rounded up to whole batches) exported per flush: an
+    /// export of many documents goes on over several flushes instead of holding one up.
+    /// The drain at shutdown finishes an export whole.
+    pub docs_per_flush: usize,
 }
 
 /// The read model: one item per document with its text and version.
@@ -136,7 +140,7 @@ impl Default for ArchiveConfig {
 
 impl Default for SnapshotsConfig {
     fn default() -> Self {
-        SnapshotsConfig { interval_ms: 3_600_000, keep: 24, batch_docs: 256 }
+        SnapshotsConfig { interval_ms: 3_600_000, keep: 24, batch_docs: 256, docs_per_flush: 2_048 }
     }
 }
 
@@ -202,6 +206,11 @@ pub(super) fn validate(
     }
     if snapshots.keep == 0 {
         return Err(("snapshots.keep", "must be at least 1".into()));
+    }
+    if snapshots.batch_docs == 0 || snapshots.docs_per_flush == 0 {
+        let field =
+            if snapshots.batch_docs == 0 { "snapshots.batch_docs" } else { "snapshots.docs_per_flush" };
+        return Err((field, "must be at least 1".into()));
     }
     if projection.concurrency == 0 {
         return Err(("projection.concurrency", "must be at least 1".into()));

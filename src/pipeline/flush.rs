@@ -23,7 +23,7 @@ use super::{Job, PipelineError};
 use crate::config::PipelineConfig;
 use crate::fold::{PartitionFold, Stored};
 use crate::sink::dead_letter::DeadLetter;
-use crate::sink::snapshots::{self, Manifest};
+use crate::sink::snapshots::{self, Export, Manifest};
 use crate::sink::{Backoff, Changes};
 use crate::store::{Checkpoint, DocWrite, Owner};
 use crate::telemetry;
@@ -75,8 +75,10 @@ pub(super) struct Flusher {
     dead: Vec<DeadLetter>,
     /// Bytes of the raw records in `dead`.
     dead_bytes: usize,
-    /// Disaster-recovery snapshots: the last manifest (`None` until read) and when.
+    /// Disaster-recovery snapshots: the last manifest (`None` until read) and when, and
+    /// the export under way.
     manifest: Option<Manifest>,
+    export: Option<Export>,
     last_export: Instant,
     /// Retries of a failing flush, and when the next one may run.
     backoff: Backoff,
@@ -97,6 +99,7 @@ impl Flusher {
             dead: Vec::new(),
             dead_bytes: 0,
             manifest: None,
+            export: None,
             last_export: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             retry_at: None,
@@ -279,9 +282,11 @@ impl Flusher {
         self.export_if_due(job, (parts.owner.partition, sources), last).await
     }
 
-    /// Writes a disaster-recovery snapshot of the partition at `sources` (the checkpoints
-    /// just committed) when one is due (a failure is retried at the next flush; the
-    /// checkpoint is already safe).
+    /// Begins a disaster-recovery export of the partition at `sources` (the checkpoints
+    /// just committed) when one is due, and takes the one under way a step further: up to
+    /// `snapshots.docs_per_flush` documents per flush, all that is left at the drain
+    /// (`last`). A failure is retried at the next flush, from where it stopped; the
+    /// checkpoint is already safe.
     async fn export_if_due(
         &mut self,
         job: &Job,
@@ -289,27 +294,33 @@ impl Flusher {
         last: bool,
     ) -> Result<(), PipelineError> {
         let settings = &job.sinks.snapshots;
-        if settings.interval_ms == 0
-            || self.last_export.elapsed() < Duration::from_millis(settings.interval_ms) && !last
-        {
-            return Ok(());
-        }
         let objects = &job.sinks.objects;
-        let previous = match self.manifest.take() {
-            Some(manifest) => Some(manifest),
-            None => snapshots::latest_manifest(objects, partition).await?,
+        let export = match &mut self.export {
+            Some(export) => export,
+            None if settings.interval_ms == 0
+                || self.last_export.elapsed() < Duration::from_millis(settings.interval_ms) && !last =>
+            {
+                return Ok(());
+            }
+            None => {
+                let previous = match self.manifest.take() {
+                    Some(manifest) => Some(manifest),
+                    None => snapshots::latest_manifest(objects, partition).await?,
+                };
+                let position: u64 = sources.values().sum();
+                if previous.as_ref().is_some_and(|m| m.next_offset == position) {
+                    self.keep_manifest(previous);
+                    self.last_export = Instant::now();
+                    return Ok(());
+                }
+                self.export.insert(Export::new((job.name.as_str(), partition), sources, previous))
+            }
         };
-        let position: u64 = sources.values().sum();
-        if previous.as_ref().is_some_and(|m| m.next_offset == position) {
-            self.keep_manifest(previous);
-            self.last_export = Instant::now();
-            return Ok(());
-        }
-        let at = (job.name.as_str(), partition);
-        let exported =
-            snapshots::export(objects, &job.store, at, sources, previous.clone(), settings.batch_docs).await;
-        match exported {
-            Ok(manifest) => {
+        let packs = if last { usize::MAX } else { settings.docs_per_flush.div_ceil(settings.batch_docs) };
+        match export.step(objects, &job.store, settings.batch_docs, packs).await {
+            Ok(None) => Ok(()),
+            Ok(Some(manifest)) => {
+                self.export = None;
                 tracing::info!(
                     partition,
                     offset = manifest.next_offset,
@@ -328,8 +339,7 @@ impl Flusher {
                 Ok(())
             }
             Err(error) if error.is_retryable() => {
-                self.keep_manifest(previous);
-                tracing::warn!(partition, %error, "disaster-recovery snapshot failed; retried at the next flush");
+                tracing::warn!(partition, %error, offset = export.position(), "disaster-recovery snapshot failed; goes on at the next flush");
                 telemetry::sink_failure(error.sink());
                 Ok(())
             }

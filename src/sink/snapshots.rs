@@ -103,56 +103,112 @@ pub async fn latest_manifest(objects: &Objects, partition: u32) -> Result<Option
     read_manifest(objects, &key).await.map(Some)
 }
 
-/// Writes the partition's documents changed since `last` (the previous manifest) and a new
-/// manifest at `sources`, the checkpoints just committed (stored topic, next offset).
-/// Documents are read from the store `batch` at a time and each batch is written as one
-/// object, so an export holds one batch of states, never a partition, and makes one request
-/// per batch, not per document.
+/// A disaster-recovery export under way: the documents of a partition changed since the
+/// previous manifest, written in packs a bounded number of steps at a time (so that a
+/// partition's flushes share the work of an export instead of one flush doing all of it),
+/// then a manifest at the position the export began with. A document changed after that
+/// position is exported with its newer state: a restore replays the log from the manifest's
+/// position onto it, and the fold drops the records it already holds.
+pub struct Export {
+    /// The previous manifest's documents, and those written so far.
+    manifest: Manifest,
+    /// The previous manifest's position: documents changed at or after it are exported.
+    since: u64,
+    /// The checkpoints the new manifest names (stored topic, next offset).
+    sources: BTreeMap<String, u64>,
+    /// The last document id written (keyset paging through the partition).
+    after: Option<String>,
+    packs: usize,
+}
+
+impl Export {
+    /// An export of (job, partition) at `sources`, the checkpoints just committed, after
+    /// the previous manifest `last`.
+    pub fn new(
+        (job, partition): (&str, u32),
+        sources: BTreeMap<String, u64>,
+        last: Option<Manifest>,
+    ) -> Export {
+        let manifest = last.unwrap_or_else(|| Manifest { job: job.into(), partition, ..Manifest::default() });
+        Export { since: manifest.next_offset, manifest, sources, after: None, packs: 0 }
+    }
+
+    /// The position the manifest will name.
+    pub fn position(&self) -> u64 {
+        self.sources.values().sum()
+    }
+
+    /// Writes up to `packs` more objects of `batch` documents each, read from the store a
+    /// batch at a time (an export holds one batch of states, never a partition); once no
+    /// changed document is left, writes the manifest and returns it. An error leaves the
+    /// export where it was, to go on from there.
+    pub async fn step(
+        &mut self,
+        objects: &Objects,
+        store: &Store,
+        batch: usize,
+        packs: usize,
+    ) -> Result<Option<Manifest>, SinkError> {
+        let (job, partition, next_offset) =
+            (self.manifest.job.clone(), self.manifest.partition, self.position());
+        let delay = fault_delay();
+        for _ in 0..packs {
+            let page = store
+                .docs_changed(&job, partition, self.since, self.after.as_deref(), batch.max(1))
+                .await
+                .map_err(store_failed)?;
+            let Some((last_id, _)) = page.last() else { return self.finish(objects).await.map(Some) };
+            let last_id = last_id.clone();
+            let key = pack_key(partition, next_offset, self.packs);
+            let mut body = Vec::with_capacity(page.iter().map(|(_, doc)| doc.state.len()).sum());
+            let mut docs = Vec::with_capacity(page.len());
+            for (doc_id, doc) in page {
+                let range = Some([body.len() as u64, (body.len() + doc.state.len()) as u64]);
+                body.extend_from_slice(&doc.state);
+                docs.push((
+                    doc_id,
+                    ManifestDoc { key: key.to_string(), range, version: doc.version, offset: doc.offset },
+                ));
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            objects.put(&key, Bytes::from(body), usize::MAX).await?;
+            self.manifest.docs.extend(docs);
+            self.after = Some(last_id);
+            self.packs += 1;
+        }
+        Ok(None)
+    }
+
+    async fn finish(&mut self, objects: &Objects) -> Result<Manifest, SinkError> {
+        let next_offset = self.position();
+        let mut manifest = std::mem::take(&mut self.manifest);
+        manifest.next_offset = next_offset;
+        manifest.sources = self.sources.clone();
+        manifest.created_ms = crate::store::now_ms();
+        let body = serde_json::to_vec_pretty(&manifest).expect("plain struct");
+        let key = manifests(manifest.partition).join(format!("{next_offset:020}.json"));
+        if let Err(error) = objects.put(&key, body.into(), usize::MAX).await {
+            self.manifest = manifest;
+            return Err(error);
+        }
+        Ok(manifest)
+    }
+}
+
+/// An [`Export`] from start to end: the partition's documents changed since `last` and a
+/// new manifest at `sources`.
 pub async fn export(
     objects: &Objects,
     store: &Store,
-    (job, partition): (&str, u32),
+    at: (&str, u32),
     sources: BTreeMap<String, u64>,
     last: Option<Manifest>,
     batch: usize,
 ) -> Result<Manifest, SinkError> {
-    let mut manifest = last.unwrap_or_else(|| Manifest { job: job.into(), partition, ..Manifest::default() });
-    let since = manifest.next_offset;
-    let next_offset: u64 = sources.values().sum();
-    let delay = fault_delay();
-    let mut after: Option<String> = None;
-    for pack in 0.. {
-        let page = store
-            .docs_changed(job, partition, since, after.as_deref(), batch.max(1))
-            .await
-            .map_err(store_failed)?;
-        let Some((last_id, _)) = page.last() else { break };
-        after = Some(last_id.clone());
-        let key = pack_key(partition, next_offset, pack);
-        let mut body = Vec::with_capacity(page.iter().map(|(_, doc)| doc.state.len()).sum());
-        let mut docs = Vec::with_capacity(page.len());
-        for (doc_id, doc) in page {
-            let range = Some([body.len() as u64, (body.len() + doc.state.len()) as u64]);
-            body.extend_from_slice(&doc.state);
-            docs.push((
-                doc_id,
-                ManifestDoc { key: key.to_string(), range, version: doc.version, offset: doc.offset },
-            ));
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
-        }
-        objects.put(&key, Bytes::from(body), usize::MAX).await?;
-        manifest.docs.extend(docs);
-    }
-    manifest.next_offset = next_offset;
-    manifest.sources = sources;
-    manifest.created_ms = crate::store::now_ms();
-    let body = serde_json::to_vec_pretty(&manifest).expect("plain struct");
-    objects
-        .put(&manifests(partition).join(format!("{next_offset:020}.json")), body.into(), usize::MAX)
-        .await?;
-    Ok(manifest)
+    let manifest = Export::new(at, sources, last).step(objects, store, batch, usize::MAX).await?;
+    Ok(manifest.expect("a step without a bound ends the export"))
 }
 
 /// Deletes the partition's manifests older than its newest `keep`, and the document

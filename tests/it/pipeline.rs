@@ -27,13 +27,14 @@ const PARTITIONS: u32 = 4;
 
 /// A job config; `flush_ops` small makes a run slow (a transaction per few ops), so a kill
 /// lands mid-stream. Archive files rotate often, disaster-recovery snapshots too (a pack per
-/// document, so that a kill lands between the packs of an export).
+/// document and two per flush, so that an export goes on over several flushes and a kill
+/// lands between its packs).
 fn write_config(dir: &Path, name: &str, log: &str, store_url: &str, flush_ops: u64, sinks: &str) -> PathBuf {
     let path = dir.join(name);
     let text = format!(
         "job = \"crash\"\n[log]\npartitions = {PARTITIONS}\n{log}\n[store]\nurl = \"{store_url}\"\n\
          [pipeline]\nflush_interval_ms = 40\nflush_ops = {flush_ops}\nmax_docs_in_memory = 2\nbatch = 500\n\
-         [archive]\nmax_file_bytes = 65536\nmax_file_age_ms = 150\n[snapshots]\ninterval_ms = 100\nbatch_docs = 1\n{sinks}"
+         [archive]\nmax_file_bytes = 65536\nmax_file_age_ms = 150\n[snapshots]\ninterval_ms = 100\nbatch_docs = 1\ndocs_per_flush = 2\n{sinks}"
     );
     std::fs::write(&path, text).expect("write config");
     path

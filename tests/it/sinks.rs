@@ -245,6 +245,63 @@ async fn snapshots_restore_odd_doc_ids_and_the_archive_end() {
     assert!(fresh.load_doc("dr", ODD_DOC_ID).await.expect("load").is_some(), "the first batch is written");
 }
 
+/// An export bounded per step (a flush's share) goes on where the last step stopped, writes
+/// its manifest only at the end, at the position it began with, and takes the newer state
+/// of a document changed while it was under way; a restore of it holds every document.
+#[tokio::test]
+async fn an_export_goes_on_over_several_steps() {
+    let objects_url = folder_objects("dr-steps").url;
+    let config = ObjectsConfig { url: objects_url, ..ObjectsConfig::default() };
+    let objects = Objects::open(&config).expect("objects");
+    let dir = services::temp_dir("dr-steps");
+    let source = Store::open(&format!("sqlite://{}/source.db", dir.display())).await.expect("store");
+    let owner = source.claim("dr", 0).await.expect("claim");
+    let state = |text: &str| {
+        let mut doc = Sequence::default();
+        doc.apply(&envelope("x", 1, text, false).op).expect("apply");
+        snapshot::encode(&doc)
+    };
+    let write = |doc_id: &'static str, offset: u64, text: &str| DocWrite {
+        doc_id,
+        version: offset,
+        offset,
+        state: StateWrite::Full(state(text)),
+    };
+    let ids = ["d0", "d1", "d2", "d3", "d4"];
+    let docs: Vec<DocWrite> = ids.iter().enumerate().map(|(at, id)| write(id, at as u64, id)).collect();
+    let at = |next_offset| [(LOCAL_TOPIC, Checkpoint { next_offset, archived_offset: next_offset })];
+    source.commit(&owner, &at(10), &docs).await.expect("commit");
+
+    let mut export = snapshots::Export::new(("dr", 0), BTreeMap::from([(LOCAL_TOPIC.into(), 10)]), None);
+    assert!(
+        export.step(&objects, &source, 2, 1).await.expect("step").is_none(),
+        "one pack of two documents, then a pause"
+    );
+    assert_eq!(objects_of(&config, "snapshots/packs").await.len(), 1);
+    assert!(objects_of(&config, "snapshots/manifests").await.is_empty(), "no manifest before the end");
+    // Under way, d0 (exported) and d4 (not yet) change.
+    source.commit(&owner, &at(14), &[write("d0", 12, "d0'"), write("d4", 13, "d4'")]).await.expect("commit");
+    let mut steps = 1;
+    let manifest = loop {
+        steps += 1;
+        if let Some(manifest) = export.step(&objects, &source, 2, 1).await.expect("step") {
+            break manifest;
+        }
+    };
+    assert_eq!(steps, 4, "packs [d0 d1] [d2 d3] [d4], then the manifest");
+    assert_eq!(objects_of(&config, "snapshots/packs").await.len(), 3);
+    assert_eq!(manifest.next_offset, 10, "the manifest is at the position the export began with");
+    let offsets: Vec<u64> = ids.iter().map(|id| manifest.docs[*id].offset).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 13], "d4 went out in its newer state, d0 in the one exported");
+
+    let restored = Store::open(&format!("sqlite://{}/restored.db", dir.display())).await.expect("store");
+    snapshots::restore(&objects, &restored, ("dr", 1), 2, |_| {}).await.expect("restore");
+    assert_eq!(restored.checkpoint("dr", 0).await.expect("read").map(|c| c.next_offset), Some(10));
+    assert_eq!(restored.doc_ids("dr").await.expect("ids"), ids);
+    let d4 = restored.load_doc("dr", "d4").await.expect("load").expect("restored");
+    assert_eq!(d4.state, state("d4'"));
+}
+
 #[tokio::test]
 async fn projections_conformance_sqlite() {
     let dir = services::temp_dir("projections");
