@@ -136,7 +136,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             flush_interval_ms: 1000,
             flush_ops: 100_000,
-            max_docs_in_memory: 10_000,
+            max_docs_in_memory: 50_000,
             max_state_mb: 1024,
             batch: 2048,
             batch_ms: 20,

@@ -285,8 +285,10 @@ impl Flusher {
     /// Begins a disaster-recovery export of the partition at `sources` (the checkpoints
     /// just committed) when one is due, and takes the one under way a step further: up to
     /// `snapshots.docs_per_flush` documents per flush, all that is left at the drain
-    /// (`last`). A failure is retried at the next flush, from where it stopped; the
-    /// checkpoint is already safe.
+    /// (`last`: its packs would otherwise be named by no manifest). The drain begins no
+    /// export that is not due, so a shutdown is not held up by every document changed since
+    /// the last one (the log holds them). A failure is retried at the next flush, from
+    /// where it stopped; the checkpoint is already safe.
     async fn export_if_due(
         &mut self,
         job: &Job,
@@ -298,7 +300,7 @@ impl Flusher {
         let export = match &mut self.export {
             Some(export) => export,
             None if settings.interval_ms == 0
-                || self.last_export.elapsed() < Duration::from_millis(settings.interval_ms) && !last =>
+                || self.last_export.elapsed() < Duration::from_millis(settings.interval_ms) =>
             {
                 return Ok(());
             }
