@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::ConfigArg;
-use docfold::loadgen::report::{Figures, Second};
+use docfold::loadgen::report::{Figures, Second, Stages};
 use docfold::loadgen::{Edit, Sessions, Settings, Visibility};
 use docfold::log::{LogReader, LogWriter, Topic};
 use docfold::op::{Envelope, encode};
@@ -97,6 +97,10 @@ struct Run {
     epoch_ms: i64,
     /// This second's invalidations and the projection write units they stand for.
     writes: (u64, u64),
+    /// When the sending began (ms since the epoch): the ops' publish times count from it.
+    started_ms: i64,
+    /// Samples of each of [`Stages`]' stages.
+    stages: [Vec<u64>; 3],
 }
 
 impl LoadgenArgs {
@@ -132,6 +136,8 @@ impl LoadgenArgs {
             sessions,
             visibility: Visibility::new(self.docs),
             epoch_ms,
+            started_ms: epoch_ms,
+            stages: Default::default(),
             writes: (0, 0),
         };
         let driven = self.drive(&mut run, child.as_ref().map(Child::id));
@@ -176,6 +182,7 @@ impl LoadgenArgs {
     /// Sends the users' ops for `seconds`, then waits for the rest to be seen folded.
     fn drive(&self, run: &mut Run, pipeline: Option<u32>) -> anyhow::Result<Figures> {
         let started = Instant::now();
+        run.started_ms = docfold::store::now_ms();
         let end_ms = u64::from(self.seconds) * 1000;
         let (mut edits, mut latencies, mut all) = (Vec::new(), Vec::new(), Vec::new());
         let (mut sent, mut late, mut second_sent) = (0u64, 0u64, 0u64);
@@ -256,6 +263,7 @@ impl LoadgenArgs {
             ..Figures::default()
         };
         figures.set_latencies(&mut all);
+        figures.stages = Stages::new(&mut run.stages);
         if run.visibility.waiting() > 0 {
             eprintln!(
                 "{} ops were not seen folded within {} s of the last one (is `docfold run` running?)",
@@ -286,7 +294,15 @@ fn read_invalidations(run: &mut Run, now_ms: u64, latencies: &mut Vec<u64>) -> a
             run.next[partition] = record.offset + 1;
             let Ok(invalidation) = serde_json::from_slice::<Invalidation>(&record.value) else { continue };
             if let Some(doc) = run.sessions.doc_of(&invalidation.doc_id) {
-                run.visibility.invalidated(doc, invalidation.version, now_ms, latencies);
+                let oldest = run.visibility.invalidated(doc, invalidation.version, now_ms, latencies);
+                if let Some(published) = oldest.filter(|_| invalidation.folded_ms > 0) {
+                    let at = |relative_ms: u64| run.started_ms + relative_ms as i64;
+                    let stamps =
+                        [at(published), invalidation.folded_ms, invalidation.projected_ms, at(now_ms)];
+                    for (stage, pair) in run.stages.iter_mut().zip(stamps.windows(2)) {
+                        stage.push(u64::try_from(pair[1] - pair[0]).unwrap_or(0));
+                    }
+                }
                 // The item: the text (its editor's length now, near enough) and ~100 bytes more.
                 let bytes = run.sessions.len(doc) + 100;
                 run.writes.0 += 1;

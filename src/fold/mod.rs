@@ -32,6 +32,10 @@ pub struct Doc {
     pub delta: Vec<u8>,
     /// What the store holds of it: `None` before its first write.
     pub stored: Option<Stored>,
+    /// When the oldest record folded into it since it was last marked clean (written) was
+    /// folded: the clock its fold was given ([`PartitionFold::set_now`], ms since the
+    /// epoch); 0 when none was.
+    pub folded_ms: i64,
 }
 
 /// The size of what the store holds of a document.
@@ -134,6 +138,9 @@ pub struct PartitionFold {
     /// Keep each document's records since its last write (`Doc::delta`).
     deltas: bool,
     decoder: Decoder,
+    /// The time stamped on the documents it folds (`Doc::folded_ms`): given by the caller,
+    /// so the fold reads no clock.
+    now_ms: i64,
 }
 
 struct Entry {
@@ -152,6 +159,7 @@ impl Default for PartitionFold {
             bytes: 0,
             deltas: false,
             decoder: Decoder::default(),
+            now_ms: 0,
         }
     }
 }
@@ -223,9 +231,15 @@ impl PartitionFold {
         entry.bytes = bytes;
         if !entry.dirty {
             entry.dirty = true;
+            entry.doc.folded_ms = self.now_ms;
             self.dirty.push(envelope.doc_id.clone());
         }
         Ok(Folded::Applied { changed: outcome.changed() })
+    }
+
+    /// The time (ms since the epoch) to stamp on the documents folded from now on.
+    pub fn set_now(&mut self, now_ms: i64) {
+        self.now_ms = now_ms;
     }
 
     /// Decodes a record without folding it (for sinks that see records the fold already has).

@@ -247,8 +247,16 @@ impl Visibility {
     }
 
     /// `doc` is visible at `version` at `at_ms`: the latency of each op this covers, in ms.
-    pub fn invalidated(&mut self, doc: u32, version: u64, at_ms: u64, latencies: &mut Vec<u64>) {
-        let Some((_, waiting)) = self.docs.get_mut(doc as usize) else { return };
+    /// Returns when the oldest of them was published, if it covered any.
+    pub fn invalidated(
+        &mut self,
+        doc: u32,
+        version: u64,
+        at_ms: u64,
+        latencies: &mut Vec<u64>,
+    ) -> Option<u64> {
+        let (_, waiting) = self.docs.get_mut(doc as usize)?;
+        let mut oldest = None;
         while let Some(&(sum, published)) = waiting.front() {
             if sum > version {
                 break;
@@ -256,7 +264,9 @@ impl Visibility {
             waiting.pop_front();
             self.waiting -= 1;
             latencies.push(at_ms.saturating_sub(published));
+            oldest.get_or_insert(published);
         }
+        oldest
     }
 
     /// Published ops no invalidation has covered yet.
@@ -324,11 +334,12 @@ mod tests {
         visibility.published(1, 1, 20);
         visibility.published(0, 1, 30);
         let mut latencies = Vec::new();
-        visibility.invalidated(0, 6, 100, &mut latencies);
+        let oldest = visibility.invalidated(0, 6, 100, &mut latencies);
         assert_eq!(latencies, [90, 80]);
+        assert_eq!(oldest, Some(10), "the oldest op it covers was published at 10");
         assert_eq!(visibility.waiting(), 2);
-        visibility.invalidated(0, 6, 120, &mut latencies);
-        assert_eq!(latencies.len(), 2, "a repeated invalidation covers nothing new");
+        let again = visibility.invalidated(0, 6, 120, &mut latencies);
+        assert_eq!((latencies.len(), again), (2, None), "a repeated invalidation covers nothing new");
         assert_eq!(visibility.version(0), 7);
     }
 }

@@ -31,6 +31,33 @@ pub struct Second {
     pub behind_ms: u64,
 }
 
+/// Where the time of an op goes, from the pipeline's stamps on the invalidation that made it
+/// visible ([`crate::sink::invalidate::Invalidation`]): taken for the oldest op each
+/// invalidation covers (the one whose fold the stamp is: the first of its document since
+/// the last flush, which waited longest), in ms, as p50 / p95 / p99 / max.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stages {
+    /// Ops timed this way (invalidations with stamps).
+    pub samples: u64,
+    /// Published → folded: the log, the consumer and the fold.
+    pub folded: [u64; 4],
+    /// Folded → projection written: the wait for the flush and the projection writes.
+    pub projected: [u64; 4],
+    /// Projection written → invalidation seen: the invalidation's send and delivery.
+    pub seen: [u64; 4],
+}
+
+impl Stages {
+    /// From the samples of each stage (sorted here).
+    pub fn new(samples: &mut [Vec<u64>; 3]) -> Stages {
+        let [folded, projected, seen] = samples.each_mut().map(|stage| {
+            stage.sort_unstable();
+            [0.5, 0.95, 0.99, 1.0].map(|q| quantile(stage, q))
+        });
+        Stages { samples: samples[0].len() as u64, folded, projected, seen }
+    }
+}
+
 /// A whole run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Figures {
@@ -56,6 +83,8 @@ pub struct Figures {
     /// CPU seconds the pipeline process used in the run (user + system; 0: not measured).
     #[serde(default)]
     pub pipeline_cpu_seconds: f64,
+    #[serde(default)]
+    pub stages: Stages,
     pub timeline: Vec<Second>,
 }
 
@@ -65,6 +94,11 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
         return 0;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// `a / b / c / d`.
+fn slashed(values: &[u64]) -> String {
+    values.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ")
 }
 
 impl Second {
@@ -143,6 +177,9 @@ impl Figures {
              | ops sent | {sent} ({achieved:.0}/s; {late} of them made offline and sent late) |\n\
              | ops seen folded (by an invalidation) | {visible} |\n\
              | published → invalidation p50 / p95 / p99 / max | {p50} / {p95} / {p99} / {max} ms |\n\
+             | …of which published → folded | {folded} ms |\n\
+             | …folded → projection written | {projected} ms |\n\
+             | …projection written → invalidation seen ({stamped} ops: the oldest each invalidation covers) | {seen} ms |\n\
              | goal: p99 ≤ 2 × the flush window ({goal} ms) | {verdict} |\n\
              | the pipeline's peak RSS (goal ≤ 4 GB) | {rss} MB |\n\
              | the pipeline's CPU | {cpu:.1} s ({per_core:.0} ops folded per CPU second) |\n\n\
@@ -166,6 +203,10 @@ impl Figures {
             rss = self.peak_rss_mb,
             cpu = self.pipeline_cpu_seconds,
             per_core = self.visible as f64 / self.pipeline_cpu_seconds.max(0.001),
+            folded = slashed(&self.stages.folded),
+            projected = slashed(&self.stages.projected),
+            seen = slashed(&self.stages.seen),
+            stamped = self.stages.samples,
             table = self.table(self.timeline.len().div_ceil(30)),
         )
     }

@@ -159,6 +159,7 @@ impl PartitionWorker {
     pub async fn handle(&mut self, records: &[Record]) -> Result<(), PipelineError> {
         let started = Instant::now();
         self.prefetch(records).await?;
+        self.fold.set_now(crate::store::now_ms());
         let mut folded = 0;
         for record in records {
             let at = self.source_of(record)?;

@@ -18,14 +18,26 @@ use super::{SinkError, TopicSink};
 use crate::config::{InvalidationsConfig, JobConfig, redact_url};
 
 /// One document's new version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invalidation {
     pub doc_id: String,
     pub version: u64,
     pub region: String,
+    /// When the oldest record this version adds to the last one announced was folded, and
+    /// when the projection was written (ms since the epoch, the pipeline's clock; absent
+    /// when not known): a reader that knows when that record was published splits its
+    /// latency into stages.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub folded_ms: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub projected_ms: i64,
     /// The new text, for a cache that preloads (never on the topic or the channel).
     #[serde(skip)]
     pub text: Option<String>,
+}
+
+fn is_zero(ms: &i64) -> bool {
+    *ms == 0
 }
 
 /// KEYS[1] = cached key; ARGV = version, channel, message[, text to preload].
@@ -202,6 +214,8 @@ impl super::Sink for Invalidator {
 
     fn write<'a>(&'a self, changes: &'a super::Changes<'a>) -> BoxFuture<'a, Result<u64, SinkError>> {
         Box::pin(async move {
+            // Invalidations go out after the projections they announce: those are written.
+            let projected_ms = crate::store::now_ms();
             let items: Vec<Invalidation> = changes
                 .docs
                 .iter()
@@ -209,6 +223,8 @@ impl super::Sink for Invalidator {
                     doc_id: doc_id.to_string(),
                     version: doc.version,
                     region: doc.region.clone(),
+                    folded_ms: doc.folded_ms,
+                    projected_ms,
                     text: self.preload.and_then(|max| Some(doc.state.text()).filter(|t| t.len() <= max)),
                 })
                 .collect();

@@ -59,12 +59,12 @@ async fn large_documents_stay_within_the_memory_bound() {
     assert_eq!(state.text(), reference.text(), "the stored text is the fold of the three ops");
 }
 
-/// A job folding into `dir` with a short flush window, and its config file.
-fn loadgen_job(dir: &Path) -> (JobConfig, std::path::PathBuf) {
+/// A job folding into `dir` with a flush window of `flush_ms`, and its config file.
+fn loadgen_job(dir: &Path, flush_ms: u64) -> (JobConfig, std::path::PathBuf) {
     let path = dir.join("job.toml");
     let text = format!(
         "job = \"lg\"\n[log]\nurl = \"file://{d}/log\"\npartitions = 4\n[store]\nurl = \"sqlite://{d}/state.db\"\n\
-         [pipeline]\nflush_interval_ms = 100\n[objects]\nurl = \"file://{d}/objects\"\n\
+         [pipeline]\nflush_interval_ms = {flush_ms}\n[objects]\nurl = \"file://{d}/objects\"\n\
          [projection]\nurl = \"sqlite://{d}/projections.db\"\n",
         d = dir.display()
     );
@@ -92,7 +92,7 @@ fn loadgen(config: &Path, out: &Path, extra: &[&str]) -> (std::process::Output, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_load_run_folds_to_what_its_users_made() {
     let dir = crate::services::temp_dir("loadgen");
-    let (config, path) = loadgen_job(&dir);
+    let (config, path) = loadgen_job(&dir, 100);
     let (output, figures) = tokio::task::block_in_place(|| loadgen(&path, &dir.join("report"), &[]));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -115,7 +115,7 @@ async fn a_short_load_run_folds_to_what_its_users_made() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_pipeline_shows_in_the_latency() {
     let dir = crate::services::temp_dir("loadgen-late");
-    let (_, path) = loadgen_job(&dir);
+    let (_, path) = loadgen_job(&dir, 100);
     let report = dir.join("report");
     let started = std::time::Instant::now();
     let run = {
@@ -140,4 +140,25 @@ async fn a_late_pipeline_shows_in_the_latency() {
     let first = figures["timeline"][0]["visible"].as_u64().expect("first second");
     assert_eq!(first, 0, "nothing is folded before the pipeline starts: {figures}");
     assert!(max >= 1400 && max < started.elapsed().as_millis() as u64, "max {max} ms: {figures}");
+    let folded = figures["stages"]["folded"][3].as_u64().expect("a stage quantile");
+    assert!(folded >= 1400, "the pipeline's stamps put the wait before the fold: {figures}");
+}
+
+/// The stages come from the pipeline's stamps on the invalidations: with a 1.2 s flush
+/// window the wait shows between the fold and the projection write, not before the fold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_flush_window_shows_in_the_projection_stage() {
+    let dir = crate::services::temp_dir("loadgen-stages");
+    let (_, path) = loadgen_job(&dir, 1200);
+    let (output, figures) = tokio::task::block_in_place(|| loadgen(&path, &dir.join("report"), &[]));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stage = |name: &str, at: usize| figures["stages"][name][at].as_u64().expect("a stage quantile");
+    assert!(figures["stages"]["samples"].as_u64().expect("samples") > 50, "{figures}");
+    let (p50, max) = (stage("projected", 0), stage("projected", 3));
+    assert!(
+        p50 >= 200 && (900..=2000).contains(&max),
+        "folded → projection written waits for the flush: {figures}"
+    );
+    assert!(stage("folded", 2) < 900, "published → folded does not: {figures}");
+    assert!(stage("seen", 2) < 900, "nor does the invalidation's delivery: {figures}");
 }

@@ -498,8 +498,16 @@ async fn invalidations_conformance(config: JobConfig, topic: Box<dyn FnOnce() ->
 
     let invalidator = Invalidator::open(&config).expect("open");
     let items = [
-        Invalidation { doc_id: "old".into(), version: 4, region: "r1".into(), text: None },
-        Invalidation { doc_id: "fresh".into(), version: 8, region: "r1".into(), text: None },
+        Invalidation { doc_id: "old".into(), version: 4, region: "r1".into(), ..Invalidation::default() },
+        // Stamped by a pipeline: the stamps travel on the topic and the channel.
+        Invalidation {
+            doc_id: "fresh".into(),
+            version: 8,
+            region: "r1".into(),
+            folded_ms: 1_764_806_400_000,
+            projected_ms: 1_764_806_400_250,
+            text: None,
+        },
     ];
     invalidator.send(&items).await.expect("send");
     let exists = async |doc: &str| -> u32 {
@@ -553,6 +561,7 @@ async fn a_preloading_cache_never_goes_back() {
         version,
         region: "r".into(),
         text: text.map(str::to_string),
+        ..Invalidation::default()
     };
     assert_eq!(cache.invalidate(&[item("d", 5, Some("five"))]).await.expect("preload"), 1);
     assert_eq!(

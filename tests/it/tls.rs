@@ -178,7 +178,12 @@ async fn redis_over_tls_is_verified_and_a_wrong_ca_is_refused() {
     let other = Certificates::make(&dir, "other");
     let server = TlsRedis::start(&ours);
     let url = format!("rediss://localhost:{}/", server.port);
-    let item = Invalidation { doc_id: "doc-tls".into(), version: 3, region: "local".into(), text: None };
+    let item = Invalidation {
+        doc_id: "doc-tls".into(),
+        version: 3,
+        region: "local".into(),
+        ..Invalidation::default()
+    };
 
     let cache = RedisCache::open(&url, &cache_config(&ours.ca)).expect("open");
     let held = RedisCache::open(&url, &cache_config(&ours.ca)).expect("open");
