@@ -22,6 +22,9 @@ pub enum EditError {
     Refused(ApplyError),
 }
 
+/// Carets a replica keeps a position hint for.
+const CURSORS: usize = 8;
+
 #[derive(Clone, Debug)]
 pub struct Replica {
     seq: Sequence,
@@ -32,9 +35,11 @@ pub struct Replica {
     /// `next_counter` when an op of another site last changed this replica: characters
     /// older than that may have been seen, and edited around, by other editors.
     merged_at: u64,
-    /// A live character near the caret and its position, while no remote change has moved
-    /// it: positions near it are found by stepping instead of searching.
-    cursor: Option<(usize, Ident)>,
+    /// Live characters near the last [`CURSORS`] carets and their positions, the latest
+    /// first, while no remote change has moved them: positions near one are found by
+    /// stepping instead of searching (a replica that serves several users, each typing at
+    /// a caret of their own, keeps one per caret).
+    cursors: Vec<(usize, Ident)>,
     rng: Rng,
 }
 
@@ -47,7 +52,7 @@ impl Replica {
             doc_seed,
             next_counter: 1,
             merged_at: 0,
-            cursor: None,
+            cursors: Vec::new(),
             rng: Rng::new(splitmix64(site)),
         }
     }
@@ -87,7 +92,7 @@ impl Replica {
         {
             return Err(EditError::TooLarge);
         }
-        let hint = self.cursor.as_ref().map(|(at, id)| (*at, id));
+        let hint = self.cursors.iter().min_by_key(|(at, _)| at.abs_diff(pos)).map(|(at, id)| (*at, id));
         let deletes = self.seq.idents_from(pos, delete_count, hint);
         let Neighbours { mut left, right, mut anchor } = self.seq.insert_neighbours(pos, hint);
         let first_counter = self.next_counter;
@@ -132,13 +137,28 @@ impl Replica {
         let deletes = &op.deletes;
         self.next_counter = counter.max(first_counter + 1);
         let typed = (counter - first_counter) as usize;
-        self.cursor = match (left, deletes.first()) {
+        let latest = match (left, deletes.first()) {
             (Some(last), _) if typed > 0 => Some((pos + typed - 1, last)),
             (_, Some(first_deleted)) if pos > 0 => {
                 self.seq.live_before(first_deleted).map(|id| (pos - 1, id))
             }
             _ => None,
         };
+        // The other carets' characters: before the edit they stay; inside the deleted
+        // range they are gone; after it they move by what it typed and deleted.
+        let deleted = deletes.len();
+        self.cursors.retain_mut(|(at, _)| match *at {
+            at if at < pos => true,
+            at if at < pos + deleted => false,
+            _ => {
+                *at = *at - deleted + typed;
+                true
+            }
+        });
+        if let Some(latest) = latest {
+            self.cursors.insert(0, latest);
+            self.cursors.truncate(CURSORS);
+        }
         Ok(op)
     }
 
@@ -167,7 +187,7 @@ impl Replica {
     pub fn apply(&mut self, op: &Op) -> Result<ApplyOutcome, ApplyError> {
         let outcome = self.seq.apply(op)?;
         if outcome.changed() {
-            self.cursor = None;
+            self.cursors.clear();
             if op.id.site != self.site {
                 self.merged_at = self.next_counter;
             }

@@ -121,6 +121,39 @@ proptest! {
         replica.check_invariants();
         prop_assert_eq!(fold.text(), replica.text());
     }
+
+    /// Several users typing at carets of their own in one replica (as `docfold loadgen`'s
+    /// users share their document's): each edit near one caret, typing or backspacing,
+    /// moves the others as an editor would; the replica does what the string splices do.
+    #[test]
+    fn several_carets_in_one_replica_match_a_string_model(
+        edits in prop::collection::vec((0..4usize, -3..4i64, 0..3usize, "[a-z😀]{0,6}"), 1..150)
+    ) {
+        let mut replica = Replica::new(5, 2);
+        let mut model: Vec<char> = Vec::new();
+        let mut carets = [0usize; 4];
+        for (user, step, delete, text) in edits {
+            let pos = (carets[user] as i64 + step).clamp(0, model.len() as i64) as usize;
+            let delete = delete.min(pos);
+            let at = pos - delete;
+            if delete == 0 && text.is_empty() {
+                continue;
+            }
+            replica.local_edit(at, delete, &text).expect("edit within the document");
+            let typed = text.chars().count();
+            model.splice(at..at + delete, text.chars());
+            for caret in &mut carets {
+                if *caret >= at + delete {
+                    *caret = *caret - delete + typed;
+                } else if *caret > at {
+                    *caret = at;
+                }
+            }
+            carets[user] = at + typed;
+            prop_assert_eq!(replica.text(), model.iter().collect::<String>());
+        }
+        replica.check_invariants();
+    }
 }
 
 #[test]
