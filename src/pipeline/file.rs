@@ -76,14 +76,18 @@ async fn partition_loop(
     while !cancel.is_cancelled() {
         let from: Vec<u64> = worker.next_offsets().into_iter().map(|(_, offset)| offset).collect();
         let mut taken = readers.take().expect("the readers are put back after each read");
-        let (taken, records) = tokio::task::spawn_blocking(move || {
-            let records = read_sources(&mut taken, partition, &from, batch);
-            (taken, records)
+        let (taken, read) = tokio::task::spawn_blocking(move || {
+            let read = read_sources(&mut taken, partition, &from, batch).and_then(|records| {
+                let ends =
+                    taken.iter_mut().map(|r| r.end_offset(partition)).collect::<Result<Vec<_>, _>>()?;
+                Ok((records, ends))
+            });
+            (taken, read)
         })
         .await
         .map_err(|e| PipelineError::Task(e.to_string()))?;
         readers = Some(taken);
-        let records = records?;
+        let (records, ends) = read?;
         if records.is_empty() {
             telemetry::consumer_lag(partition, 0);
             worker.flush_if_due().await?;
@@ -97,6 +101,10 @@ async fn partition_loop(
             continue;
         }
         worker.handle(&records).await?;
+        // Records between what the worker has folded and each source's end when read.
+        let behind =
+            worker.next_offsets().iter().zip(&ends).map(|((_, next), end)| end.saturating_sub(*next)).sum();
+        telemetry::consumer_lag(partition, behind);
     }
     worker.flush_final().await?;
     tracing::info!(

@@ -458,6 +458,39 @@ async fn a_fenced_owner_steps_down_and_the_new_owner_finishes() {
     assert_sinks_equal_reference(&sinks, &expected, &mut dead_letters).await;
 }
 
+/// On the embedded log the consumer-lag gauge says how many records each partition is
+/// behind its log's end while it catches up (it used to be set only to 0, when caught up),
+/// and 0 once it has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_log_consumer_lag_counts_the_records_behind() {
+    let dir = services::temp_dir("lag");
+    let EmbeddedSetup { store_url, log_section, sinks_section, .. } = embedded_setup(&dir);
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let sinks = format!("{sinks_section}[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    // A checkpoint every 20 ops: catching up takes seconds.
+    let config = write_config(&dir, "lag.toml", &log_section, &store_url, 20, &sinks);
+    tokio::task::block_in_place(|| {
+        let mut run = spawn_watched(&config, 3000);
+        let lags = |body: &str| -> Vec<f64> {
+            (0..PARTITIONS)
+                .filter_map(|p| {
+                    services::metric(body, "docfold_consumer_lag", &[("partition", &p.to_string())])
+                })
+                .collect()
+        };
+        let behind = services::scrape_until(port, |body| lags(body).iter().any(|&lag| lag > 100.0));
+        eprintln!("behind: {:?}", lags(&behind));
+        let caught_up = services::scrape_until(port, |body| {
+            let lags = lags(body);
+            lags.len() == PARTITIONS as usize && lags.iter().all(|&lag| lag == 0.0)
+        });
+        eprintln!("caught up: {:?}", lags(&caught_up));
+        run.kill().expect("stop");
+        run.wait().expect("reap");
+    });
+}
+
 /// A Kafka topic filled like the embedded one (with topics for invalidations and dead
 /// letters), a fresh PostgreSQL database, a DynamoDB table, an S3 prefix and Redis keys,
 /// and the sections of a config for a fresh consumer group.
