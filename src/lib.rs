@@ -19,6 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod config;
 pub mod fold;
+pub mod history;
 pub mod loadgen;
 pub mod log;
 pub mod lseq;

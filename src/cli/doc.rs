@@ -1,4 +1,5 @@
-//! `docfold doc show`: a folded document as the state store holds it.
+//! `docfold doc show`: a folded document as the state store holds it; `docfold doc at`: as
+//! it was at an offset of its partition (`docfold::history`).
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -19,35 +20,73 @@ pub enum DocCommand {
         #[arg(long)]
         text_only: bool,
     },
+    /// Print a document as it was before an offset of its partition (past the log's end:
+    /// as it is now), from the newest stored state before it plus the log.
+    At {
+        doc_id: String,
+        /// The partition's offset: records before it are in the document shown.
+        #[arg(long)]
+        offset: u64,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print only the text.
+        #[arg(long)]
+        text_only: bool,
+    },
 }
 
 impl DocCommand {
     pub fn run(self) -> anyhow::Result<bool> {
-        let DocCommand::Show { doc_id, config, text_only } = self;
-        let config = config.load()?;
-        let stored = runtime()?.block_on(async {
-            let store = Store::open(config.store.url.expose()).await?;
-            let doc = store.load_doc(&config.job, &doc_id).await;
-            store.close().await;
-            doc
-        })?;
-        let Some(stored) = stored else {
-            anyhow::bail!("no document {doc_id:?} in job {:?} of {}", config.job, config.store.url);
-        };
-        let state = snapshot::decode(&stored.state).with_context(|| format!("document {doc_id:?}"))?;
-        let text = state.text();
-        if text_only {
-            print!("{text}");
-            return Ok(true);
+        match self {
+            DocCommand::Show { doc_id, config, text_only } => show(&doc_id, &config.load()?, text_only),
+            DocCommand::At { doc_id, offset, config, text_only } => {
+                let config = config.load()?;
+                let at = runtime()?.block_on(docfold::history::doc_at(&config, &doc_id, offset))?;
+                let text = at.doc.state.text();
+                if text_only {
+                    print!("{text}");
+                    return Ok(true);
+                }
+                println!("doc:       {doc_id}");
+                println!("partition: {}", at.partition);
+                println!("before:    offset {}", at.offset);
+                println!("version:   {}", at.doc.version);
+                println!("length:    {} characters", at.doc.state.len());
+                println!(
+                    "rebuilt:   from {}, then {} of its ops from the log ({} refused)",
+                    at.from, at.folded, at.refused
+                );
+                println!("---");
+                println!("{text}");
+                Ok(true)
+            }
         }
-        println!("doc:       {doc_id}");
-        println!("partition: {}", stored.partition);
-        println!("version:   {}", stored.version);
-        println!("offset:    {}", stored.offset);
-        println!("length:    {} characters", state.len());
-        println!("pending:   {} deletes waiting for their insert", state.pending_tombstones());
-        println!("---");
-        println!("{text}");
-        Ok(true)
     }
+}
+
+fn show(doc_id: &str, config: &docfold::config::JobConfig, text_only: bool) -> anyhow::Result<bool> {
+    let stored = runtime()?.block_on(async {
+        let store = Store::open(config.store.url.expose()).await?;
+        let doc = store.load_doc(&config.job, doc_id).await;
+        store.close().await;
+        doc
+    })?;
+    let Some(stored) = stored else {
+        anyhow::bail!("no document {doc_id:?} in job {:?} of {}", config.job, config.store.url);
+    };
+    let state = snapshot::decode(&stored.state).with_context(|| format!("document {doc_id:?}"))?;
+    let text = state.text();
+    if text_only {
+        print!("{text}");
+        return Ok(true);
+    }
+    println!("doc:       {doc_id}");
+    println!("partition: {}", stored.partition);
+    println!("version:   {}", stored.version);
+    println!("offset:    {}", stored.offset);
+    println!("length:    {} characters", state.len());
+    println!("pending:   {} deletes waiting for their insert", state.pending_tombstones());
+    println!("---");
+    println!("{text}");
+    Ok(true)
 }

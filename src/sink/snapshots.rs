@@ -236,6 +236,33 @@ pub async fn collect_garbage(objects: &Objects, partition: u32, keep: usize) -> 
     Ok(deleted.len())
 }
 
+/// The newest state of `doc_id` in partition `partition`'s manifests whose last record is
+/// before `before` (time travel starts from it): the document's entry and its state.
+pub async fn doc_state_before(
+    objects: &Objects,
+    partition: u32,
+    doc_id: &str,
+    before: u64,
+) -> Result<Option<(ManifestDoc, Vec<u8>)>, SinkError> {
+    let listed = objects.list(&manifests(partition)).await?;
+    let mut best: Option<ManifestDoc> = None;
+    // Newest first; an older manifest can only hold an older state of the document.
+    for key in listed.iter().rev() {
+        let manifest = read_manifest(objects, key).await?;
+        if let Some(doc) = manifest.docs.get(doc_id).filter(|doc| doc.offset < before) {
+            best = Some(doc.clone());
+            break;
+        }
+    }
+    let Some(doc) = best else { return Ok(None) };
+    let object = objects
+        .get(&stored_key("snapshots", &doc.key)?)
+        .await?
+        .ok_or_else(|| corrupt(format!("a manifest names {}, which is missing", doc.key)))?;
+    let state = doc.state(&object)?.to_vec();
+    Ok(Some((doc, state)))
+}
+
 async fn read_manifest(objects: &Objects, key: &Key) -> Result<Manifest, SinkError> {
     let bytes = objects.get(key).await?.ok_or_else(|| corrupt(format!("{key} vanished while read")))?;
     serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("{key}: {e}")))

@@ -6,6 +6,7 @@ mod cli;
 mod codec;
 mod fold;
 mod global_table;
+mod history;
 mod homes;
 mod jobs;
 mod link;
