@@ -30,7 +30,9 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let at = |label: &str, offset: u64| {
         let started = Instant::now();
-        let doc = rt.block_on(docfold::history::doc_at(&config, "paper", offset)).expect("doc at");
+        let doc = rt
+            .block_on(docfold::history::doc_at(&config, "paper", docfold::history::At::Offset(offset)))
+            .expect("doc at");
         println!(
             "doc at {label}: {} characters, version {}, from {} + {} ops in {:.0} ms",
             doc.doc.state.len(),

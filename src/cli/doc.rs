@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use docfold::fold::snapshot;
+use docfold::history::At;
 use docfold::store::Store;
 
 use super::{ConfigArg, runtime};
@@ -21,12 +22,16 @@ pub enum DocCommand {
         text_only: bool,
     },
     /// Print a document as it was before an offset of its partition (past the log's end:
-    /// as it is now), from the newest stored state before it plus the log.
+    /// as it is now) or at a time, from the newest stored state before it plus the log.
     At {
         doc_id: String,
         /// The partition's offset: records before it are in the document shown.
-        #[arg(long)]
-        offset: u64,
+        #[arg(long, required_unless_present = "time", conflicts_with = "time")]
+        offset: Option<u64>,
+        /// A time (RFC 3339, e.g. 2026-11-30T08:00:00Z or 2026-11-30T08:00Z): records the
+        /// log stamped at or before it are in the document shown.
+        #[arg(long, value_parser = parse_time)]
+        time: Option<i64>,
         #[command(flatten)]
         config: ConfigArg,
         /// Print only the text.
@@ -39,9 +44,14 @@ impl DocCommand {
     pub fn run(self) -> anyhow::Result<bool> {
         match self {
             DocCommand::Show { doc_id, config, text_only } => show(&doc_id, &config.load()?, text_only),
-            DocCommand::At { doc_id, offset, config, text_only } => {
+            DocCommand::At { doc_id, offset, time, config, text_only } => {
                 let config = config.load()?;
-                let at = runtime()?.block_on(docfold::history::doc_at(&config, &doc_id, offset))?;
+                let at = match (offset, time) {
+                    (Some(offset), _) => At::Offset(offset),
+                    (None, Some(time)) => At::Time(time),
+                    (None, None) => anyhow::bail!("give --offset or --time"),
+                };
+                let at = runtime()?.block_on(docfold::history::doc_at(&config, &doc_id, at))?;
                 let text = at.doc.state.text();
                 if text_only {
                     print!("{text}");
@@ -89,4 +99,18 @@ fn show(doc_id: &str, config: &docfold::config::JobConfig, text_only: bool) -> a
     println!("---");
     println!("{text}");
     Ok(true)
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time; the seconds may be left out.
+fn parse_time(text: &str) -> Result<i64, String> {
+    let with_seconds = |t: &str| {
+        let (date, rest) = t.split_once('T')?;
+        let zone = rest.find(['Z', 'z', '+', '-'])?;
+        (rest[..zone].matches(':').count() == 1)
+            .then(|| format!("{date}T{}:00{}", &rest[..zone], &rest[zone..]))
+    };
+    chrono::DateTime::parse_from_rfc3339(text)
+        .or_else(|e| with_seconds(text).ok_or(e).and_then(|t| chrono::DateTime::parse_from_rfc3339(&t)))
+        .map(|time| time.timestamp_millis())
+        .map_err(|e| format!("{text:?} is not a time like 2026-11-30T08:00:00Z: {e}"))
 }

@@ -46,11 +46,20 @@ pub enum HistoryError {
     Corrupt { doc_id: String, reason: String },
 }
 
+/// The point in a partition's history to show a document at.
+#[derive(Clone, Copy, Debug)]
+pub enum At {
+    /// Before this offset of the partition.
+    Offset(u64),
+    /// After every record stamped at or before this time (ms since the epoch).
+    Time(i64),
+}
+
 /// Records read from the log per call.
 const BATCH: usize = 4096;
 
-/// `doc_id` as it was before `offset` of its partition of the job's topic.
-pub async fn doc_at(config: &JobConfig, doc_id: &str, offset: u64) -> Result<DocAt, HistoryError> {
+/// `doc_id` as it was at `at` in its partition of the job's topic.
+pub async fn doc_at(config: &JobConfig, doc_id: &str, at: At) -> Result<DocAt, HistoryError> {
     if crate::pipeline::source_topics(config).len() > 1 {
         return Err(HistoryError::SeveralSources { job: config.job.clone() });
     }
@@ -58,7 +67,10 @@ pub async fn doc_at(config: &JobConfig, doc_id: &str, offset: u64) -> Result<Doc
     let mut reader = topic.reader()?;
     let partition = partition_for(doc_id.as_bytes(), reader.partitions());
     let end = reader.end_offset(partition)?;
-    let offset = offset.min(end);
+    let offset = match at {
+        At::Offset(offset) => offset.min(end),
+        At::Time(time_ms) => reader.offset_after(partition, time_ms)?,
+    };
     let corrupt = |reason: String| HistoryError::Corrupt { doc_id: doc_id.into(), reason };
     let mut start = None;
     let store = Store::open(config.store.url.expose()).await?;

@@ -134,6 +134,26 @@ pub trait LogReader: Send {
     /// The offset of the oldest record `partition` still holds (retention removes older
     /// ones); the end offset when it holds none.
     fn earliest_offset(&mut self, partition: u32) -> Result<u64, LogError>;
+    /// The first offset of `partition` whose record is stamped after `time_ms` (ms since
+    /// the epoch), the end when none is: a binary search over the records' timestamps,
+    /// which only grow where the log stamps them (the file log; Kafka topics with
+    /// `LogAppendTime`, as `docfold setup` makes them; with `CreateTime` the producers'
+    /// clocks decide). About log₂(records) reads of one record.
+    fn offset_after(&mut self, partition: u32, time_ms: i64) -> Result<u64, LogError> {
+        let (mut low, mut high) = (self.earliest_offset(partition)?, self.end_offset(partition)?);
+        let mut probe = Vec::with_capacity(1);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            probe.clear();
+            self.read(partition, mid, 1, &mut probe)?;
+            match probe.first() {
+                // Offsets from `mid` to the record's are gaps: nothing to fold there.
+                Some(record) if record.timestamp_ms <= time_ms => low = record.offset + 1,
+                _ => high = mid,
+            }
+        }
+        Ok(low)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

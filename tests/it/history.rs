@@ -42,7 +42,8 @@ fn reference(log: &FileLog, doc: &str, offset: u64) -> String {
 /// thirds with a `docfold run` after the first two (each leaves a disaster-recovery
 /// manifest and a stored state): `doc at` at seeded offsets in each third (rebuilt from the
 /// log, from a manifest, from the stored state) and past the end equals the fold of the
-/// records before the offset. `DOCFOLD_HISTORY_SEED` picks other offsets.
+/// records before the offset, and `--time` at the end of each third the fold of the records
+/// stamped by then. `DOCFOLD_HISTORY_SEED` picks other offsets.
 #[test]
 fn a_document_at_an_offset_is_the_fold_of_its_records_before_it() {
     let seed: u64 = std::env::var("DOCFOLD_HISTORY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
@@ -106,6 +107,27 @@ fn a_document_at_an_offset_is_the_fold_of_its_records_before_it() {
             assert_eq!(text, reference(&log, doc, offset), "{doc} at {offset} (from {from}), seed {seed}");
         }
     }
+    // By time: the log stamped each third after the run before it, so the time of a third's
+    // last record shows the document as it was at that third's end.
+    let partition = partition_for(b"paper", PARTITIONS);
+    let mut reader = log.reader();
+    for end in ends.iter().map(|ends| ends[partition as usize]) {
+        let mut last = Vec::new();
+        reader.read(partition, end - 1, 1, &mut last).expect("read");
+        let stamp = chrono::DateTime::from_timestamp_millis(last[0].timestamp_ms).expect("a time");
+        let time = stamp.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let text = docfold(&["doc", "at", "paper", "--time", &time, "--text-only"], &config);
+        assert_eq!(text, reference(&log, "paper", end), "paper at {time} (offset {end})");
+    }
+    let before = docfold(&["doc", "at", "paper", "--time", "2020-01-01T08:00Z", "--text-only"], &config);
+    assert_eq!(before, "", "before the first record the document is empty");
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["doc", "at", "paper", "--time", "yesterday", "--config"])
+        .arg(&config)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("is not a time like 2026-11-30T08:00:00Z"), "{stderr}");
     assert_eq!(
         starts.into_iter().collect::<Vec<_>>(),
         ["disaster-recovery snapshot", "state store", "the log"],
