@@ -24,8 +24,9 @@ pub const DOCS_IN_MEMORY: &str = "docfold_docs_in_memory";
 pub const PROJECTION_WRITES: &str = "docfold_projection_writes_total";
 /// Seconds from the oldest op of a flush being folded to its invalidations being sent.
 pub const INVALIDATION_DELAY: &str = "docfold_invalidation_delay_seconds";
-/// Archive files written, and the rows in them.
+/// Parquet archive files written.
 pub const ARCHIVE_FILES: &str = "docfold_archive_files_total";
+/// Rows in the archive files written (one per insert run or deleted identifier).
 pub const ARCHIVE_ROWS: &str = "docfold_archive_rows_total";
 /// Flushes that failed on an unavailable backend (label `sink`: which one).
 pub const SINK_FAILURES: &str = "docfold_sink_failures_total";

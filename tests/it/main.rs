@@ -12,6 +12,7 @@ mod jobs;
 mod link;
 mod log;
 mod lseq_props;
+mod metrics_doc;
 mod mirror;
 mod outage;
 mod pipeline;
