@@ -11,6 +11,7 @@ mod region;
 mod run;
 mod sim;
 mod sinks;
+mod status;
 mod topics;
 mod trace;
 
@@ -80,6 +81,9 @@ enum Command {
     /// Write docs/capacity.md (cores, partitions, DynamoDB, S3 and Redis per region for 100k
     /// and 1 M users) from loadgen runs' figures.
     Capacity(loadgen::CapacityArgs),
+    /// Where each partition stands: log offsets, checkpoint, archive, lag in records and
+    /// seconds, the newest disaster-recovery snapshot.
+    Status(status::StatusArgs),
 }
 
 /// `--config`, shared by the commands that touch the log or the store.
@@ -132,6 +136,7 @@ impl Cli {
             Command::Sim(command) => command.run(),
             Command::Loadgen(args) => args.run(),
             Command::Capacity(args) => args.run(),
+            Command::Status(args) => args.run(),
         }
     }
 }

@@ -67,3 +67,77 @@ fn a_closed_stdout_is_no_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+/// `docfold status` says where each partition stands: caught up after a run (checkpoint at
+/// the end, a disaster-recovery snapshot there), then behind by exactly the records
+/// published since, their age as the lag in seconds.
+#[test]
+fn status_shows_each_partition_caught_up_then_behind() {
+    use docfold::log::file::{FileLog, Fsync};
+    use docfold::log::{LogWriter, partition_for};
+    use docfold::lseq::Replica;
+    use docfold::op::{Envelope, encode};
+    let dir = crate::services::temp_dir("status");
+    let config = dir.join("job.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "job = \"status\"\n[log]\nurl = \"file://{d}/log\"\npartitions = 2\n\
+             [store]\nurl = \"sqlite://{d}/state.db\"\n[objects]\nurl = \"file://{d}/objects\"\n\
+             [projection]\nurl = \"sqlite://{d}/projections.db\"\n[snapshots]\ninterval_ms = 1\n",
+            d = dir.display()
+        ),
+    )
+    .expect("config");
+    let log = FileLog::create(&dir.join("log"), "doc-ops", 2).expect("topic");
+    let mut writer = log.writer(Fsync::Never, 1 << 20);
+    let mut editors: Vec<Replica> = (0..4).map(|i| Replica::new(i, i + 1)).collect();
+    let mut publish = |writer: &mut dyn LogWriter, rounds: usize| {
+        let mut per_partition = [0u64; 2];
+        for _ in 0..rounds {
+            for (i, editor) in editors.iter_mut().enumerate() {
+                let doc = format!("doc-{i}");
+                let op = editor.local_edit(editor.len(), 0, "ab").expect("edit");
+                writer.append(doc.as_bytes(), &encode(&Envelope::new(&doc, "r", 0, op))).expect("append");
+                per_partition[partition_for(doc.as_bytes(), 2) as usize] += 1;
+            }
+        }
+        writer.flush().expect("flush");
+        per_partition
+    };
+    let first = publish(&mut writer, 25);
+    let status = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    status(&["run", "--exit-when-idle", "--idle-ms", "0"]);
+    let parsed = |text: String| -> Vec<serde_json::Value> { serde_json::from_str(&text).expect("JSON") };
+    for p in parsed(status(&["status", "--json"])) {
+        let end = first[p["partition"].as_u64().expect("partition") as usize];
+        assert_eq!(
+            (p["end"].as_u64(), p["checkpoint"].as_u64(), p["lag_records"].as_u64()),
+            (Some(end), Some(end), Some(0)),
+            "{p}"
+        );
+        assert_eq!(p["snapshot_offset"].as_u64(), Some(end), "the drain's snapshot is at the end: {p}");
+    }
+    let more = publish(&mut writer, 3);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for p in parsed(status(&["status", "--json"])) {
+        let at = p["partition"].as_u64().expect("partition") as usize;
+        assert_eq!(p["lag_records"].as_u64(), Some(more[at]), "{p}");
+        let lag = p["lag_seconds"].as_f64().expect("seconds");
+        assert!(
+            more[at] == 0 || (1.0..60.0).contains(&lag),
+            "the oldest record not folded is over a second old: {p}"
+        );
+    }
+    let table = status(&["status"]);
+    assert!(table.contains("lag records") && table.contains("doc-ops"), "{table}");
+}
