@@ -8,7 +8,7 @@
 //! backends (embedded files and SQLite, or Kafka and PostgreSQL); `sink` holds the outputs
 //! (projections, the Parquet archive, disaster-recovery snapshots, cache invalidations,
 //! dead letters); `pipeline` runs one task per partition between them. `trace` replays real
-//! editing traces into ops.
+//! editing traces into ops; `history` shows a document as it was at an offset or a time.
 
 /// mimalloc instead of glibc's malloc: a fold allocates and frees many small objects from
 /// several threads, and glibc's arenas spent a quarter of the wide benchmark's CPU in
