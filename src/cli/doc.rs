@@ -52,22 +52,21 @@ impl DocCommand {
                     (None, None) => anyhow::bail!("give --offset or --time"),
                 };
                 let at = runtime()?.block_on(docfold::history::doc_at(&config, &doc_id, at))?;
-                let text = at.doc.state.text();
-                if text_only {
-                    print!("{text}");
-                    return Ok(true);
-                }
-                println!("doc:       {doc_id}");
-                println!("partition: {}", at.partition);
-                println!("before:    offset {}", at.offset);
-                println!("version:   {}", at.doc.version);
-                println!("length:    {} characters", at.doc.state.len());
-                println!(
-                    "rebuilt:   from {}, then {} of its ops from the log ({} refused)",
+                let rebuilt = format!(
+                    "from {}, then {} of its ops from the log ({} refused)",
                     at.from, at.folded, at.refused
                 );
-                println!("---");
-                println!("{text}");
+                print_doc(
+                    &at.doc.state,
+                    text_only,
+                    &[
+                        ("doc", doc_id),
+                        ("partition", at.partition.to_string()),
+                        ("before", format!("offset {}", at.offset)),
+                        ("version", at.doc.version.to_string()),
+                        ("rebuilt", rebuilt),
+                    ],
+                );
                 Ok(true)
             }
         }
@@ -85,20 +84,33 @@ fn show(doc_id: &str, config: &docfold::config::JobConfig, text_only: bool) -> a
         anyhow::bail!("no document {doc_id:?} in job {:?} of {}", config.job, config.store.url);
     };
     let state = snapshot::decode(&stored.state).with_context(|| format!("document {doc_id:?}"))?;
+    print_doc(
+        &state,
+        text_only,
+        &[
+            ("doc", doc_id.to_string()),
+            ("partition", stored.partition.to_string()),
+            ("version", stored.version.to_string()),
+            ("offset", stored.offset.to_string()),
+            ("pending", format!("{} deletes waiting for their insert", state.pending_tombstones())),
+        ],
+    );
+    Ok(true)
+}
+
+/// A document's `fields`, its length and its text; only the text with `text_only`.
+fn print_doc(state: &docfold::lseq::Sequence, text_only: bool, fields: &[(&str, String)]) {
     let text = state.text();
     if text_only {
         print!("{text}");
-        return Ok(true);
+        return;
     }
-    println!("doc:       {doc_id}");
-    println!("partition: {}", stored.partition);
-    println!("version:   {}", stored.version);
-    println!("offset:    {}", stored.offset);
-    println!("length:    {} characters", state.len());
-    println!("pending:   {} deletes waiting for their insert", state.pending_tombstones());
+    for (name, value) in fields {
+        println!("{:<11}{value}", format!("{name}:"));
+    }
+    println!("{:<11}{} characters", "length:", state.len());
     println!("---");
     println!("{text}");
-    Ok(true)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time; the seconds may be left out.
