@@ -106,7 +106,7 @@ fn reader_of(config: &Path, topic: &str) -> Box<dyn LogReader> {
 
 #[test]
 fn the_mirror_copies_every_record_across_kills() {
-    let runs: usize = std::env::var("DOCFOLD_MIRROR_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let runs: usize = std::env::var("DOCFOLD_MIRROR_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let seed: u64 = std::env::var("DOCFOLD_MIRROR_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
     eprintln!("mirror kills: {runs} from seed {seed} (DOCFOLD_MIRROR_KILLS, DOCFOLD_MIRROR_SEED)");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -136,7 +136,7 @@ fn the_mirror_copies_every_record_across_kills() {
         };
         let mut child =
             mirror_command(args, &a, &b).stdout(Stdio::null()).spawn().expect("spawn docfold mirror");
-        std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..100)));
         killed_mid_copy += usize::from(child.try_wait().expect("status").is_none());
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
