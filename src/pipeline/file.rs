@@ -2,7 +2,7 @@
 //! source topic from the worker's checkpoints, folds, and polls for more when it reaches
 //! the end of all of them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +13,8 @@ use crate::telemetry;
 
 /// How long a caught-up partition waits before looking for new records.
 const POLL: Duration = Duration::from_millis(50);
+/// How often a partition that is behind measures its lag.
+const LAG_EVERY: Duration = Duration::from_millis(500);
 
 pub(super) async fn run(
     job: Job,
@@ -73,13 +75,17 @@ async fn partition_loop(
 ) -> Result<PartitionSummary, PipelineError> {
     let partition = worker.summary().partition;
     let mut readers = Some(readers);
+    let mut lag_measured: Option<Instant> = None;
     while !cancel.is_cancelled() {
         let from: Vec<u64> = worker.next_offsets().into_iter().map(|(_, offset)| offset).collect();
         let mut taken = readers.take().expect("the readers are put back after each read");
+        // The lag needs each source's end: a scan of its last segment, so at most every LAG_EVERY.
+        let measure = lag_measured.is_none_or(|at| at.elapsed() >= LAG_EVERY);
         let (taken, read) = tokio::task::spawn_blocking(move || {
             let read = read_sources(&mut taken, partition, &from, batch).and_then(|records| {
-                let ends =
-                    taken.iter_mut().map(|r| r.end_offset(partition)).collect::<Result<Vec<_>, _>>()?;
+                let ends = measure
+                    .then(|| taken.iter_mut().map(|r| r.end_offset(partition)).collect::<Result<Vec<_>, _>>())
+                    .transpose()?;
                 Ok((records, ends))
             });
             (taken, read)
@@ -101,10 +107,17 @@ async fn partition_loop(
             continue;
         }
         worker.handle(&records).await?;
-        // Records between what the worker has folded and each source's end when read.
-        let behind =
-            worker.next_offsets().iter().zip(&ends).map(|((_, next), end)| end.saturating_sub(*next)).sum();
-        telemetry::consumer_lag(partition, behind);
+        if let Some(ends) = ends {
+            // Records between what the worker has folded and each source's end when read.
+            let behind = worker
+                .next_offsets()
+                .iter()
+                .zip(&ends)
+                .map(|((_, next), end)| end.saturating_sub(*next))
+                .sum();
+            telemetry::consumer_lag(partition, behind);
+            lag_measured = Some(Instant::now());
+        }
     }
     worker.flush_final().await?;
     tracing::info!(
