@@ -71,30 +71,28 @@ pub async fn doc_at(config: &JobConfig, doc_id: &str, at: At) -> Result<DocAt, H
         At::Offset(offset) => offset.min(end),
         At::Time(time_ms) => reader.offset_after(partition, time_ms)?,
     };
-    let corrupt = |reason: String| HistoryError::Corrupt { doc_id: doc_id.into(), reason };
-    let mut start = None;
+    // A stored state (bytes, version, offset of its last record) and where it came from.
+    let mut start: Option<(Vec<u8>, u64, u64, &'static str)> = None;
     let store = Store::open(config.store.url.expose()).await?;
     let stored = store.load_doc(&config.job, doc_id).await;
     store.close().await;
     if let Some(stored) = stored?.filter(|s| s.offset < offset) {
-        let state = snapshot::decode(&stored.state).map_err(|e| corrupt(e.to_string()))?;
-        start = Some((
-            Doc { state, version: stored.version, offset: stored.offset, ..Doc::default() },
-            "state store",
-        ));
+        start = Some((stored.state, stored.version, stored.offset, "state store"));
     }
     if start.is_none() && config.snapshots.interval_ms > 0 {
         let objects = Objects::open(&config.objects)?;
         if let Some((doc, state)) = snapshots::doc_state_before(&objects, partition, doc_id, offset).await? {
-            let state = snapshot::decode(&state).map_err(|e| corrupt(e.to_string()))?;
-            start = Some((
-                Doc { state, version: doc.version, offset: doc.offset, ..Doc::default() },
-                "disaster-recovery snapshot",
-            ));
+            start = Some((state, doc.version, doc.offset, "disaster-recovery snapshot"));
         }
     }
-    let (doc, from) = start.unwrap_or((Doc::default(), "the log"));
-    let mut next = if from == "the log" { 0 } else { doc.offset + 1 };
+    let (doc, mut next, from) = match start {
+        Some((bytes, version, at, from)) => {
+            let state = snapshot::decode(&bytes)
+                .map_err(|e| HistoryError::Corrupt { doc_id: doc_id.into(), reason: e.to_string() })?;
+            (Doc { state, version, offset: at, ..Doc::default() }, at + 1, from)
+        }
+        None => (Doc::default(), 0, "the log"),
+    };
     let earliest = reader.earliest_offset(partition)?;
     if next < earliest {
         return Err(HistoryError::Gone {
