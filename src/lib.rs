@@ -27,6 +27,7 @@ pub mod mirror;
 pub mod op;
 pub mod pipeline;
 pub mod region;
+pub mod replay;
 pub mod sim;
 pub mod sink;
 pub mod store;

@@ -114,7 +114,7 @@ fn print_doc(state: &docfold::lseq::Sequence, text_only: bool, fields: &[(&str, 
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time; the seconds may be left out.
-fn parse_time(text: &str) -> Result<i64, String> {
+pub(super) fn parse_time(text: &str) -> Result<i64, String> {
     let with_seconds = |t: &str| {
         let (date, rest) = t.split_once('T')?;
         let zone = rest.find(['Z', 'z', '+', '-'])?;

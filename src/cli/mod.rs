@@ -8,6 +8,7 @@ mod log;
 mod mirror;
 mod produce;
 mod region;
+mod replay;
 mod run;
 mod sim;
 mod sinks;
@@ -84,6 +85,9 @@ enum Command {
     /// Where each partition stands: log offsets, checkpoint, archive, lag in records and
     /// seconds, the newest disaster-recovery snapshot.
     Status(status::StatusArgs),
+    /// Fold a range of partitions again, from the log or the Parquet archive, into a fresh
+    /// state store (a rebuild) or the live store and sinks (a repair, with a new generation).
+    Replay(replay::ReplayArgs),
 }
 
 /// `--config`, shared by the commands that touch the log or the store.
@@ -137,6 +141,7 @@ impl Cli {
             Command::Loadgen(args) => args.run(),
             Command::Capacity(args) => args.run(),
             Command::Status(args) => args.run(),
+            Command::Replay(args) => args.run(),
         }
     }
 }

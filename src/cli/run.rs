@@ -99,7 +99,7 @@ pub async fn run_job(config: &JobConfig, until: Until) -> anyhow::Result<Vec<Par
     summaries
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

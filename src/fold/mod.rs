@@ -44,18 +44,24 @@ pub struct Stored {
     /// Bytes of its last full state, and of the deltas written after it.
     pub full: u64,
     pub deltas: u64,
+    /// The offset (partition position) of the last write: deltas are keyed by it.
+    pub offset: u64,
 }
 
 /// Deltas add up to at least this before a full state is due, however small the document.
 const MIN_DELTAS_BEFORE_FULL: u64 = 16 << 10;
 
 impl Doc {
-    /// Whether its next write must be the whole state: nothing is stored yet, or the stored
+    /// Whether its next write must be the whole state: nothing is stored yet, the stored
     /// deltas with this one would pass a quarter of the full state (every load applies
-    /// them all). A flush's cost then follows what changed, not the document's size.
+    /// them all), or it has folded nothing past the stored offset (a replay folding records
+    /// again: a delta keyed by that offset would replace the one stored there). A flush's
+    /// cost then follows what changed, not the document's size.
     pub fn full_due(&self) -> bool {
-        self.stored
-            .is_none_or(|s| s.deltas + self.delta.len() as u64 > (s.full / 4).max(MIN_DELTAS_BEFORE_FULL))
+        self.stored.is_none_or(|s| {
+            self.offset <= s.offset
+                || s.deltas + self.delta.len() as u64 > (s.full / 4).max(MIN_DELTAS_BEFORE_FULL)
+        })
     }
 
     /// What to store of it now: its whole state or its delta.
@@ -70,10 +76,10 @@ impl Doc {
     /// What the store holds of it once `write` (from [`Doc::to_store`]) is stored.
     pub fn stored_after(&self, write: &StateWrite) -> Stored {
         match write {
-            StateWrite::Full(state) => Stored { full: state.len() as u64, deltas: 0 },
+            StateWrite::Full(state) => Stored { full: state.len() as u64, deltas: 0, offset: self.offset },
             StateWrite::Delta(delta) => {
                 let stored = self.stored.unwrap_or_default();
-                Stored { deltas: stored.deltas + delta.len() as u64, ..stored }
+                Stored { deltas: stored.deltas + delta.len() as u64, offset: self.offset, ..stored }
             }
         }
     }
@@ -219,7 +225,8 @@ impl PartitionFold {
         };
         let outcome = entry.doc.state.apply(&envelope.op)?;
         entry.doc.version += u64::from(outcome.inserted + outcome.deleted + outcome.tombstoned);
-        entry.doc.offset = position;
+        // Never backwards: a replay folds records again that the stored state already holds.
+        entry.doc.offset = entry.doc.offset.max(position);
         if entry.doc.region != envelope.origin_region {
             entry.doc.region.clone_from(&envelope.origin_region);
         }

@@ -223,6 +223,7 @@ impl Flusher {
             docs: &docs,
             dead: &self.dead,
             folded_at: self.unflushed_since,
+            generation: parts.owner.generation,
         };
         for sink in job.sinks.effects() {
             let written = sink.write(&changes).await?;

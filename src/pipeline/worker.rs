@@ -15,7 +15,7 @@ use crate::log::Record;
 use crate::sink::Backoff;
 use crate::sink::archive::PartitionArchive;
 use crate::sink::dead_letter::DeadLetter;
-use crate::store::Owner;
+use crate::store::{HEARTBEAT_EVERY, Owner};
 use crate::telemetry;
 
 /// Cold documents loaded per query before a batch is folded.
@@ -49,6 +49,8 @@ pub struct PartitionWorker {
     sources: Vec<Source>,
     summary: PartitionSummary,
     flusher: Flusher,
+    /// When the store last heard from this owner (a commit or a heartbeat).
+    heard: Instant,
 }
 
 impl PartitionWorker {
@@ -57,6 +59,13 @@ impl PartitionWorker {
     pub async fn start(job: &Job, (partition, partitions): (u32, u32)) -> Result<Self, PipelineError> {
         job.store.expect_partitions(partitions)?;
         let owner = job.store.claim(&job.name, partition).await?;
+        Self::start_owned(job, partitions, owner).await
+    }
+
+    /// [`Self::start`] for a partition `owner` has already claimed (a replay's guarded claim).
+    pub async fn start_owned(job: &Job, partitions: u32, owner: Owner) -> Result<Self, PipelineError> {
+        let partition = owner.partition;
+        job.store.expect_partitions(partitions)?;
         let stored = job.store.source_checkpoints(&job.name, partition).await?;
         let mut sources = Vec::with_capacity(job.sources.len());
         for (index, topic) in job.sources.iter().enumerate() {
@@ -88,6 +97,7 @@ impl PartitionWorker {
                 ..Default::default()
             },
             flusher: Flusher::new(&job.settings, (partition, partitions), flushed),
+            heard: Instant::now(),
         })
     }
 
@@ -121,19 +131,32 @@ impl PartitionWorker {
         &self.summary
     }
 
-    /// Flushes when it is due (`flush.rs` says when).
+    /// Flushes when it is due (`flush.rs` says when); an idle owner sends its heartbeat.
     pub async fn flush_if_due(&mut self) -> Result<(), PipelineError> {
         let (flusher, parts) = self.parts();
         let flushed = flusher.flush_if_due(parts).await?;
         self.count(flushed);
+        if self.heard.elapsed() >= HEARTBEAT_EVERY {
+            match self.job.store.heartbeat(&self.owner).await {
+                Ok(()) => self.heard = Instant::now(),
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(partition = self.owner.partition, %error, "heartbeat failed; retrying at the next")
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         Ok(())
     }
 
-    /// The last flush before the partition leaves this process (every archive row too).
+    /// The last flush before the partition leaves this process (every archive row too);
+    /// then the partition is released, so a replay may claim it at once.
     pub async fn flush_final(&mut self) -> Result<(), PipelineError> {
         let (flusher, parts) = self.parts();
         let flushed = flusher.flush_final(parts).await?;
         self.count(flushed);
+        if let Err(error) = self.job.store.release(&self.owner).await {
+            tracing::warn!(partition = self.owner.partition, %error, "the partition was not released: a replay waits for its heartbeat to age");
+        }
         Ok(())
     }
 
@@ -145,6 +168,9 @@ impl PartitionWorker {
     }
 
     fn count(&mut self, flushed: Flushed) {
+        if flushed.flushes > 0 {
+            self.heard = Instant::now();
+        }
         let summary = &mut self.summary;
         summary.flushes += flushed.flushes;
         summary.retries += flushed.retries;
@@ -314,7 +340,11 @@ impl PartitionWorker {
             .into_iter()
             .map(|(doc_id, stored)| match snapshot::decode(&stored.state) {
                 Ok(state) => {
-                    let on_disk = Stored { full: stored.state.len() as u64, deltas: stored.delta_bytes };
+                    let on_disk = Stored {
+                        full: stored.state.len() as u64,
+                        deltas: stored.delta_bytes,
+                        offset: stored.offset,
+                    };
                     let doc = Doc {
                         state,
                         version: stored.version,

@@ -2,12 +2,13 @@
 //! - on the `doc-invalidations` topic (compacted; key = doc id, value = JSON
 //!   `{"doc_id","version","region"}`), for every region's caches;
 //! - to the regional Redis: one script per document that deletes the cached hash at
-//!   `<key_prefix><doc id>` unless it already holds this version or a newer one (with
-//!   `preload`: writes the new text and version there instead), and publishes the same JSON
-//!   on `<channel>`.
+//!   `<key_prefix><doc id>` unless it already holds this (generation, version) or a newer
+//!   one (with `preload`: writes the new text, version and generation there instead), and
+//!   publishes the same JSON on `<channel>`.
 //!
 //! Invalidations carry the version, so a cache drops one older than what it holds; a
-//! replay re-sends them harmlessly.
+//! redelivery re-sends them harmlessly. A live replay's new generation
+//! (`store::Owner::generation`) drops what it touches whatever its version.
 
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -23,6 +24,9 @@ pub struct Invalidation {
     pub doc_id: String,
     pub version: u64,
     pub region: String,
+    /// The writer partition's replay generation (absent: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// When the oldest record this version adds to the last one announced was folded, and
     /// when the projection was written (ms since the epoch, the pipeline's clock; absent
     /// when not known): a reader that knows when that record was published splits its
@@ -36,23 +40,27 @@ pub struct Invalidation {
     pub text: Option<String>,
 }
 
-fn is_zero(ms: &i64) -> bool {
-    *ms == 0
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
-/// KEYS[1] = cached key; ARGV = version, channel, message[, text to preload].
+/// KEYS[1] = cached key; ARGV = version, generation, channel, message[, text to preload].
+/// A missing hash field reads as `false`; a hash from before generations is generation 0.
 const SCRIPT: &str = r"
-local held = redis.call('HGET', KEYS[1], 'version')
+local held = redis.call('HMGET', KEYS[1], 'version', 'generation')
+local version, generation = tonumber(ARGV[1]), tonumber(ARGV[2])
+local held_generation = tonumber(held[2] or '0')
 local changed = 0
-if not held or tonumber(held) < tonumber(ARGV[1]) then
-  if ARGV[4] then
-    redis.call('HSET', KEYS[1], 'version', ARGV[1], 'text', ARGV[4])
+if not held[1] or held_generation < generation
+   or (held_generation == generation and tonumber(held[1]) < version) then
+  if ARGV[5] then
+    redis.call('HSET', KEYS[1], 'version', ARGV[1], 'generation', ARGV[2], 'text', ARGV[5])
     changed = 1
   else
     changed = redis.call('DEL', KEYS[1])
   end
 end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return changed
 ";
 
@@ -145,6 +153,7 @@ impl RedisCache {
                 .arg(1)
                 .arg(self.key(&item.doc_id))
                 .arg(item.version)
+                .arg(item.generation)
                 .arg(&self.channel)
                 .arg(message);
             if let Some(text) = &item.text {
@@ -223,6 +232,7 @@ impl super::Sink for Invalidator {
                     doc_id: doc_id.to_string(),
                     version: doc.version,
                     region: doc.region.clone(),
+                    generation: changes.generation,
                     folded_ms: doc.folded_ms,
                     projected_ms,
                     text: self.preload.and_then(|max| Some(doc.state.text()).filter(|t| t.len() <= max)),

@@ -80,6 +80,9 @@ pub struct Changes<'a> {
     pub dead: &'a [dead_letter::DeadLetter],
     /// When the oldest op in `docs` was folded (for the delay metrics).
     pub folded_at: Option<std::time::Instant>,
+    /// The partition's replay generation (`store::Owner::generation`): projections and
+    /// caches keep the newest (generation, version).
+    pub generation: u64,
 }
 
 /// One effect of a flush, written before the checkpoint moves. Idempotent and monotonic:

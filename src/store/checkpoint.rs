@@ -1,12 +1,12 @@
 //! Checkpoints and partition ownership. A partition folds one or more source topics (the
 //! job's own, [`LOCAL_TOPIC`], and each peer region's mirrored one); each has its own
 //! checkpoint row, and every row of a commit moves in the transaction of the documents.
-//! The right to commit is the partition's owner epoch (`partition_owners`).
+//! The right to commit is the partition's owner epoch (`owners.rs`).
 
 use sqlx::Row;
 
 use super::{Store, StoreError, now_ms, timed, to_i64, to_u64};
-use crate::store::DocWrite;
+use crate::store::{DocWrite, Owner};
 
 /// How the job's own topic (`log.topic`) is named in the checkpoints: rows from before
 /// several source topics were moved here when the config was not known, and a renamed
@@ -19,15 +19,6 @@ pub const LOCAL_TOPIC: &str = "";
 pub struct Checkpoint {
     pub next_offset: u64,
     pub archived_offset: u64,
-}
-
-/// The right to write one partition's checkpoints: whoever claimed it last holds the
-/// highest epoch, and only the holder of the current epoch may commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub job: String,
-    pub partition: u32,
-    pub epoch: u64,
 }
 
 fn partition_of(row: &sqlx::any::AnyRow) -> Result<u32, StoreError> {
@@ -83,43 +74,6 @@ impl Store {
         Ok(checkpoints)
     }
 
-    /// Claims (job, partition) for a new owner: the epoch goes up by one, which fences off
-    /// every earlier owner ([`StoreError::Fenced`] on their next commit or check).
-    pub async fn claim(&self, job: &str, partition: u32) -> Result<Owner, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO partition_owners (job, partition_id, owner_epoch, updated_ms) VALUES ($1, $2, 1, $3) \
-             ON CONFLICT (job, partition_id) DO UPDATE SET owner_epoch = partition_owners.owner_epoch + 1, \
-             updated_ms = excluded.updated_ms RETURNING owner_epoch",
-        )
-        .bind(job)
-        .bind(i64::from(partition))
-        .bind(now_ms())
-        .fetch_one(&self.pool_of(partition).await?)
-        .await?;
-        Ok(Owner { job: job.into(), partition, epoch: to_u64(row.try_get(0)?)? })
-    }
-
-    /// Fails with [`StoreError::Fenced`] when `owner` is no longer the partition's owner:
-    /// checked before effects that a stale owner must not write.
-    pub async fn check_owner(&self, owner: &Owner) -> Result<(), StoreError> {
-        let held = timed("an owner check", self.epoch(&owner.job, owner.partition)).await?;
-        if held == owner.epoch { Ok(()) } else { Err(self.fenced(owner, held)) }
-    }
-
-    async fn epoch(&self, job: &str, partition: u32) -> Result<u64, StoreError> {
-        let row =
-            sqlx::query("SELECT owner_epoch FROM partition_owners WHERE job = $1 AND partition_id = $2")
-                .bind(job)
-                .bind(i64::from(partition))
-                .fetch_optional(&self.pool_of(partition).await?)
-                .await?;
-        row.map_or(Ok(0), |row| to_u64(row.try_get(0)?))
-    }
-
-    fn fenced(&self, owner: &Owner, held: u64) -> StoreError {
-        StoreError::Fenced { job: owner.job.clone(), partition: owner.partition, held, ours: owner.epoch }
-    }
-
     /// Writes `docs` and moves the owner's partition's checkpoints (per stored topic), in
     /// one transaction. Refused whole when a newer owner claimed the partition
     /// ([`StoreError::Fenced`]) or a stored checkpoint is already past ours
@@ -141,21 +95,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (job, partition) = (owner.job.as_str(), owner.partition);
         let now = now_ms();
-        let mut tx = self.pool_of(partition).await?.begin().await?;
-        // The owner row is locked until the commit: a concurrent claim waits for it.
-        let owned = sqlx::query(
-            "UPDATE partition_owners SET updated_ms = $3 WHERE job = $1 AND partition_id = $2 AND owner_epoch = $4",
-        )
-        .bind(job)
-        .bind(i64::from(partition))
-        .bind(now)
-        .bind(to_i64(owner.epoch)?)
-        .execute(&mut *tx)
-        .await?;
-        if owned.rows_affected() == 0 {
-            drop(tx);
-            return Err(self.fenced(owner, self.epoch(job, partition).await?));
-        }
+        let mut tx = self.owned_transaction(owner, now).await?;
         for &(topic, checkpoint) in checkpoints {
             let moved = sqlx::query(
                 "INSERT INTO source_checkpoints (job, partition_id, topic, next_offset, archived_offset, updated_ms) \
@@ -186,6 +126,58 @@ impl Store {
             }
         }
         self.write_docs(&mut tx, (job, partition, now), docs).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Begins a transaction of `owner`'s partition with its owner row locked (a concurrent
+    /// claim waits for it) and its heartbeat at `now`; [`StoreError::Fenced`] when a newer
+    /// owner claimed the partition.
+    async fn owned_transaction(
+        &self,
+        owner: &Owner,
+        now: i64,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.pool_of(owner.partition).await?.begin().await?;
+        let owned = sqlx::query(
+            "UPDATE partition_owners SET updated_ms = $3 WHERE job = $1 AND partition_id = $2 AND owner_epoch = $4",
+        )
+        .bind(&owner.job)
+        .bind(i64::from(owner.partition))
+        .bind(now)
+        .bind(to_i64(owner.epoch)?)
+        .execute(&mut *tx)
+        .await?;
+        if owned.rows_affected() == 0 {
+            drop(tx);
+            return Err(self.fenced(owner, self.epoch(&owner.job, owner.partition).await?));
+        }
+        Ok(tx)
+    }
+
+    /// Moves the fold offset of `owner`'s partition in `topic` (stored name) to
+    /// `next_offset`, backwards too (a replay; a commit only moves forward). The archive's
+    /// progress stays (a new row starts it at `next_offset`).
+    pub async fn reset_checkpoint(
+        &self,
+        owner: &Owner,
+        topic: &str,
+        next_offset: u64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.owned_transaction(owner, now).await?;
+        sqlx::query(
+            "INSERT INTO source_checkpoints (job, partition_id, topic, next_offset, archived_offset, updated_ms) \
+             VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (job, partition_id, topic) DO UPDATE SET \
+             next_offset = excluded.next_offset, updated_ms = excluded.updated_ms",
+        )
+        .bind(&owner.job)
+        .bind(i64::from(owner.partition))
+        .bind(topic)
+        .bind(to_i64(next_offset)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

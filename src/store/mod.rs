@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod deltas;
+mod owners;
 mod partitions;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::fold::StateWrite;
-pub use checkpoint::{Checkpoint, LOCAL_TOPIC, Owner};
+pub use checkpoint::{Checkpoint, LOCAL_TOPIC};
+pub use owners::{HEARTBEAT_EVERY, LIVE_FOR, Owner, ReplayClaim};
 
 /// A document as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,13 @@ pub enum StoreError {
         "partition {partition} of job {job} was claimed by a newer owner (epoch {held}, ours {ours}): this worker steps down"
     )]
     Fenced { job: String, partition: u32, held: u64, ours: u64 },
+    /// A replay's claim found a live owner: its heartbeat is younger than the replay's
+    /// window.
+    #[error(
+        "partition {partition} of job {job} has a live owner (its last heartbeat was {} s ago): stop its `docfold run` first (a clean stop releases the partition), wait until its heartbeat is {} s old, or pass --force to fence it off",
+        *.ago_ms as f64 / 1000.0, .live_ms / 1000
+    )]
+    Held { job: String, partition: u32, ago_ms: u64, live_ms: u64 },
     #[error("stored value out of range: {0}")]
     Corrupt(String),
     #[error("state store: {path}: {source}")]

@@ -36,7 +36,7 @@ fn doc(chars: usize) -> Doc {
 
 async fn write(projections: &Projections, doc: &Doc) -> u64 {
     let docs = [("d", doc)];
-    let changes = Changes { partition: 0, docs: &docs, dead: &[], folded_at: None };
+    let changes = Changes { partition: 0, docs: &docs, dead: &[], folded_at: None, generation: 0 };
     projections.write(&changes).await.expect("write")
 }
 

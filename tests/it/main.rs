@@ -18,6 +18,7 @@ mod outage;
 mod pipeline;
 mod region;
 mod regions;
+mod replay;
 mod residency;
 mod secrets;
 mod services;

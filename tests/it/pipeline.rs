@@ -41,7 +41,7 @@ fn write_config(dir: &Path, name: &str, log: &str, store_url: &str, flush_ops: u
 }
 
 /// Publishes two real traces to several documents, then duplicates and garbage.
-fn fill(writer: &mut dyn LogWriter, svelte_copies: usize, friends_copies: usize) -> u64 {
+pub(crate) fn fill(writer: &mut dyn LogWriter, svelte_copies: usize, friends_copies: usize) -> u64 {
     let mut count = 0;
     for (name, copies) in [("sveltecomponent", svelte_copies), ("friendsforever", friends_copies)] {
         let trace = Trace::read(Path::new(&format!("tests/data/traces/{name}.json.gz"))).expect("trace");

@@ -74,6 +74,7 @@ fn item(doc_id: &str, version: u64, text: &str) -> Projection {
         doc_id: doc_id.into(),
         body: Body::Text(text.into()),
         version,
+        generation: 0,
         chars: text.chars().count() as u64,
         updated_ms: 1_700_000_000_000 + version as i64,
         region: "eu-west-1".into(),
@@ -101,6 +102,20 @@ async fn projections_conformance(config: ProjectionConfig, objects: ObjectsConfi
     assert_eq!(projections.get_text("b").await.expect("get").expect("stored").1, "x");
     projections.put(vec![item("a", 4, "newer")]).await.expect("put");
     assert_eq!(projections.get_text("a").await.expect("get").expect("stored").1, "newer");
+    // A replay's generation goes before the version: generation 1 replaces b at its version,
+    // and then a generation-0 writer's newer version no longer does; generation 1's does.
+    let replayed = Projection { generation: 1, ..item("b", 1, "repaired") };
+    let wrote = projections.put(vec![replayed.clone()]).await.expect("put");
+    assert_eq!(wrote, Written { written: 1, stale: 0 }, "a new generation rewrites an equal version");
+    let (b, text) = projections.get_text("b").await.expect("get").expect("stored");
+    assert_eq!((b.generation, text.as_str()), (1, "repaired"));
+    let wrote = projections.put(vec![item("b", 9, "older generation")]).await.expect("put");
+    assert_eq!(wrote, Written { written: 0, stale: 1 }, "an older generation never replaces a newer one");
+    assert_eq!(projections.put(vec![replayed]).await.expect("put"), Written { written: 0, stale: 1 });
+    let wrote =
+        projections.put(vec![Projection { generation: 1, ..item("b", 2, "next") }]).await.expect("put");
+    assert_eq!(wrote, Written { written: 1, stale: 0 });
+    assert_eq!(projections.get_text("b").await.expect("get").expect("stored").1, "next");
 
     // Too large for an item: the text goes to object storage, the item points at it.
     let big = "é".repeat(800); // 1,600 bytes > 1,000
@@ -506,6 +521,7 @@ async fn invalidations_conformance(config: JobConfig, topic: Box<dyn FnOnce() ->
             region: "r1".into(),
             folded_ms: 1_764_806_400_000,
             projected_ms: 1_764_806_400_250,
+            generation: 0,
             text: None,
         },
     ];
@@ -583,6 +599,14 @@ async fn a_preloading_cache_never_goes_back() {
     assert_eq!(held(&mut conn).await, (Some("5".into()), Some("five".into())));
     assert_eq!(cache.invalidate(&[item("d", 6, None)]).await.expect("drop"), 1);
     assert_eq!(held(&mut conn).await, (None, None), "a text too large to preload drops the entry");
+    // A replay's new generation replaces an entry at any version; an older generation then
+    // writes nothing.
+    assert_eq!(cache.invalidate(&[item("d", 7, Some("seven"))]).await.expect("preload"), 1);
+    let replayed = Invalidation { generation: 1, ..item("d", 7, Some("seven, repaired")) };
+    assert_eq!(cache.invalidate(&[replayed]).await.expect("new generation"), 1);
+    assert_eq!(held(&mut conn).await, (Some("7".into()), Some("seven, repaired".into())));
+    assert_eq!(cache.invalidate(&[item("d", 8, Some("eight"))]).await.expect("older generation"), 0);
+    assert_eq!(held(&mut conn).await.1.as_deref(), Some("seven, repaired"));
 }
 
 #[tokio::test]

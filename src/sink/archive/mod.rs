@@ -13,6 +13,7 @@
 //! last checkpoint is found by name and adopted, not written twice, so each (topic,
 //! partition, offset) is in exactly one file.
 
+pub mod read;
 mod rows;
 
 use bytes::Bytes;

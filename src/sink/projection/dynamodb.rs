@@ -199,20 +199,29 @@ impl DynamoProjections {
             .item("doc_id", AttributeValue::S(item.doc_id.clone()))
             .item(name, AttributeValue::S(value.clone()))
             .item("version", AttributeValue::N(item.version.to_string()))
+            .item("generation", AttributeValue::N(item.generation.to_string()))
             .item("chars", AttributeValue::N(item.chars.to_string()))
             .item("updated_ms", AttributeValue::N(item.updated_ms.to_string()))
             .item("region", AttributeValue::S(item.region.clone()))
-            .expression_attribute_values(":v", AttributeValue::N(item.version.to_string()));
+            .expression_attribute_values(":v", AttributeValue::N(item.version.to_string()))
+            .expression_attribute_values(":g", AttributeValue::N(item.generation.to_string()));
+        // Only over an older (generation, version); an item from before generations is
+        // generation 0.
+        let newer = if item.generation == 0 {
+            "((attribute_not_exists(generation) OR generation = :g) AND version < :v)"
+        } else {
+            "(attribute_not_exists(generation) OR generation < :g OR (generation = :g AND version < :v))"
+        };
         // The leader's writes to a global table: never over a newer epoch (a deposed
         // leader), never over a version at least as high (a new leader that has not seen
         // every op yet); versions compare across regions (`fold::Doc::version`).
         let put = match item.epoch {
-            None => put.condition_expression("attribute_not_exists(doc_id) OR version < :v"),
+            None => put.condition_expression(format!("attribute_not_exists(doc_id) OR {newer}")),
             Some(epoch) => put
                 .item("epoch", AttributeValue::N(epoch.to_string()))
-                .condition_expression(
-                    "attribute_not_exists(doc_id) OR (version < :v AND (attribute_not_exists(epoch) OR epoch <= :e))",
-                )
+                .condition_expression(format!(
+                    "attribute_not_exists(doc_id) OR ({newer} AND (attribute_not_exists(epoch) OR epoch <= :e))"
+                ))
                 .expression_attribute_values(":e", AttributeValue::N(epoch.to_string())),
         };
         let put = put.send().await;
@@ -261,6 +270,7 @@ impl ProjectionStore for DynamoProjections {
             doc_id: doc_id.into(),
             body,
             version: number(item, "version")? as u64,
+            generation: number(item, "generation").map_or(0, |g| g as u64),
             chars: number(item, "chars")? as u64,
             updated_ms: number(item, "updated_ms")?,
             region: string(item, "region").unwrap_or_default(),

@@ -1,6 +1,7 @@
 //! Projections: the read model, one item per document (text, version, length, updated
-//! time, origin region). Writes are conditional, so a stored version never decreases and a
-//! replay rewrites nothing; texts over `inline_max_bytes` go to object storage and the item
+//! time, origin region). Writes are conditional on (generation, version), so a stored
+//! version never decreases and a redelivery rewrites nothing, while a live replay (a new
+//! generation, `docfold replay --live`) rewrites every document it touches; texts over `inline_max_bytes` go to object storage and the item
 //! holds a pointer. Backends by URL: `sqlite://PATH` (embedded) and `dynamodb://TABLE`.
 
 pub(crate) mod dynamodb;
@@ -24,6 +25,8 @@ pub struct Projection {
     pub doc_id: String,
     pub body: Body,
     pub version: u64,
+    /// The writer partition's replay generation: compared before the version.
+    pub generation: u64,
     /// Length in Unicode code points.
     pub chars: u64,
     pub updated_ms: i64,
@@ -65,7 +68,7 @@ impl Body {
 pub struct Written {
     /// Items written.
     pub written: u64,
-    /// Items skipped because the stored version was already at least as new.
+    /// Items skipped because the stored (generation, version) was already at least as new.
     pub stale: u64,
 }
 
@@ -73,7 +76,7 @@ pub struct Written {
 pub trait ProjectionStore: Send + Sync {
     /// Creates the table if it does not exist.
     fn create(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// Writes each item unless the stored version is already ≥ its version.
+    /// Writes each item unless the stored (generation, version) is already ≥ its own.
     fn put(&self, items: &[Projection]) -> impl Future<Output = Result<Written, SinkError>> + Send;
     fn get(&self, doc_id: &str) -> impl Future<Output = Result<Option<Projection>, SinkError>> + Send;
 }
@@ -264,6 +267,7 @@ impl crate::sink::Sink for Projections {
                     doc_id: doc_id.to_string(),
                     body: Body::Text(doc.state.text()),
                     version: doc.version,
+                    generation: changes.generation,
                     chars: doc.state.len() as u64,
                     updated_ms,
                     region: doc.region.clone(),

@@ -49,11 +49,23 @@ impl ProjectionStore for SqliteProjections {
     async fn create(&self) -> Result<(), SinkError> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS projections (doc_id TEXT PRIMARY KEY, text TEXT, text_ref TEXT, \
-             version INTEGER NOT NULL, chars INTEGER NOT NULL, updated_ms INTEGER NOT NULL, region TEXT NOT NULL)",
+             version INTEGER NOT NULL, chars INTEGER NOT NULL, updated_ms INTEGER NOT NULL, region TEXT NOT NULL, \
+             generation INTEGER NOT NULL DEFAULT 0)",
         )
         .execute(&self.pool)
         .await
         .map_err(failed)?;
+        // A table from before replay generations.
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('projections')")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(failed)?;
+        if !columns.iter().any(|c| c == "generation") {
+            sqlx::query("ALTER TABLE projections ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+                .execute(&self.pool)
+                .await
+                .map_err(failed)?;
+        }
         Ok(())
     }
 
@@ -61,13 +73,13 @@ impl ProjectionStore for SqliteProjections {
         let mut tx = self.pool.begin().await.map_err(failed)?;
         let mut outcome = Written::default();
         for chunk in items.chunks(ITEMS_PER_STATEMENT) {
-            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = format!(
-                "INSERT INTO projections (doc_id, text, text_ref, version, chars, updated_ms, region) \
+                "INSERT INTO projections (doc_id, text, text_ref, version, chars, updated_ms, region, generation) \
                  VALUES {rows} ON CONFLICT (doc_id) DO UPDATE SET text = excluded.text, \
                  text_ref = excluded.text_ref, version = excluded.version, chars = excluded.chars, \
-                 updated_ms = excluded.updated_ms, region = excluded.region \
-                 WHERE projections.version < excluded.version"
+                 updated_ms = excluded.updated_ms, region = excluded.region, generation = excluded.generation \
+                 WHERE (projections.generation, projections.version) < (excluded.generation, excluded.version)"
             );
             let mut upsert = sqlx::query(&sql);
             for item in chunk {
@@ -82,7 +94,8 @@ impl ProjectionStore for SqliteProjections {
                     .bind(item.version as i64)
                     .bind(item.chars as i64)
                     .bind(item.updated_ms)
-                    .bind(&item.region);
+                    .bind(&item.region)
+                    .bind(item.generation as i64);
             }
             // A row is affected when it is new or moved forward; the others were stale.
             let done = upsert.execute(&mut *tx).await.map_err(failed)?.rows_affected();
@@ -95,7 +108,7 @@ impl ProjectionStore for SqliteProjections {
 
     async fn get(&self, doc_id: &str) -> Result<Option<Projection>, SinkError> {
         let row = sqlx::query(
-            "SELECT text, text_ref, version, chars, updated_ms, region FROM projections WHERE doc_id = ?",
+            "SELECT text, text_ref, version, chars, updated_ms, region, generation FROM projections WHERE doc_id = ?",
         )
         .bind(doc_id)
         .fetch_optional(&self.pool)
@@ -109,6 +122,7 @@ impl ProjectionStore for SqliteProjections {
             doc_id: doc_id.into(),
             body,
             version: row.try_get::<i64, _>(2).map_err(failed)? as u64,
+            generation: row.try_get::<i64, _>(6).map_err(failed)? as u64,
             chars: row.try_get::<i64, _>(3).map_err(failed)? as u64,
             updated_ms: row.try_get(4).map_err(failed)?,
             region: row.try_get(5).map_err(failed)?,
