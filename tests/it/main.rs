@@ -4,6 +4,7 @@ mod active_active;
 mod capacity;
 mod cli;
 mod codec;
+mod deploy;
 mod fold;
 mod global_table;
 mod history;
