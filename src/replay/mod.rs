@@ -197,6 +197,15 @@ async fn plan_partition(
         ReplaySource::Log => format!("the log (topic {})", config.log.topic),
         ReplaySource::Archive => "the archive".to_string(),
     };
+    if request.from.is_none() && earliest > 0 && request.target != Target::Live {
+        let hint = match request.source {
+            ReplaySource::Log => "replay from the archive (--source archive), or ",
+            ReplaySource::Archive => "",
+        };
+        return Err(refused(format!(
+            "partition {partition}: {source} starts at offset {earliest}, so a rebuild would miss records 0..{earliest}: {hint}pass --from {earliest} to rebuild from there on"
+        )));
+    }
     if from < earliest && from < to {
         let hint = match request.source {
             ReplaySource::Log => "; replay from the archive (--source archive)",
@@ -260,6 +269,10 @@ pub async fn replay(
         settings: target.pipeline.clone(),
         cancel: cancel.clone(),
     };
+    let mut readers = Vec::new();
+    for _ in plan.steps.iter().filter(|s| s.records() > 0) {
+        readers.push(Reader::open(config, &topic, request.source)?);
+    }
     let owners = match claim_all(&job, plan, request).await {
         Ok(owners) => owners,
         Err(error) => {
@@ -269,8 +282,7 @@ pub async fn replay(
     };
     let partitions = topic.partitions();
     let mut tasks = JoinSet::new();
-    for (step, owner) in owners {
-        let reader = Reader::open(config, &topic, request.source)?;
+    for ((step, owner), reader) in owners.into_iter().zip(readers) {
         let (job, progress, doc) = (job.clone(), progress.clone(), request.doc.clone());
         tasks.spawn(async move {
             job.store.expect_partitions(partitions)?;

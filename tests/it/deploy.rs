@@ -35,6 +35,9 @@ fn the_alert_rules_pass_promtool() {
     used.dedup();
     assert!(used.len() >= 8, "{used:?}");
     for name in used {
-        assert!(documented.contains(&format!("`{name}`")), "alerts.yml uses {name}, which docfold does not export");
+        assert!(
+            documented.contains(&format!("`{name}`")),
+            "alerts.yml uses {name}, which docfold does not export"
+        );
     }
 }
