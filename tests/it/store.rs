@@ -262,7 +262,7 @@ async fn an_older_single_file_sqlite_store_moves_into_partition_files() {
     let mut older = sqlx::SqliteConnection::connect(&format!("{url}?mode=rw")).await.expect("open");
     older
         .execute(
-            "INSERT INTO partition_owners VALUES ('job', 0, 4, 1), ('job', 2, 1, 1); \
+            "INSERT INTO partition_owners (job, partition_id, owner_epoch, updated_ms) VALUES ('job', 0, 4, 1), ('job', 2, 1, 1); \
              INSERT INTO source_checkpoints VALUES ('job', 0, '', 10, 10, 1), ('job', 2, '', 7, 5, 1); \
              INSERT INTO doc_snapshots VALUES ('job', 'a', 0, 3, 9, x'61', 1, 1), ('job', 'c', 2, 1, 6, x'63', 1, 0); \
              INSERT INTO doc_deltas VALUES ('job', 'a', 9, x'00');",
