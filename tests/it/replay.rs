@@ -296,14 +296,9 @@ async fn a_live_replay_repairs_projections_and_caches() {
 }
 
 fn docfold(config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("runs");
-    let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8");
-    (out.status.success(), text(out.stdout), text(out.stderr))
+    let args = [args, &["--config", config.to_str().expect("a UTF-8 path")]].concat();
+    let (code, out, err) = crate::spine::docfold(config.parent().expect("a folder"), &args);
+    (code == 0, out, err)
 }
 
 /// The command: a dry run says what it would do; a live replay waits for a running
