@@ -299,3 +299,57 @@ fn a_second_writer_of_a_partition_is_refused() {
     assert!(matches!(FileLog::create(&root, "t", 3), Err(LogError::Io { .. })), "no silent repartition");
     assert!(matches!(FileLog::open(&root, "nope"), Err(LogError::NoSuchTopic { .. })));
 }
+
+/// Several readers of one Kafka topic in one process (a replay reads each partition with a
+/// reader of its own, on the blocking pool), each reading its partition in batches from
+/// offset 0 to the end: every record arrives, in order, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_readers_side_by_side_read_every_record() {
+    let brokers = services::kafka();
+    let topic = format!("readers-{}", services::unique());
+    let partitions = 4;
+    KafkaLog::create_topic(&brokers, &topic, (partitions, 1), &[], &[]).await.expect("create topic");
+    let log = KafkaLog::connect(&brokers, &topic, &[]).expect("connect");
+    let mut writer = log.writer().expect("producer");
+    let per_partition = 5_000u64;
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("doc-{i}"))
+        .scan(vec![false; partitions as usize], |seen, key| {
+            let p = partition_for(key.as_bytes(), partitions) as usize;
+            let fresh = !seen[p];
+            seen[p] = true;
+            Some(fresh.then_some(key))
+        })
+        .flatten()
+        .take(partitions as usize)
+        .collect();
+    tokio::task::block_in_place(|| {
+        for i in 0..per_partition {
+            for key in &keys {
+                writer.append(key.as_bytes(), &i.to_be_bytes()).expect("append");
+            }
+        }
+        writer.flush().expect("flush");
+    });
+    let mut readers = Vec::new();
+    for partition in 0..partitions {
+        let mut reader = log.reader().expect("reader");
+        readers.push(tokio::task::spawn_blocking(move || {
+            let (mut next, mut empty) = (0u64, 0);
+            while next < per_partition && empty < 10 {
+                let mut records = Vec::new();
+                reader.read(partition, next, 500, &mut records).expect("read");
+                empty = if records.is_empty() { empty + 1 } else { 0 };
+                for record in records {
+                    assert_eq!(record.offset, next, "partition {partition}: in order, none twice");
+                    next += 1;
+                }
+            }
+            (partition, next)
+        }));
+    }
+    for reader in readers {
+        let (partition, read) = reader.await.expect("reader task");
+        assert_eq!(read, per_partition, "partition {partition}: every record was read");
+    }
+}
