@@ -119,11 +119,17 @@ pub fn init_logs(default_level: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Serves `/metrics` on `addr` (needs a Tokio runtime).
+/// The buckets of every histogram (all of them measure seconds: 1 ms to 30 s).
+const SECONDS_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Serves `/metrics` on `addr` (needs a Tokio runtime). Histograms are served as
+/// Prometheus histograms (buckets, which aggregate across instances), not summaries.
 pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
-        .install()
+        .set_buckets(&SECONDS_BUCKETS)
+        .and_then(|builder| builder.install())
         .map_err(|e| format!("metrics on {addr}: {e}"))
 }
 

@@ -133,17 +133,20 @@ pub fn start_tansu(port: u16, storage: &str, env: &[(&str, &str)]) -> std::proce
     child
 }
 
+/// The response (headers and body) to `GET path` on 127.0.0.1:`port`, if it answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
 /// The Prometheus page on `port` once `ready` says it holds what the test waits for
 /// (within 20 s).
 pub fn scrape_until(port: u16, ready: impl Fn(&str) -> bool) -> String {
-    use std::io::{Read, Write};
-    let scrape = || -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        Some(body)
-    };
+    let scrape = || http_get(port, "/metrics");
     let since = std::time::Instant::now();
     loop {
         if let Some(body) = scrape().filter(|b| ready(b)) {
