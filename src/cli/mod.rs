@@ -31,8 +31,17 @@ use docfold::log::file::FileLog;
     about = "Event-sourced stream processor for collaborative documents (LSEQ CRDT)"
 )]
 pub struct Cli {
+    /// Logs on stderr as text, or as one JSON object per line (for a log pipeline).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DOCFOLD_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,7 +126,7 @@ impl Cli {
         // The demo and one-shot commands talk to people: only warnings; `run` logs its work.
         let level =
             if matches!(self.command, Command::Run(_) | Command::Mirror(_)) { "info" } else { "warn" };
-        docfold::telemetry::init_logs(level);
+        docfold::telemetry::init_logs(level, self.log_format == LogFormat::Json);
         // The stream processor keeps SIGPIPE ignored (a peer's closed socket is an error to
         // handle there); the other commands print to people and pipes.
         if !matches!(self.command, Command::Run(_) | Command::Demo(_) | Command::Mirror(_)) {

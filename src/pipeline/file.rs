@@ -40,7 +40,9 @@ pub(super) async fn run(
     while let Some(joined) = tasks.join_next().await {
         match joined.map_err(|e| PipelineError::Task(e.to_string())).and_then(|r| r) {
             Ok(summary) => summaries.push(summary),
-            Err(error) if error.is_fenced() => tracing::warn!(%error, "partition stepped down"),
+            Err(error) if error.is_fenced() => {
+                tracing::warn!(event = "fenced", %error, "partition stepped down")
+            }
             Err(error) => {
                 tracing::error!(%error, "partition stopped; stopping the others");
                 cancel.cancel();

@@ -263,7 +263,7 @@ impl Flusher {
         let checkpoints: Vec<(&str, Checkpoint)> =
             parts.sources.iter().map(|s| (s.stored.as_str(), s.checkpoint())).collect();
         job.store.commit(parts.owner, &checkpoints, &writes).await?;
-        tracing::debug!(partition = %self.label, position = source::position(parts.sources), docs = writes.len(), "checkpoint written");
+        tracing::debug!(event = "checkpoint", partition = %self.label, position = source::position(parts.sources), docs = writes.len(), "checkpoint written");
         drop(writes);
         drop(docs);
         parts.fold.mark_stored(&stored);

@@ -153,7 +153,9 @@ impl Group {
             drop(worker.records);
             match self.handle.block_on(worker.task) {
                 Ok(Ok(summary)) => self.done.lock().expect("done lock").push(summary),
-                Ok(Err(error)) if error.is_fenced() => tracing::warn!(%error, "partition stepped down"),
+                Ok(Err(error)) if error.is_fenced() => {
+                    tracing::warn!(event = "fenced", %error, "partition stepped down")
+                }
                 Ok(Err(error)) => self.fail(error),
                 Err(e) => self.fail(PipelineError::Task(format!("partition {partition}: {e}"))),
             }

@@ -18,6 +18,10 @@ use crate::sink::dead_letter::DeadLetter;
 use crate::store::{HEARTBEAT_EVERY, Owner};
 use crate::telemetry;
 
+/// An op whose editor made it this long before the log took it is late (an editor that was
+/// offline): each batch that merges some says so in the logs.
+const LATE_MS: i64 = 10_000;
+
 /// Cold documents loaded per query before a batch is folded.
 const PREFETCH_STEP: usize = 256;
 
@@ -186,7 +190,7 @@ impl PartitionWorker {
         let started = Instant::now();
         self.prefetch(records).await?;
         self.fold.set_now(crate::store::now_ms());
-        let mut folded = 0;
+        let (mut folded, mut late, mut latest) = (0, 0u64, 0i64);
         for record in records {
             let at = self.source_of(record)?;
             let source = &mut self.sources[at];
@@ -210,7 +214,14 @@ impl PartitionWorker {
             };
             let decoded = matches!(outcome, Ok(()) | Err(BadRecord::Refused(_)));
             match outcome {
-                Ok(()) if to_fold => folded += 1,
+                Ok(()) if to_fold => {
+                    folded += 1;
+                    let made = self.fold.last_envelope().client_time_ms;
+                    if made > 0 && record.timestamp_ms - made > LATE_MS {
+                        late += 1;
+                        latest = latest.max(record.timestamp_ms - made);
+                    }
+                }
                 Ok(()) => {}
                 Err(error) if to_fold => self.dead_letter(record, error),
                 Err(_) => {} // dead-lettered when it was folded
@@ -230,6 +241,16 @@ impl PartitionWorker {
             }
         }
         self.count_folded(folded, started);
+        if late > 0 {
+            let partition = self.summary.partition;
+            tracing::info!(
+                event = "late_ops",
+                partition,
+                count = late,
+                max_late_ms = latest,
+                "late ops merged"
+            );
+        }
         let label = self.summary.partition.to_string();
         telemetry::fold_seconds(&label, started.elapsed().as_secs_f64());
         self.flush_if_due().await
@@ -278,7 +299,7 @@ impl PartitionWorker {
     fn dead_letter(&mut self, record: &Record, error: BadRecord) {
         let partition = self.summary.partition;
         let reason = error.reason();
-        tracing::warn!(partition, offset = record.offset, %error, "bad message sent to the dead letters");
+        tracing::warn!(event = "dead_letter", partition, offset = record.offset, reason, %error, "bad message sent to the dead letters");
         telemetry::bad_message(&partition.to_string(), reason);
         self.summary.bad += 1;
         let letter = DeadLetter::new(&record.topic, partition, record, reason, error.to_string());

@@ -68,11 +68,11 @@ pub async fn keep_role(
 fn report(region: &str, change: Option<&Change>) {
     match change {
         Some(Change::Promoted { epoch }) => {
-            tracing::info!(region, epoch, "this region leads: it holds the lease");
+            tracing::info!(event = "lead", region, epoch, "this region leads: it holds the lease");
             crate::telemetry::region_role(region, Some(*epoch));
         }
         Some(Change::Demoted { epoch, reason }) => {
-            tracing::warn!(region, epoch, reason, "this region stepped down");
+            tracing::warn!(event = "step_down", region, epoch, reason, "this region stepped down");
             crate::telemetry::region_role(region, None);
         }
         None => {}

@@ -239,6 +239,12 @@ impl super::Sink for Invalidator {
                 })
                 .collect();
             self.send(&items).await?;
+            tracing::debug!(
+                event = "invalidations",
+                partition = changes.partition,
+                docs = items.len(),
+                "invalidations sent"
+            );
             if let Some(folded_at) = changes.folded_at
                 && !items.is_empty()
             {

@@ -111,12 +111,16 @@ pub fn region_role(region: &str, epoch: Option<u64>) {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default: `default_level`, e.g. "info").
-pub fn init_logs(default_level: &str) {
+/// Logs to stderr, as text or as one JSON object per line (`json`: for a log pipeline; the
+/// operators' events carry an `event` field: `checkpoint`, `late_ops`, `dead_letter`,
+/// `invalidations`, `fenced`, `lead`, `step_down`). `RUST_LOG` filters (default:
+/// `default_level`, e.g. "info").
+pub fn init_logs(default_level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second call (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = if json { logs.json().flatten_event(true).try_init() } else { logs.try_init() };
 }
 
 /// The buckets of every histogram (all of them measure seconds: 1 ms to 30 s).

@@ -119,7 +119,7 @@ async fn assert_nothing_lost(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_rides_out_backend_outages() {
-    docfold::telemetry::init_logs("warn"); // what failed and what was retried, in the test output
+    docfold::telemetry::init_logs("warn", false); // what failed and what was retried, in the test output
     let dir = services::temp_dir("outage");
     let (s3, bucket) = services::s3_bucket();
     let (dynamodb, s3_proxy, redis) = (
@@ -173,7 +173,7 @@ fn start_broker(port: u16, s3: &str, bucket: &str) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_rides_out_a_kafka_outage() {
-    docfold::telemetry::init_logs("warn");
+    docfold::telemetry::init_logs("warn", false);
     let dir = services::temp_dir("koutage");
     let (s3, _) = services::s3_bucket();
     let bucket = format!("tansu-{}", services::unique());
@@ -227,7 +227,7 @@ async fn the_pipeline_rides_out_a_kafka_outage() {
 /// taking records; partition B (small texts, no S3) must still be fed and checkpointed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_partition_does_not_stop_the_others() {
-    docfold::telemetry::init_logs("warn");
+    docfold::telemetry::init_logs("warn", false);
     let dir = services::temp_dir("stall");
     let brokers = services::kafka();
     let topic = format!("stall-{}", services::unique());
@@ -317,7 +317,7 @@ async fn a_stalled_partition_does_not_stop_the_others() {
 /// catches up with nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_rides_out_a_postgres_restart() {
-    docfold::telemetry::init_logs("warn");
+    docfold::telemetry::init_logs("warn", false);
     let cluster = services::PgCluster::start("pgrestart");
     let dir = services::temp_dir("pgrestart");
     let log = FileLog::create(&dir.join("log"), "doc-ops", 2).expect("topic");
@@ -356,7 +356,7 @@ async fn the_pipeline_rides_out_a_postgres_restart() {
 /// when the topic is back, every record is a dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_that_cannot_be_written_stop_the_reading() {
-    docfold::telemetry::init_logs("warn");
+    docfold::telemetry::init_logs("warn", false);
     let dir = services::temp_dir("dlq-bound");
     let log = FileLog::create(&dir.join("log"), "doc-ops", 1).expect("topic");
     let dead = FileLog::create(&dir.join("log"), "doc-ops-dlq", 1).expect("dead-letter topic");

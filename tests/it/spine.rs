@@ -445,3 +445,43 @@ async fn a_checkpoint_past_the_end_of_a_kafka_partition_stops_the_run() {
     assert_ne!(code, 0, "the run must not go on silently: {out}");
     assert!(err.contains("partition 0") && err.contains("100") && err.contains("ends at 3"), "{err}");
 }
+
+/// `--log-format json`: one JSON object per line, and the operators' events carry an
+/// `event` field: a late op's merge, a dead letter, a checkpoint.
+#[test]
+fn json_logs_name_the_operators_events() {
+    let dir = services::temp_dir("json-logs");
+    let config = embedded_job(&dir);
+    let log = FileLog::create(&dir.join("log"), "doc-ops", 4).expect("topic");
+    let mut writer = log.writer(Fsync::Never, 1 << 20);
+    // Made a minute before the log takes it: an editor that was offline.
+    let op = Op {
+        id: OpId { site: 9, counter: 1 },
+        inserts: vec![InsertRun {
+            start: Ident(vec![Level { digit: 5, site: 9, counter: 1 }]),
+            text: "late".into(),
+        }],
+        deletes: vec![],
+    };
+    let late = encode(&Envelope::new("doc", "test", docfold::store::now_ms() - 60_000, op));
+    writer.append(b"doc", &late).expect("append");
+    writer.append(b"doc", b"\x00garbage").expect("append");
+    writer.flush().expect("flush");
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["--log-format", "json", "run", "--exit-when-idle", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "docfold=debug")
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stderr)
+        .expect("utf-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let event =
+        |name: &str| lines.iter().find(|l| l["event"] == name).unwrap_or_else(|| panic!("no {name} event"));
+    assert!(event("late_ops")["max_late_ms"].as_i64().expect("a lateness") >= 60_000);
+    assert_eq!(event("dead_letter")["reason"], "undecodable");
+    assert!(event("checkpoint")["partition"].is_string());
+}
