@@ -8,6 +8,7 @@ mod log;
 mod mirror;
 mod produce;
 mod region;
+mod region_view;
 mod replay;
 mod run;
 mod sim;
@@ -91,8 +92,9 @@ enum Command {
     /// Write docs/capacity.md (cores, partitions, DynamoDB, S3 and Redis per region for 100k
     /// and 1 M users) from loadgen runs' figures.
     Capacity(loadgen::CapacityArgs),
-    /// Where each partition stands: log offsets, checkpoint, archive, lag in records and
-    /// seconds, the newest disaster-recovery snapshot.
+    /// Where each partition stands (log offsets, checkpoint, archive, lag in records and
+    /// seconds, the newest disaster-recovery snapshot), whether each sink answers, and the
+    /// region's role, lease and replication lag. Exit code 1 when a sink does not answer.
     Status(status::StatusArgs),
     /// Fold a range of partitions again, from the log or the Parquet archive, into a fresh
     /// state store (a rebuild) or the live store and sinks (a repair, with a new generation).

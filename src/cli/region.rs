@@ -17,6 +17,7 @@ use docfold::region::residency::check;
 use docfold::region::{Mode, Router};
 use docfold::store::{Store, now_ms};
 
+use super::region_view::RegionView;
 use super::{ConfigArg, runtime};
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +63,7 @@ fn region_of(config: &ConfigArg) -> anyhow::Result<(JobConfig, RegionConfig)> {
 }
 
 /// The lease seen from `region`: its role and when the lease runs out.
-fn describe(lease: Option<&Lease>, region: &str, now: i64) -> (&'static str, Option<i64>) {
+pub(super) fn describe(lease: Option<&Lease>, region: &str, now: i64) -> (&'static str, Option<i64>) {
     match lease {
         Some(l) if l.expires_ms > now && l.holder == region => ("leader", Some(l.expires_ms - now)),
         Some(l) if l.expires_ms > now => ("standby", Some(l.expires_ms - now)),
@@ -172,86 +173,11 @@ impl RegionCommand {
         match self {
             RegionCommand::Status { config: arg, json } => {
                 let (job, region) = region_of(&arg)?;
-                let scope = &job.job;
-                let lease = Leases::of(&region).await?.read(scope).await?;
-                let now = now_ms();
-                let (role, expires_in) = describe(lease.as_ref(), &region.name, now);
-                let (folded, mirrored) = lags(&job, arg.path(), &region.peers).await;
-                // Home mode: which region takes each home's documents' writes.
-                let mut homes = Vec::new();
-                if region.mode == Mode::Home {
-                    let leases = Leases::of(&region).await?;
-                    for home in region.regions() {
-                        homes.push((home.to_string(), leases.read(&home::group_scope(scope, home)).await?));
-                    }
-                }
-                let taken_by = |lease: &Option<Lease>| match lease {
-                    Some(l) if l.expires_ms > now => format!("{} at epoch {}", l.holder, l.epoch),
-                    _ => "nobody".to_string(),
-                };
-                let role = if region.mode == Mode::Home {
-                    let ours = |l: &Option<Lease>| {
-                        l.as_ref().is_some_and(|l| l.holder == region.name && l.expires_ms > now)
-                    };
-                    let taken: Vec<&str> =
-                        homes.iter().filter(|(_, l)| ours(l)).map(|(h, _)| h.as_str()).collect();
-                    if taken.is_empty() {
-                        "a replica of every home (takes no home's writes)".to_string()
-                    } else {
-                        format!("takes the writes of {}'s documents", taken.join(", "))
-                    }
-                } else {
-                    role.to_string()
-                };
-                let router = Router { mode: region.mode, local: region.name.clone() };
-                let reads =
-                    router.read_from(lease.as_ref(), now, region.standby_reads).map_err(|e| e.to_string());
-                let shown = |lag: &Result<u64, String>| match lag {
-                    Ok(records) => serde_json::json!(records),
-                    Err(reason) => serde_json::json!({ "unknown": reason }),
-                };
+                let view = RegionView::load(&job, &region, arg.path()).await?;
                 if json {
-                    let value = serde_json::json!({
-                        "region": region.name,
-                        "peers": region.peers,
-                        "mode": region.mode,
-                        "role": role,
-                        "holder": lease.as_ref().map(|l| &l.holder),
-                        "epoch": lease.as_ref().map(|l| l.epoch),
-                        "expires_in_ms": expires_in,
-                        "reads_from": reads.as_deref().ok(),
-                        "checkpoint_lag_records": shown(&folded),
-                        "replication_lag_records": mirrored.iter().map(|(peer, lag)| (peer.clone(), shown(lag))).collect::<serde_json::Map<_, _>>(),
-                        "home_writes_taken_by": homes.iter().map(|(home, lease)| (home.clone(), serde_json::json!(taken_by(lease)))).collect::<serde_json::Map<_, _>>(),
-                    });
-                    println!("{value}");
+                    println!("{}", view.json());
                 } else {
-                    println!("region:  {} (peers: {})", region.name, region.peers.join(", "));
-                    println!("role:    {role}");
-                    for (home, lease) in &homes {
-                        println!(
-                            "home:    the writes of {home}'s documents are taken by {}",
-                            taken_by(lease)
-                        );
-                    }
-                    match &lease {
-                        _ if region.mode == Mode::Home => {}
-                        Some(l) => println!(
-                            "lease:   held by {} at epoch {}, {}",
-                            l.holder,
-                            l.epoch,
-                            expires_in.map_or("expired".into(), |ms| format!("expires in {ms} ms"))
-                        ),
-                        None => println!("lease:   never taken"),
-                    }
-                    match &reads {
-                        Ok(from) => println!("reads:   served by {from}"),
-                        Err(reason) => println!("reads:   nowhere: {reason}"),
-                    }
-                    println!("fold:    {} records not checkpointed", shown(&folded));
-                    for (peer, lag) in &mirrored {
-                        println!("mirror:  {} records of {peer} not mirrored here", shown(lag));
-                    }
+                    view.print();
                 }
                 Ok(true)
             }

@@ -1,26 +1,32 @@
 //! `docfold status`: where each partition of each source topic stands — the log's earliest
 //! and end offsets, the fold's checkpoint and the archive's, how far the fold is behind in
 //! records and in seconds (the age of the oldest record not folded), and the newest
-//! disaster-recovery manifest. Read from the log, the state store and object storage, so
-//! it works with or without a running `docfold run` (a live one's sink health is on its
-//! `/metrics`).
+//! disaster-recovery manifest; then whether each sink answers now, and for a job with a
+//! `[region]` the region's role, lease and replication lag (`region_view`). Read from the
+//! log, the stores and the sinks, so it works with or without a running `docfold run` (a
+//! live one's flush failures are on its `/metrics`).
 
 use serde::Serialize;
 
-use docfold::config::JobConfig;
+use docfold::config::{JobConfig, LogLocation};
 use docfold::log::Topic;
 use docfold::pipeline::{source_topics, stored_topic};
 use docfold::sink::objects::Objects;
 use docfold::sink::snapshots;
 use docfold::store::{Store, now_ms};
 
+use docfold::sink::invalidate::Invalidator;
+use docfold::sink::projection::{ProjectionStore, Projections};
+
+use super::region_view::RegionView;
 use super::{ConfigArg, runtime};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// Print JSON (an array, one object per partition of each source topic).
+    /// Print JSON: `partitions` (one object per partition of each source topic), `sinks`
+    /// (each configured sink: "ok" or the error) and `region` (null without one).
     #[arg(long)]
     json: bool,
 }
@@ -28,10 +34,28 @@ pub struct StatusArgs {
 impl StatusArgs {
     pub fn run(self) -> anyhow::Result<bool> {
         let config = self.config.load()?;
-        let partitions = runtime()?.block_on(status(&config))?;
+        let runtime = runtime()?;
+        let partitions = runtime.block_on(status(&config))?;
+        let sinks = runtime.block_on(sink_health(&config));
+        let region = match &config.region {
+            Some(region) => Some(runtime.block_on(RegionView::load(&config, region, self.config.path()))?),
+            None => None,
+        };
+        let healthy = sinks.iter().all(|(_, health)| health.is_ok());
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&partitions)?);
-            return Ok(true);
+            let sinks: serde_json::Map<String, serde_json::Value> = sinks
+                .into_iter()
+                .map(|(sink, health)| {
+                    (sink.to_string(), serde_json::json!(health.err().unwrap_or_else(|| "ok".into())))
+                })
+                .collect();
+            let value = serde_json::json!({
+                "partitions": partitions,
+                "sinks": sinks,
+                "region": region.as_ref().map(RegionView::json),
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(healthy);
         }
         let optional = |value: Option<u64>| value.map_or("-".to_string(), |v| v.to_string());
         println!("job {} ({})", config.job, config.log.url);
@@ -61,8 +85,57 @@ impl StatusArgs {
                 p.snapshot_age_seconds.map_or("-".to_string(), |s| format!("{s:.0} s")),
             );
         }
-        Ok(true)
+        for (sink, health) in &sinks {
+            println!("sink {sink}: {}", health.as_ref().err().map_or("ok", String::as_str));
+        }
+        if let Some(region) = region {
+            region.print();
+        }
+        Ok(healthy)
     }
+}
+
+/// Whether each configured sink answers now: a read of a key that does not exist, a
+/// PING, a topic's metadata.
+async fn sink_health(config: &JobConfig) -> Vec<(&'static str, Result<(), String>)> {
+    let mut health = Vec::new();
+    let objects = Objects::open(&config.objects);
+    let probe = object_store::path::Path::from("docfold-status-probe");
+    match &objects {
+        Ok(objects) => {
+            health.push(("object storage", objects.get(&probe).await.map(drop).map_err(|e| e.to_string())))
+        }
+        Err(e) => health.push(("object storage", Err(e.to_string()))),
+    }
+    if let Ok(objects) = objects
+        && !config.projection.url.expose().is_empty()
+    {
+        let read = match Projections::open(&config.projection, objects).await {
+            Ok(Some(projections)) => projections.backend().get("docfold-status-probe").await.map(drop),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        health.push(("projections", read.map_err(|e| e.to_string())));
+    }
+    match Invalidator::open(config) {
+        Ok(invalidator) => {
+            if let Some(answer) = invalidator.ping_cache().await {
+                health.push(("invalidations cache", answer.map_err(|e| e.to_string())));
+            }
+        }
+        Err(e) => health.push(("invalidations", Err(e.to_string()))),
+    }
+    // The embedded log makes a sink's topic when it first writes; Kafka's are made by setup.
+    let kafka = matches!(config.log_location(), Ok(LogLocation::Kafka(_)));
+    for (sink, topic) in [
+        ("invalidations topic", &config.invalidations.topic),
+        ("dead letters topic", &config.dead_letters.topic),
+    ] {
+        if kafka && !topic.is_empty() {
+            health.push((sink, Topic::open(config, topic, false).map(drop).map_err(|e| e.to_string())));
+        }
+    }
+    health
 }
 
 #[derive(Clone, Debug, Serialize)]

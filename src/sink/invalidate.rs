@@ -198,6 +198,13 @@ impl Invalidator {
         self.topic.is_none() && self.redis.is_none()
     }
 
+    /// Whether the regional cache answers (`None`: no cache configured).
+    pub async fn ping_cache(&self) -> Option<Result<(), SinkError>> {
+        let cache = self.redis.as_ref()?;
+        let mut connection = cache.connection.clone();
+        Some(redis::cmd("PING").query_async::<String>(&mut connection).await.map(drop).map_err(redis_failed))
+    }
+
     pub async fn send(&self, items: &[Invalidation]) -> Result<(), SinkError> {
         if items.is_empty() {
             return Ok(());

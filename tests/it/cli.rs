@@ -117,7 +117,13 @@ fn status_shows_each_partition_caught_up_then_behind() {
         String::from_utf8(out.stdout).expect("utf-8")
     };
     status(&["run", "--exit-when-idle", "--idle-ms", "0"]);
-    let parsed = |text: String| -> Vec<serde_json::Value> { serde_json::from_str(&text).expect("JSON") };
+    let parsed = |text: String| -> Vec<serde_json::Value> {
+        let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(value["region"], serde_json::Value::Null, "one region: {value}");
+        assert_eq!(value["sinks"]["projections"], "ok", "{value}");
+        assert_eq!(value["sinks"]["object storage"], "ok", "{value}");
+        value["partitions"].as_array().expect("partitions").clone()
+    };
     for p in parsed(status(&["status", "--json"])) {
         let end = first[p["partition"].as_u64().expect("partition") as usize];
         assert_eq!(
@@ -140,4 +146,19 @@ fn status_shows_each_partition_caught_up_then_behind() {
     }
     let table = status(&["status"]);
     assert!(table.contains("lag records") && table.contains("doc-ops"), "{table}");
+    assert!(table.contains("sink projections: ok"), "{table}");
+    // A cache that does not answer: named with its error, and the exit code says so.
+    let broken = dir.join("broken.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&broken, format!("{text}[invalidations]\nredis = \"redis://127.0.0.1:1\"\n"))
+        .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_docfold"))
+        .args(["status", "--json", "--config"])
+        .arg(&broken)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "an unhealthy sink fails the status");
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let cache = value["sinks"]["invalidations cache"].as_str().expect("the cache's health");
+    assert_ne!(cache, "ok", "{value}");
 }
