@@ -1,7 +1,9 @@
 //! `deploy/`: the Prometheus alert rules pass `promtool check rules` and their unit tests
 //! (`deploy/prometheus/alerts.test.yml`: a case that fires and one that does not per alert),
-//! and every metric they use is one docfold exports (`docs/metrics.md`, itself checked
-//! against the code): a rule on a misspelt metric would never fire.
+//! and every metric they and the Grafana dashboard use is one docfold exports
+//! (`docs/metrics.md`, itself checked against the code): a rule on a misspelt metric would
+//! never fire. A real Prometheus scrapes `docfold run`, evaluates the rules, and answers
+//! every dashboard query.
 
 use std::path::Path;
 use std::process::Command;
@@ -23,12 +25,16 @@ fn the_alert_rules_pass_promtool() {
     promtool(&["test", "rules", "alerts.test.yml"]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("rules");
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/docfold.json")).expect("dashboard");
     let documented = std::fs::read_to_string(root.join("docs/metrics.md")).expect("metrics doc");
-    let mut used: Vec<&str> = rules
+    let both = format!("{rules}\n{}", dashboard_queries().join("\n"));
+    let mut used: Vec<&str> = both
         .match_indices("docfold_")
         .map(|(at, _)| {
-            let name = &rules[at..];
-            &name[..name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name.len())]
+            let name = &both[at..];
+            let name =
+                &name[..name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name.len())];
+            name.strip_suffix("_bucket").unwrap_or(name)
         })
         .collect();
     used.sort_unstable();
@@ -40,6 +46,35 @@ fn the_alert_rules_pass_promtool() {
             "alerts.yml uses {name}, which docfold does not export"
         );
     }
+}
+
+/// The PromQL of every panel of the Grafana dashboard.
+fn dashboard_queries() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/docfold.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard"))
+            .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let queries: Vec<String> = panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
+        .map(|target| target["expr"].as_str().expect("a PromQL expression").to_string())
+        .collect();
+    assert_eq!(queries.len(), panels.len(), "one query per panel");
+    queries
+}
+
+/// `text` percent-encoded for a URL's query.
+fn encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// The JSON body of `GET path` on Prometheus' API, once it answers.
+fn prometheus_api(port: u16, path: &str) -> Option<serde_json::Value> {
+    let answer = crate::services::http_get(port, path)?;
+    serde_json::from_str(answer.split("\r\n\r\n").nth(1)?).ok()
 }
 
 /// Kills a child process when dropped (a failed assertion leaves no server behind).
@@ -92,7 +127,9 @@ fn a_real_prometheus_scrapes_every_metric_docfold_run_exports() {
     std::fs::write(
         &scrape,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: docfold\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: docfold\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/alerts.yml").display()
         ),
     )
     .expect("prometheus config");
@@ -117,14 +154,150 @@ fn a_real_prometheus_scrapes_every_metric_docfold_run_exports() {
     let mut missing = expected.clone();
     while !missing.is_empty() && since.elapsed() < std::time::Duration::from_secs(90) {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let Some(answer) = crate::services::http_get(prometheus_port, "/api/v1/label/__name__/values") else {
-            continue;
-        };
-        let Some(body) = answer.split("\r\n\r\n").nth(1) else { continue };
-        let Ok(names) = serde_json::from_str::<serde_json::Value>(body) else { continue };
+        let Some(names) = prometheus_api(prometheus_port, "/api/v1/label/__name__/values") else { continue };
         let names: Vec<&str> =
             names["data"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
         missing.retain(|name| !names.contains(&name.as_str()));
     }
     assert!(missing.is_empty(), "Prometheus never got {missing:?} from `docfold run`");
+    // Prometheus loaded the alert rules and evaluates each without an error.
+    let rules = prometheus_api(prometheus_port, "/api/v1/rules").expect("rules");
+    let rules: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(rules.len(), 8, "every alert rule is loaded");
+    for rule in rules {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+    // Every dashboard query is valid PromQL with an answer.
+    for query in dashboard_queries() {
+        let answer = prometheus_api(prometheus_port, &format!("/api/v1/query?query={}", encoded(&query)))
+            .unwrap_or_else(|| panic!("no answer to {query}"));
+        assert_eq!(answer["status"], "success", "{query}: {answer}");
+    }
+}
+
+/// The summary of a checkov scan of `dir` (under `deploy/`) with `framework`; every failed
+/// check is printed.
+fn checkov(dir: &str, framework: &str) -> serde_json::Value {
+    let checkov = std::env::var("DOCFOLD_TEST_CHECKOV").unwrap_or_else(|_| "checkov".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(dir);
+    let out = Command::new(&checkov)
+        .args(["--framework", framework, "--skip-download", "-o", "json", "-d"])
+        .arg(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("{checkov} ({e}): `./scripts/services up` installs it"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("checkov's report ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let failed: Vec<String> = report["results"]["failed_checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!("{} {} ({})", c["check_id"], c["check_name"], c["resource"]))
+        .collect();
+    assert!(failed.is_empty(), "checkov findings in deploy/{dir}:\n{}", failed.join("\n"));
+    report["summary"].clone()
+}
+
+/// The Kubernetes manifests (the jobs and mirrors of a region) pass checkov's checks:
+/// non-root, read-only root file system, no privilege escalation, probes, limits, a
+/// network policy, a pinned image digest, a drain longer than the final flush's patience.
+#[test]
+fn the_kubernetes_manifests_pass_checkov() {
+    let summary = checkov("k8s", "kubernetes");
+    assert!(summary["passed"].as_u64().expect("passed") > 100, "{summary}");
+    // The run's drain (its final flush retries a backend for up to 60 s) fits its grace.
+    let manifests =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/job.yaml"))
+            .expect("manifests");
+    let run = &manifests[manifests.find("name: docfold-run").expect("the run's Deployment")..];
+    let grace: u64 = run
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a grace period");
+    assert!(grace > 60, "the drain needs more than the final flush's 60 s: {grace}");
+}
+
+/// What the Terraform declares, read with python-hcl2: the providers' regions, each
+/// module's source and region, the resource types of the region module, the global tables'
+/// replica regions, and the accelerator's health-check paths.
+const HCL_SUMMARY: &str = r#"
+import glob, json, sys, hcl2
+unq = lambda v: v.strip('"') if isinstance(v, str) else v
+def blocks(path):
+    with open(path) as f:
+        return hcl2.load(f)
+root = sys.argv[1]
+out = {"providers": [], "modules": {}, "region_resources": [], "global_tables": {}, "health_checks": []}
+for path in sorted(glob.glob(root + "/*.tf")):
+    tf = blocks(path)
+    for p in tf.get("provider", []):
+        for body in p.values():
+            out["providers"].append(unq(body["region"]))
+    for m in tf.get("module", []):
+        for name, body in m.items():
+            out["modules"][unq(name)] = {"source": unq(body["source"]), "region": unq(body["region"])}
+    for r in tf.get("resource", []):
+        for kind, named in r.items():
+            for name, body in named.items():
+                if unq(kind) == "aws_dynamodb_table":
+                    out["global_tables"][unq(body["name"])] = sorted(unq(x["region_name"]) for x in body.get("replica", []))
+                if unq(kind) == "aws_globalaccelerator_endpoint_group":
+                    out["health_checks"].append(unq(body["health_check_path"]))
+for path in sorted(glob.glob(root + "/region/*.tf")):
+    for r in blocks(path).get("resource", []):
+        out["region_resources"].extend(unq(k) for k in r)
+out["region_resources"] = sorted(set(out["region_resources"]))
+print(json.dumps(out))
+"#;
+
+/// The Terraform for three regions parses (python-hcl2) into what docfold needs in each
+/// region and across them, and passes checkov (its skips carry their reasons in the files).
+#[test]
+fn the_terraform_declares_three_regions_and_passes_checkov() {
+    let python = std::env::var("DOCFOLD_TEST_HCL2_PYTHON").unwrap_or_else(|_| "python3".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/terraform");
+    let out = Command::new(&python)
+        .args(["-c", HCL_SUMMARY])
+        .arg(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("{python} ({e}): `./scripts/services up` installs python-hcl2"));
+    assert!(out.status.success(), "python-hcl2: {}", String::from_utf8_lossy(&out.stderr));
+    let tf: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let regions = ["ap-southeast-1", "eu-west-1", "us-east-1"];
+    let mut providers: Vec<&str> =
+        tf["providers"].as_array().expect("providers").iter().filter_map(|p| p.as_str()).collect();
+    providers.sort_unstable();
+    assert_eq!(providers, regions, "{tf}");
+    for region in regions {
+        let module = &tf["modules"][region.replace('-', "_")];
+        assert_eq!(
+            (module["source"].as_str(), module["region"].as_str()),
+            (Some("./region"), Some(region)),
+            "{tf}"
+        );
+    }
+    for kind in [
+        "aws_msk_cluster",
+        "aws_rds_cluster",
+        "aws_elasticache_replication_group",
+        "aws_s3_bucket_replication_configuration",
+        "aws_dynamodb_table",
+    ] {
+        assert!(tf["region_resources"].as_array().expect("types").iter().any(|t| t == kind), "{kind}: {tf}");
+    }
+    for table in ["docfold-projections-global", "docfold-leases"] {
+        assert_eq!(
+            tf["global_tables"][table],
+            serde_json::json!(["ap-southeast-1", "us-east-1"]),
+            "{table}: {tf}"
+        );
+    }
+    assert_eq!(tf["health_checks"], serde_json::json!(["/health"]), "{tf}");
+    let summary = checkov("terraform", "terraform");
+    assert!(summary["passed"].as_u64().expect("passed") > 200, "{summary}");
 }
