@@ -25,7 +25,6 @@ fn the_alert_rules_pass_promtool() {
     promtool(&["test", "rules", "alerts.test.yml"]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("rules");
-    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/docfold.json")).expect("dashboard");
     let documented = std::fs::read_to_string(root.join("docs/metrics.md")).expect("metrics doc");
     let both = format!("{rules}\n{}", dashboard_queries().join("\n"));
     let mut used: Vec<&str> = both
