@@ -226,9 +226,12 @@ impl Flusher {
             generation: parts.owner.generation,
         };
         for sink in job.sinks.effects() {
+            let began = Instant::now();
             let written = sink.write(&changes).await?;
+            telemetry::sink_seconds(sink.name(), began.elapsed().as_secs_f64());
             flushed.written.push((sink.name(), written));
         }
+        telemetry::writes_coalesced(self.ops_since_flush.saturating_sub(docs.len() as u64));
         self.dead.clear();
         self.dead_bytes = 0;
         let writes: Vec<DocWrite> = docs
@@ -256,7 +259,7 @@ impl Flusher {
             }
             if let Some(file) = archive.write().await? {
                 tracing::debug!(partition = %self.label, key = file.key, rows = file.rows, bytes = file.bytes, "archive file written");
-                telemetry::archive_file(file.rows);
+                telemetry::archive_file(file.rows, file.bytes);
                 flushed.archive_files += 1;
             }
         }

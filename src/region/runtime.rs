@@ -47,6 +47,9 @@ pub async fn keep_role(
             None => None,
         };
         report(&region, change.as_ref());
+        let held = machine.lease().filter(|_| machine.epoch().is_some());
+        let remaining_ms = held.map_or(0, |lease| lease.expires_ms - now_ms());
+        crate::telemetry::region_lease_remaining(&region, remaining_ms as f64 / 1000.0);
         view.send_replace(machine.clone());
         tokio::select! {
             () = cancel.cancelled() => break,

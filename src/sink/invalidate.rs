@@ -252,6 +252,7 @@ impl super::Sink for Invalidator {
                 docs = items.len(),
                 "invalidations sent"
             );
+            crate::telemetry::invalidations(items.len() as u64);
             if let Some(folded_at) = changes.folded_at
                 && !items.is_empty()
             {

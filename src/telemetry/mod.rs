@@ -28,7 +28,18 @@ pub const INVALIDATION_DELAY: &str = "docfold_invalidation_delay_seconds";
 pub const ARCHIVE_FILES: &str = "docfold_archive_files_total";
 /// Rows in the archive files written (one per insert run or deleted identifier).
 pub const ARCHIVE_ROWS: &str = "docfold_archive_rows_total";
-/// Flushes that failed on an unavailable backend (label `sink`: which one).
+/// Seconds one sink took to write a flush's share (label `sink`).
+pub const SINK_SECONDS: &str = "docfold_sink_seconds";
+/// Ops that reached the projections and invalidations inside a write of their document
+/// with others: the ops of a flush minus the documents written (a write per document per
+/// flush, however many ops changed it).
+pub const WRITES_COALESCED: &str = "docfold_writes_coalesced_total";
+/// Bytes of the Parquet archive files written (compressed).
+pub const ARCHIVE_BYTES: &str = "docfold_archive_bytes_total";
+/// Invalidations sent (each on the topic and to the cache, as configured).
+pub const INVALIDATIONS: &str = "docfold_invalidations_total";
+/// Flushes that failed on an unavailable backend (label `sink`: which one); each is
+/// retried with backoff.
 pub const SINK_FAILURES: &str = "docfold_sink_failures_total";
 /// 1 while the partition's flushes are failing and being retried (label `partition`).
 pub const SINK_FAILING: &str = "docfold_sink_failing";
@@ -39,6 +50,10 @@ pub const REGION_LEADER: &str = "docfold_region_leader";
 pub const REGION_EPOCH: &str = "docfold_region_epoch";
 /// Times this region took the lease (label `region`): promotions and failovers.
 pub const REGION_PROMOTIONS: &str = "docfold_region_promotions_total";
+/// Seconds until the lease this region holds runs out unless renewed (label `region`; 0
+/// when it holds none). Renewed every third of the ttl: a value under a third says
+/// renewals are failing.
+pub const REGION_LEASE_REMAINING: &str = "docfold_region_lease_remaining_seconds";
 
 /// Records of a source region's partition not yet mirrored here (labels `source`,
 /// `partition`).
@@ -83,9 +98,26 @@ pub fn invalidation_delay(seconds: f64) {
     histogram!(INVALIDATION_DELAY).record(seconds);
 }
 
-pub fn archive_file(rows: usize) {
+pub fn archive_file(rows: usize, bytes: usize) {
     counter!(ARCHIVE_FILES).increment(1);
     counter!(ARCHIVE_ROWS).increment(rows as u64);
+    counter!(ARCHIVE_BYTES).increment(bytes as u64);
+}
+
+pub fn sink_seconds(sink: &'static str, seconds: f64) {
+    histogram!(SINK_SECONDS, "sink" => sink).record(seconds);
+}
+
+pub fn writes_coalesced(ops: u64) {
+    counter!(WRITES_COALESCED).increment(ops);
+}
+
+pub fn invalidations(count: u64) {
+    counter!(INVALIDATIONS).increment(count);
+}
+
+pub fn region_lease_remaining(region: &str, seconds: f64) {
+    gauge!(REGION_LEASE_REMAINING, "region" => region.to_owned()).set(seconds.max(0.0));
 }
 
 pub fn sink_failure(sink: &'static str) {

@@ -21,7 +21,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn the_alert_rules_pass_promtool() {
     let checked = promtool(&["check", "rules", "alerts.yml"]);
-    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 9 rules found"), "{checked}");
     promtool(&["test", "rules", "alerts.test.yml"]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).expect("rules");
@@ -167,7 +167,7 @@ fn a_real_prometheus_scrapes_every_metric_docfold_run_exports() {
         .flatten()
         .flat_map(|group| group["rules"].as_array().into_iter().flatten())
         .collect();
-    assert_eq!(rules.len(), 8, "every alert rule is loaded");
+    assert_eq!(rules.len(), 9, "every alert rule is loaded");
     for rule in rules {
         assert_eq!(rule["health"], "ok", "{rule}");
     }
