@@ -31,7 +31,12 @@ fn main() {
     let at = |label: &str, offset: u64| {
         let started = Instant::now();
         let doc = rt
-            .block_on(docfold::history::doc_at(&config, "paper", docfold::history::At::Offset(offset)))
+            .block_on(docfold::history::doc_at(
+                &config,
+                "paper",
+                docfold::history::At::Offset(offset),
+                docfold::replay::ReplaySource::Log,
+            ))
             .expect("doc at");
         println!(
             "doc at {label}: {} characters, version {}, from {} + {} ops in {:.0} ms",

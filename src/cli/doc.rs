@@ -8,6 +8,7 @@ use docfold::fold::snapshot;
 use docfold::history::At;
 use docfold::store::Store;
 
+use super::replay::SourceArg;
 use super::{ConfigArg, runtime};
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +33,10 @@ pub enum DocCommand {
         /// log stamped at or before it are in the document shown.
         #[arg(long, value_parser = parse_time)]
         time: Option<i64>,
+        /// Read the document's records from the log, or rebuild them from the Parquet
+        /// archive (when the log's retention has passed).
+        #[arg(long, value_enum, default_value_t = SourceArg::Log)]
+        source: SourceArg,
         #[command(flatten)]
         config: ConfigArg,
         /// Print only the text.
@@ -44,16 +49,21 @@ impl DocCommand {
     pub fn run(self) -> anyhow::Result<bool> {
         match self {
             DocCommand::Show { doc_id, config, text_only } => show(&doc_id, &config.load()?, text_only),
-            DocCommand::At { doc_id, offset, time, config, text_only } => {
+            DocCommand::At { doc_id, offset, time, source, config, text_only } => {
                 let config = config.load()?;
                 let at = match (offset, time) {
                     (Some(offset), _) => At::Offset(offset),
                     (None, Some(time)) => At::Time(time),
                     (None, None) => anyhow::bail!("give --offset or --time"),
                 };
-                let at = runtime()?.block_on(docfold::history::doc_at(&config, &doc_id, at))?;
+                let at =
+                    runtime()?.block_on(docfold::history::doc_at(&config, &doc_id, at, source.into()))?;
+                let read = match source {
+                    SourceArg::Log => "the log",
+                    SourceArg::Archive => "the archive",
+                };
                 let rebuilt = format!(
-                    "from {}, then {} of its ops from the log ({} refused)",
+                    "from {}, then {} of its ops from {read} ({} refused)",
                     at.from, at.folded, at.refused
                 );
                 print_doc(

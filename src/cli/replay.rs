@@ -54,10 +54,20 @@ pub struct ReplayArgs {
     quiet: bool,
 }
 
+/// Where records come from: the log, or rebuilt from the Parquet archive.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum SourceArg {
+pub(super) enum SourceArg {
     Log,
     Archive,
+}
+
+impl From<SourceArg> for ReplaySource {
+    fn from(source: SourceArg) -> ReplaySource {
+        match source {
+            SourceArg::Log => ReplaySource::Log,
+            SourceArg::Archive => ReplaySource::Archive,
+        }
+    }
 }
 
 fn parse_bound(text: &str) -> Result<Bound, String> {
@@ -75,10 +85,7 @@ impl ReplayArgs {
             doc: self.doc,
             from: self.from,
             to: self.to,
-            source: match self.source {
-                SourceArg::Log => ReplaySource::Log,
-                SourceArg::Archive => ReplaySource::Archive,
-            },
+            source: self.source.into(),
             target: match self.into {
                 Some(url) => Target::Fresh(url),
                 None => Target::Live,

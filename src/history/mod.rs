@@ -1,12 +1,14 @@
 //! Time travel: a document as it was at a position of its partition, rebuilt from the
 //! newest state known to hold only records before that position (the state store's, else a
-//! disaster-recovery manifest's, else none) plus the document's records in the log up to it.
+//! disaster-recovery manifest's, else none) plus the document's records up to it, read from
+//! the log or rebuilt from the Parquet archive (`replay::Reader`, the replay's source).
 //! The fold is idempotent and a stored state is exactly the fold of the document's records
 //! up to its `offset`, so the result is the fold of every record before the position.
 
 use crate::config::JobConfig;
 use crate::fold::{Doc, Folded, PartitionFold, snapshot};
 use crate::log::{Topic, partition_for};
+use crate::replay::{Reader, ReplaySource};
 use crate::sink::objects::Objects;
 use crate::sink::snapshots;
 use crate::store::Store;
@@ -33,9 +35,19 @@ pub enum HistoryError {
     )]
     SeveralSources { job: String },
     #[error(
-        "partition {partition} of {topic} starts at offset {earliest} (retention), and no stored state of {doc_id:?} is older than offset {offset}: the records it needs are gone from the log"
+        "partition {partition} of {topic} starts at offset {earliest} in {read_from}, and no stored state of {doc_id:?} is older than offset {offset}: the records it needs are gone from there{}",
+        if *.read_from == "the log" { " (try --source archive)" } else { "" }
     )]
-    Gone { topic: String, partition: u32, doc_id: String, earliest: u64, offset: u64 },
+    Gone {
+        topic: String,
+        partition: u32,
+        doc_id: String,
+        earliest: u64,
+        offset: u64,
+        read_from: &'static str,
+    },
+    #[error(transparent)]
+    Source(#[from] crate::replay::ReplayError),
     #[error(transparent)]
     Log(#[from] crate::log::LogError),
     #[error(transparent)]
@@ -59,17 +71,22 @@ pub enum At {
 const BATCH: usize = 4096;
 
 /// `doc_id` as it was at `at` in its partition of the job's topic.
-pub async fn doc_at(config: &JobConfig, doc_id: &str, at: At) -> Result<DocAt, HistoryError> {
+pub async fn doc_at(
+    config: &JobConfig,
+    doc_id: &str,
+    at: At,
+    source: ReplaySource,
+) -> Result<DocAt, HistoryError> {
     if crate::pipeline::source_topics(config).len() > 1 {
         return Err(HistoryError::SeveralSources { job: config.job.clone() });
     }
     let topic = Topic::open(config, &config.log.topic, false)?;
-    let mut reader = topic.reader()?;
-    let partition = partition_for(doc_id.as_bytes(), reader.partitions());
-    let end = reader.end_offset(partition)?;
+    let partition = partition_for(doc_id.as_bytes(), topic.partitions());
+    let mut reader = Reader::open(config, &topic, source)?;
+    let (earliest, end) = reader.range(partition).await?;
     let offset = match at {
         At::Offset(offset) => offset.min(end),
-        At::Time(time_ms) => reader.offset_after(partition, time_ms)?,
+        At::Time(time_ms) => reader.offset_after(partition, time_ms).await?,
     };
     // A stored state (bytes, version, offset of its last record) and where it came from.
     let mut start: Option<(Vec<u8>, u64, u64, &'static str)> = None;
@@ -93,26 +110,30 @@ pub async fn doc_at(config: &JobConfig, doc_id: &str, at: At) -> Result<DocAt, H
         }
         None => (Doc::default(), 0, "the log"),
     };
-    let earliest = reader.earliest_offset(partition)?;
-    if next < earliest {
+    if next < earliest && next < offset {
+        let read_from = match source {
+            ReplaySource::Log => "the log",
+            ReplaySource::Archive => "the archive",
+        };
         return Err(HistoryError::Gone {
             topic: config.log.topic.clone(),
             partition,
             doc_id: doc_id.into(),
             earliest,
             offset,
+            read_from,
         });
     }
     let mut fold = PartitionFold::new();
     fold.insert(doc_id.to_string(), doc);
     let (mut folded, mut refused) = (0, 0);
-    let mut records = Vec::with_capacity(BATCH);
     while next < offset {
-        records.clear();
-        reader.read(partition, next, BATCH.min((offset - next) as usize), &mut records)?;
-        let Some(last) = records.last() else { break };
-        next = last.offset + 1;
-        for record in records.iter().filter(|r| r.offset < offset && r.key == doc_id.as_bytes()) {
+        let (records, after) = reader.read(partition, next, offset, BATCH).await?;
+        if after == next {
+            break;
+        }
+        next = after;
+        for record in records.iter().filter(|r| r.key == doc_id.as_bytes()) {
             match fold.fold(record.offset, &record.value) {
                 Ok(Folded::Applied { .. }) => folded += 1,
                 // Another document's op under this key (a misdirected producer): not ours.

@@ -25,7 +25,7 @@ use crate::log::{LogError, Topic};
 use crate::pipeline::{Job, PartitionSummary, PartitionWorker, PipelineError};
 use crate::sink::{SinkError, Sinks};
 use crate::store::{LIVE_FOR, LOCAL_TOPIC, Owner, ReplayClaim, Store, StoreError};
-use source::Reader;
+pub use source::Reader;
 
 /// One end of the range to replay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,8 @@ use crate::sink::objects::Objects;
 /// Reads of the log that bring nothing before a replay takes the range's end as gone.
 const EMPTY_READS: usize = 10;
 
-pub(super) enum Reader {
+/// Records of a job's own topic, read from the log or rebuilt from the archive.
+pub enum Reader {
     /// Taken while a blocking call runs on the blocking pool.
     Log(Option<Box<dyn LogReader>>),
     Archive {

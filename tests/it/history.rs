@@ -1,5 +1,6 @@
 //! Time travel (`docfold doc at`): a document as it was before an offset equals the fold of
-//! its records before that offset, whichever stored state the rebuild starts from.
+//! its records before that offset, whichever stored state the rebuild starts from, from the
+//! log or from the Parquet archive.
 
 use std::path::Path;
 use std::process::Command;
@@ -118,6 +119,21 @@ fn a_document_at_an_offset_is_the_fold_of_its_records_before_it() {
         let time = stamp.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         let text = docfold(&["doc", "at", "paper", "--time", &time, "--text-only"], &config);
         assert_eq!(text, reference(&log, "paper", end), "paper at {time} (offset {end})");
+    }
+    // From the archive: the two runs archived the first two thirds (a drain writes every
+    // row), so up to there it equals the log's fold, and past it the archive's end.
+    for doc in ["paper", "friends"] {
+        let archived = ends[1][partition_for(doc.as_bytes(), PARTITIONS) as usize];
+        for offset in [1 + next(archived - 1), 1 + next(archived - 1), archived + 500] {
+            let args =
+                ["doc", "at", doc, "--offset", &offset.to_string(), "--source", "archive", "--text-only"];
+            let text = docfold(&args, &config);
+            assert_eq!(
+                text,
+                reference(&log, doc, offset.min(archived)),
+                "{doc} at {offset} from the archive, seed {seed}"
+            );
+        }
     }
     let before = docfold(&["doc", "at", "paper", "--time", "2020-01-01T08:00Z", "--text-only"], &config);
     assert_eq!(before, "", "before the first record the document is empty");
