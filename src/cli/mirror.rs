@@ -90,7 +90,7 @@ impl MirrorArgs {
                 if !addr.ip().is_loopback() && !target.metrics.allow_remote {
                     anyhow::bail!("--metrics-listen {addr} is reachable from other hosts; set metrics.allow_remote = true in the target's config to mean it");
                 }
-                docfold::telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
+                docfold::telemetry::serve_metrics(addr).await.map_err(anyhow::Error::msg)?;
             }
             let store = Store::open(target.store.url.expose()).await?;
             let cancel = CancellationToken::new();

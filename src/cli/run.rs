@@ -56,8 +56,8 @@ impl RunArgs {
 /// Runs the job until `until` or Ctrl-C / SIGTERM (which drain and checkpoint first).
 pub async fn run_job(config: &JobConfig, until: Until) -> anyhow::Result<Vec<PartitionSummary>> {
     if let Some(addr) = config.metrics.listen {
-        docfold::telemetry::serve_metrics(addr).map_err(anyhow::Error::msg)?;
-        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        docfold::telemetry::serve_metrics(addr).await.map_err(anyhow::Error::msg)?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics and health at /health");
     }
     if let LogLocation::File(dir) = config.log_location().map_err(anyhow::Error::msg)? {
         file_topic(config, &dir)?;

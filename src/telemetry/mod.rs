@@ -2,6 +2,8 @@
 //! Prometheus format when `metrics.listen` is set). Every metric name is here, and one
 //! typed function per metric: the pipeline calls these, never the `metrics` macros.
 
+mod http;
+
 use metrics::{counter, gauge, histogram};
 use std::net::SocketAddr;
 
@@ -125,6 +127,7 @@ pub fn sink_failure(sink: &'static str) {
 }
 
 pub fn sink_failing(partition: &str, failing: bool) {
+    http::note_failing(partition, failing);
     gauge!(SINK_FAILING, "partition" => partition.to_owned()).set(if failing { 1.0 } else { 0.0 });
 }
 
@@ -159,14 +162,26 @@ pub fn init_logs(default_level: &str, json: bool) {
 const SECONDS_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// Serves `/metrics` on `addr` (needs a Tokio runtime). Histograms are served as
-/// Prometheus histograms (buckets, which aggregate across instances), not summaries.
-pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// Serves `/metrics` and `/health` on `addr` (`http.rs`; needs a Tokio runtime).
+/// Histograms are served as Prometheus histograms (buckets, which aggregate across
+/// instances), not summaries.
+pub async fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    let listener = http::bind(addr).await?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&SECONDS_BUCKETS)
-        .and_then(|builder| builder.install())
-        .map_err(|e| format!("metrics on {addr}: {e}"))
+        .and_then(|builder| builder.install_recorder())
+        .map_err(|e| format!("metrics on {addr}: {e}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Histograms drain their samples into buckets on upkeep (the exporter's own
+        // listener did this on its schedule).
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(http::serve(listener, handle));
+    Ok(())
 }
 
 /// A memory figure of process `pid` (this process when `None`) from `/proc/<pid>/status`, in

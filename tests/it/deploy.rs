@@ -159,6 +159,9 @@ fn a_real_prometheus_scrapes_every_metric_docfold_run_exports() {
         missing.retain(|name| !names.contains(&name.as_str()));
     }
     assert!(missing.is_empty(), "Prometheus never got {missing:?} from `docfold run`");
+    // The listener's health: 200 and "ok" while every flush goes through.
+    let health = crate::services::http_get(port, "/health").expect("/health answers");
+    assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#""status":"ok""#), "{health}");
     // Prometheus loaded the alert rules and evaluates each without an error.
     let rules = prometheus_api(prometheus_port, "/api/v1/rules").expect("rules");
     let rules: Vec<&serde_json::Value> = rules["data"]["groups"]
