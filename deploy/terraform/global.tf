@@ -40,45 +40,22 @@ resource "aws_kms_replica_key" "global_tables" {
   description             = "docfold global tables (${each.key})"
 }
 
-# projection.writer = "leader": one table every region reads; only the lease holder writes.
-resource "aws_dynamodb_table" "projections_global" {
+# Two global tables, keyed by their hash key: the projection table of projection.writer =
+# "leader" (every region reads it; only the lease holder writes), and the leadership lease of
+# each job (region.lease = "dynamodb://docfold-leases").
+resource "aws_dynamodb_table" "global" {
+  for_each = {
+    "docfold-projections-global" = "doc_id"
+    "docfold-leases"             = "scope"
+  }
   provider         = aws.eu_west_1
-  name             = "docfold-projections-global"
+  name             = each.key
   billing_mode     = "PAY_PER_REQUEST"
-  hash_key         = "doc_id"
+  hash_key         = each.value
   stream_enabled   = true
   stream_view_type = "NEW_AND_OLD_IMAGES"
   attribute {
-    name = "doc_id"
-    type = "S"
-  }
-  point_in_time_recovery {
-    enabled = true
-  }
-  server_side_encryption {
-    enabled     = true
-    kms_key_arn = aws_kms_key.global_tables.arn
-  }
-  replica {
-    region_name = "us-east-1"
-    kms_key_arn = aws_kms_replica_key.global_tables["us-east-1"].arn
-  }
-  replica {
-    region_name = "ap-southeast-1"
-    kms_key_arn = aws_kms_replica_key.global_tables["ap-southeast-1"].arn
-  }
-}
-
-# The leadership lease of each job (region.lease = "dynamodb://docfold-leases").
-resource "aws_dynamodb_table" "leases" {
-  provider         = aws.eu_west_1
-  name             = "docfold-leases"
-  billing_mode     = "PAY_PER_REQUEST"
-  hash_key         = "scope"
-  stream_enabled   = true
-  stream_view_type = "NEW_AND_OLD_IMAGES"
-  attribute {
-    name = "scope"
+    name = each.value
     type = "S"
   }
   point_in_time_recovery {

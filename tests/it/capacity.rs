@@ -42,8 +42,10 @@ async fn large_documents_stay_within_the_memory_bound() {
     assert_eq!(folded, produced, "every op folded");
     let peak = peak_rss_mb();
     println!("peak RSS {before} MB before the run, {peak} MB after");
+    // Bounded, the run adds 127–201 MB here (the same code measured on different days:
+    // mimalloc and the kernel's page accounting vary); unbounded it added 393 MB.
     assert!(
-        peak < before + 200,
+        peak < before + 260,
         "peak RSS {peak} MB, {before} MB before the run: the fold held far more than max_state_mb = 32"
     );
 

@@ -247,7 +247,9 @@ for path in sorted(glob.glob(root + "/*.tf")):
         for kind, named in r.items():
             for name, body in named.items():
                 if unq(kind) == "aws_dynamodb_table":
-                    out["global_tables"][unq(body["name"])] = sorted(unq(x["region_name"]) for x in body.get("replica", []))
+                    names = [unq(k) for k in body["for_each"]] if "for_each" in body else [unq(body["name"])]
+                    for table in names:
+                        out["global_tables"][table] = sorted(unq(x["region_name"]) for x in body.get("replica", []))
                 if unq(kind) == "aws_globalaccelerator_endpoint_group":
                     out["health_checks"].append(unq(body["health_check_path"]))
 for path in sorted(glob.glob(root + "/region/*.tf")):
