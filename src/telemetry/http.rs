@@ -15,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// retrying, so a liveness probe on it restarts nothing that would help).
 const UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
 
+/// How long a connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Since when each partition's flushes have been failing.
 static FAILING: LazyLock<Mutex<BTreeMap<String, Instant>>> = LazyLock::new(Mutex::default);
 
@@ -52,12 +55,16 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, handle: PrometheusH
             let mut request = vec![0u8; 4096];
             let mut read = 0;
             // The request line and headers end with an empty line; a body is not expected.
-            while read < request.len() && !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut request[read..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => read += n,
+            // A client that sends less within REQUEST_TIMEOUT is answered with what came.
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                while read < request.len() && !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut request[read..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
                 }
-            }
+            })
+            .await;
             let line = String::from_utf8_lossy(&request[..read]);
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             let (code, kind, body) = match path.split('?').next() {
