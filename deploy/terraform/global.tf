@@ -75,56 +75,11 @@ resource "aws_dynamodb_table" "global" {
   }
 }
 
-resource "aws_s3_bucket" "accelerator_logs" {
-  provider = aws.eu_west_1
-  bucket   = "docfold-accelerator-flow-logs"
-  # checkov:skip=CKV_AWS_144:flow logs stay in one region; losing them loses no data
-  # checkov:skip=CKV_AWS_18:this bucket is itself the access-log sink
-  # checkov:skip=CKV2_AWS_62:nothing reacts to flow-log objects
-}
-
-resource "aws_s3_bucket_versioning" "accelerator_logs" {
-  provider = aws.eu_west_1
-  bucket   = aws_s3_bucket.accelerator_logs.id
-  versioning_configuration {
-    status = "Enabled"
-  }
-}
-
-resource "aws_s3_bucket_server_side_encryption_configuration" "accelerator_logs" {
-  provider = aws.eu_west_1
-  bucket   = aws_s3_bucket.accelerator_logs.id
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.global_tables.arn
-    }
-  }
-}
-
-resource "aws_s3_bucket_public_access_block" "accelerator_logs" {
-  provider                = aws.eu_west_1
-  bucket                  = aws_s3_bucket.accelerator_logs.id
-  block_public_acls       = true
-  block_public_policy     = true
-  ignore_public_acls      = true
-  restrict_public_buckets = true
-}
-
-resource "aws_s3_bucket_lifecycle_configuration" "accelerator_logs" {
-  provider = aws.eu_west_1
-  bucket   = aws_s3_bucket.accelerator_logs.id
-  rule {
-    id     = "expire"
-    status = "Enabled"
-    filter {}
-    expiration {
-      days = 90
-    }
-    abort_incomplete_multipart_upload {
-      days_after_initiation = 7
-    }
-  }
+module "accelerator_logs" {
+  source      = "./log-bucket"
+  providers   = { aws = aws.eu_west_1 }
+  name        = "docfold-accelerator-flow-logs"
+  kms_key_arn = aws_kms_key.global_tables.arn
 }
 
 resource "aws_globalaccelerator_accelerator" "editors" {
@@ -134,7 +89,7 @@ resource "aws_globalaccelerator_accelerator" "editors" {
   enabled         = true
   attributes {
     flow_logs_enabled   = true
-    flow_logs_s3_bucket = aws_s3_bucket.accelerator_logs.bucket
+    flow_logs_s3_bucket = module.accelerator_logs.id
     flow_logs_s3_prefix = "flow-logs/"
   }
 }

@@ -242,7 +242,8 @@ for path in sorted(glob.glob(root + "/*.tf")):
             out["providers"].append(unq(body["region"]))
     for m in tf.get("module", []):
         for name, body in m.items():
-            out["modules"][unq(name)] = {"source": unq(body["source"]), "region": unq(body["region"])}
+            if "region" in body:
+                out["modules"][unq(name)] = {"source": unq(body["source"]), "region": unq(body["region"])}
     for r in tf.get("resource", []):
         for kind, named in r.items():
             for name, body in named.items():

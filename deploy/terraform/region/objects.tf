@@ -7,28 +7,20 @@ resource "aws_s3_bucket" "objects" {
   # checkov:skip=CKV2_AWS_62:nothing reacts to new objects; readers (DuckDB, Athena) list them
 }
 
-resource "aws_s3_bucket" "access_logs" {
-  bucket = "docfold-${var.region}-access-logs"
-  # checkov:skip=CKV_AWS_18:this bucket is the access-log sink; logging it would loop
-  # checkov:skip=CKV_AWS_144:access logs stay in their region; losing them loses no data
-  # checkov:skip=CKV2_AWS_62:nothing reacts to access-log objects
+module "access_logs" {
+  source      = "../log-bucket"
+  name        = "docfold-${var.region}-access-logs"
+  kms_key_arn = aws_kms_key.docfold.arn
 }
 
 resource "aws_s3_bucket_logging" "objects" {
   bucket        = aws_s3_bucket.objects.id
-  target_bucket = aws_s3_bucket.access_logs.id
+  target_bucket = module.access_logs.id
   target_prefix = "objects/"
 }
 
 resource "aws_s3_bucket_versioning" "objects" {
   bucket = aws_s3_bucket.objects.id
-  versioning_configuration {
-    status = "Enabled"
-  }
-}
-
-resource "aws_s3_bucket_versioning" "access_logs" {
-  bucket = aws_s3_bucket.access_logs.id
   versioning_configuration {
     status = "Enabled"
   }
@@ -45,26 +37,8 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "objects" {
   }
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "access_logs" {
-  bucket = aws_s3_bucket.access_logs.id
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.docfold.arn
-    }
-  }
-}
-
 resource "aws_s3_bucket_public_access_block" "objects" {
   bucket                  = aws_s3_bucket.objects.id
-  block_public_acls       = true
-  block_public_policy     = true
-  ignore_public_acls      = true
-  restrict_public_buckets = true
-}
-
-resource "aws_s3_bucket_public_access_block" "access_logs" {
-  bucket                  = aws_s3_bucket.access_logs.id
   block_public_acls       = true
   block_public_policy     = true
   ignore_public_acls      = true
@@ -81,21 +55,6 @@ resource "aws_s3_bucket_lifecycle_configuration" "objects" {
     filter {}
     noncurrent_version_expiration {
       noncurrent_days = 30
-    }
-    abort_incomplete_multipart_upload {
-      days_after_initiation = 7
-    }
-  }
-}
-
-resource "aws_s3_bucket_lifecycle_configuration" "access_logs" {
-  bucket = aws_s3_bucket.access_logs.id
-  rule {
-    id     = "expire"
-    status = "Enabled"
-    filter {}
-    expiration {
-      days = 90
     }
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
