@@ -32,7 +32,6 @@ use docfold::lseq::{Op, doc_seed};
 use docfold::region::Mode;
 use docfold::sim::MirrorMode;
 use docfold::sim::report::{Real, RealRun};
-use docfold::store::Store;
 use docfold::trace::{Trace, replay};
 use world::{PARTITIONS, REGIONS, World, failover, start_processes, wait_until};
 
@@ -131,21 +130,8 @@ fn first_region_and_its_mirrors(world: &World) -> Vec<Box<dyn LogReader>> {
 /// Documents (of every region's producer) that differ from `end_content` in some region's
 /// state store.
 fn lost(world: &World, rt: &tokio::runtime::Runtime, end_content: &str) -> usize {
-    rt.block_on(async {
-        let mut lost = 0;
-        for region in &world.regions {
-            let store = Store::open(&region.store).await.expect("store");
-            for doc in REGIONS.iter().flat_map(|x| (0..2).map(move |i| format!("{x}-{i}"))) {
-                let text = match store.load_doc("main", &doc).await.expect("load") {
-                    Some(stored) => docfold::fold::snapshot::decode(&stored.state).expect("state").text(),
-                    None => String::new(),
-                };
-                lost += usize::from(text != end_content);
-            }
-            store.close().await;
-        }
-        lost
-    })
+    let docs = world::failover_docs();
+    (0..REGIONS.len()).map(|r| rt.block_on(world.differing(r, &docs, end_content)).len()).sum()
 }
 
 fn whole_ms(d: Duration) -> u64 {
@@ -180,7 +166,7 @@ fn active_active(rt: &tokio::runtime::Runtime, ops: &[Op], end_content: &str, mi
             .collect();
         producers.into_iter().for_each(|p| p.join().expect("producer"));
         wait_until("every region converges", Duration::from_secs(300), || {
-            (0..REGIONS.len()).all(|r| world.caught_up(r))
+            world.converged(rt.handle(), &world::failover_docs(), end_content)
         });
         stop.store(true, Ordering::Relaxed);
         sampler.join().expect("sampler")
@@ -228,7 +214,7 @@ fn main() {
             *caches.lock().expect("caches") = Some((leader, cache_hits(&world)));
         });
         wait_until("every region converges", Duration::from_secs(300), || {
-            (0..REGIONS.len()).all(|r| world.caught_up(r))
+            world.converged(rt.handle(), &world::failover_docs(), &trace.end_content)
         });
         stop.store(true, Ordering::Relaxed);
         (run, sampler.join().expect("sampler"))

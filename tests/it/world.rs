@@ -13,7 +13,7 @@ use docfold::region::lease::LeaseStore;
 use docfold::region::leases::Leases;
 use docfold::region::{Mode, Router};
 use docfold::sim::MirrorMode;
-use docfold::store::now_ms;
+use docfold::store::{Store, now_ms};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -162,6 +162,36 @@ impl World {
             status["replication_lag_records"].as_object().is_some_and(|m| m.values().all(|v| v == 0));
         status["checkpoint_lag_records"] == 0 && mirrored
     }
+
+    /// Those of `docs` whose text in region r's store is not `want` (a missing one too).
+    pub async fn differing(&self, r: usize, docs: &[String], want: &str) -> Vec<String> {
+        let store = Store::open(&self.regions[r].store).await.expect("store");
+        let mut differ = Vec::new();
+        for doc in docs {
+            let text = match store.load_doc("main", doc).await.expect("load") {
+                Some(stored) => docfold::fold::snapshot::decode(&stored.state).expect("state").text(),
+                None => String::new(),
+            };
+            if text != want {
+                differ.push(doc.clone());
+            }
+        }
+        store.close().await;
+        differ
+    }
+
+    /// Whether every region has folded and mirrored everything: no lag, and `docs` are
+    /// `want` in every store. The lag alone cannot say so: tansu's high watermark is the
+    /// last batch's first offset + 1 (SERVICES.md), so a checkpoint inside the last batch
+    /// shows a lag of 0 while the rest of the batch waits to be folded.
+    pub fn converged(&self, rt: &tokio::runtime::Handle, docs: &[String], want: &str) -> bool {
+        (0..REGIONS.len()).all(|r| rt.block_on(self.differing(r, docs, want)).is_empty() && self.caught_up(r))
+    }
+}
+
+/// The documents the producers of [`failover`] write: two per region.
+pub fn failover_docs() -> Vec<String> {
+    REGIONS.iter().flat_map(|x| (0..2).map(move |i| format!("{x}-{i}"))).collect()
 }
 
 pub fn docfold(args: &[&str], config: &Path) -> std::process::Output {
@@ -332,7 +362,7 @@ pub fn failover(
     let (cut_at, healed_at) = std::thread::scope(|scope| {
         for (x, name) in REGIONS.iter().enumerate() {
             let acks = &acks;
-            let docs: Vec<String> = (0..2).map(|i| format!("{name}-{i}")).collect();
+            let docs: Vec<String> = failover_docs().into_iter().filter(|d| d.starts_with(*name)).collect();
             scope.spawn(move || produce(world, x, (&docs, ops, 400), acks, rt));
         }
         std::thread::sleep(steady);
