@@ -5,7 +5,8 @@
 //! file per partition; on opening it truncates a torn tail (a crash mid-write) and reports it,
 //! and refuses a partition whose damage has valid records after it (`repair.rs`). No offset
 //! is handed out twice, even across a power loss (`reserve.rs`): offsets lost that way leave a
-//! gap between segments, which readers step over.
+//! gap between segments, which readers step over. Each segment has a sparse index
+//! (`index.rs`), so a read from any offset or time starts near its record.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -15,11 +16,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use crate::config::Fsync;
 
-use super::{LogError, LogReader, LogWriter, Record, TimestampType, partition_for};
+use super::{LogError, LogWriter, Record, partition_for};
 
+mod index;
+mod reader;
 mod repair;
 mod reserve;
 
+use index::IndexWriter;
+pub use reader::FileReader;
 pub use repair::{Damage, Repair};
 use reserve::Reservation;
 
@@ -110,7 +115,7 @@ impl FileLog {
     }
 
     pub fn reader(&self) -> FileReader {
-        FileReader { log: self.clone(), cursors: Vec::new() }
+        FileReader::new(self.clone())
     }
 
     fn partition_dir(&self, partition: u32) -> Result<PathBuf, LogError> {
@@ -259,6 +264,7 @@ pub struct FileWriter {
 
 struct PartitionWriter {
     out: BufWriter<File>,
+    index: IndexWriter,
     path: PathBuf,
     segment_len: u64,
     next_offset: u64,
@@ -298,6 +304,8 @@ impl FileWriter {
             roll(writer, log.segment_path(partition, next))?;
         }
         writer.reservation.cover(writer.next_offset).map_err(io_at(&writer.path))?;
+        let at = (writer.next_offset, writer.segment_len);
+        writer.index.note(at.0, at.1, timestamp_ms).map_err(io_at(&writer.path))?;
         writer.segment_len +=
             write_frame(&mut writer.out, timestamp_ms, key, value).map_err(io_at(&writer.path))?;
         writer.next_offset += 1;
@@ -328,7 +336,10 @@ impl FileWriter {
             .map_err(io_at(&path))?;
         let mut input = BufReader::new(&file);
         let (mut valid, mut count) = (0u64, 0u64);
-        while let Frame::Record { bytes, .. } = read_frame(&mut input).map_err(io_at(&path))? {
+        // The index is written again from the frames: what a crash left of it may be short.
+        let mut index = IndexWriter::create(&path).map_err(io_at(&path))?;
+        while let Frame::Record { bytes, timestamp_ms, .. } = read_frame(&mut input).map_err(io_at(&path))? {
+            index.note(base + count, valid, timestamp_ms).map_err(io_at(&path))?;
             valid += bytes;
             count += 1;
         }
@@ -360,6 +371,7 @@ impl FileWriter {
         out.seek(SeekFrom::End(0)).map_err(io_at(&path))?;
         let mut writer = PartitionWriter {
             out,
+            index,
             path,
             segment_len: valid,
             next_offset: on_disk,
@@ -379,7 +391,9 @@ impl FileWriter {
 /// Seals the writer's segment and continues in a new one at `path` (named by its base).
 fn roll(writer: &mut PartitionWriter, path: PathBuf) -> Result<(), LogError> {
     sync(writer, Fsync::Always).map_err(io_at(&writer.path))?;
+    writer.index.flush(true).map_err(io_at(&writer.path))?;
     let file = OpenOptions::new().create_new(true).write(true).open(&path).map_err(io_at(&path))?;
+    writer.index = IndexWriter::create(&path).map_err(io_at(&path))?;
     writer.out = BufWriter::with_capacity(256 << 10, file);
     writer.path = path;
     writer.segment_len = 0;
@@ -388,7 +402,9 @@ fn roll(writer: &mut PartitionWriter, path: PathBuf) -> Result<(), LogError> {
 }
 
 fn sync(writer: &mut PartitionWriter, fsync: Fsync) -> io::Result<()> {
+    // Frames first: an entry never points past what is written.
     writer.out.flush()?;
+    writer.index.flush(false)?;
     let due = match fsync {
         Fsync::Always => true,
         Fsync::IntervalMs(ms) => writer.last_sync.elapsed().as_millis() >= u128::from(ms),
@@ -429,145 +445,5 @@ impl Drop for FileWriter {
                 tracing::error!(error = %e, segment = %writer.path.display(), "embedded log writer could not close cleanly");
             }
         }
-    }
-}
-
-/// Reads partitions; remembers where each one was left so sequential reads do not rescan.
-pub struct FileReader {
-    log: FileLog,
-    cursors: Vec<Option<Cursor>>,
-}
-
-struct Cursor {
-    next_offset: u64,
-    base: u64,
-    pos: u64,
-    input: BufReader<File>,
-}
-
-impl FileReader {
-    /// A cursor at `from` (or at the first record after it, when `from` was lost to a power
-    /// loss), or None when `from` is past the end of the partition.
-    fn seek(&self, partition: u32, from: u64) -> Result<Option<Cursor>, LogError> {
-        let bases = self.log.segments(partition)?;
-        let Some(&base) = bases.iter().rev().find(|&&b| b <= from) else {
-            return Ok(None);
-        };
-        let path = self.log.segment_path(partition, base);
-        let mut cursor = Cursor { next_offset: base, base, pos: 0, input: open_segment(&path)? };
-        while cursor.next_offset < from {
-            match read_frame(&mut cursor.input).map_err(io_at(&path))? {
-                Frame::Record { bytes, .. } => {
-                    cursor.pos += bytes;
-                    cursor.next_offset += 1;
-                }
-                Frame::Incomplete => {
-                    let Some(next) = self.log.next_segment(partition, base)? else { return Ok(None) };
-                    let path = self.log.segment_path(partition, next);
-                    return Ok(Some(Cursor {
-                        next_offset: next,
-                        base: next,
-                        pos: 0,
-                        input: open_segment(&path)?,
-                    }));
-                }
-                Frame::Corrupt(reason) => {
-                    return Err(corrupt(partition, cursor.next_offset, &path, reason));
-                }
-            }
-        }
-        Ok(Some(cursor))
-    }
-}
-
-impl LogReader for FileReader {
-    fn partitions(&self) -> u32 {
-        self.log.partitions
-    }
-
-    fn read(&mut self, partition: u32, from: u64, max: usize, out: &mut Vec<Record>) -> Result<(), LogError> {
-        self.log.partition_dir(partition)?;
-        if self.cursors.len() <= partition as usize {
-            self.cursors.resize_with(partition as usize + 1, || None);
-        }
-        let reusable = matches!(&self.cursors[partition as usize], Some(c) if c.next_offset == from);
-        if !reusable {
-            self.cursors[partition as usize] = self.seek(partition, from)?;
-        }
-        let Some(mut cursor) = self.cursors[partition as usize].take() else {
-            return Ok(());
-        };
-        let result = self.read_at(partition, &mut cursor, max, out);
-        self.cursors[partition as usize] = Some(cursor);
-        result
-    }
-
-    fn end_offset(&mut self, partition: u32) -> Result<u64, LogError> {
-        let base = self.log.segments(partition)?.last().copied().unwrap_or(0);
-        let mut cursor = match self.seek(partition, base)? {
-            Some(cursor) => cursor,
-            None => return Ok(base),
-        };
-        let path = self.log.segment_path(partition, base);
-        while let Frame::Record { .. } = read_frame(&mut cursor.input).map_err(io_at(&path))? {
-            cursor.next_offset += 1;
-        }
-        Ok(cursor.next_offset)
-    }
-
-    fn earliest_offset(&mut self, partition: u32) -> Result<u64, LogError> {
-        Ok(self.log.segments(partition)?.first().copied().unwrap_or(0))
-    }
-}
-
-impl FileReader {
-    fn read_at(
-        &self,
-        partition: u32,
-        cursor: &mut Cursor,
-        max: usize,
-        out: &mut Vec<Record>,
-    ) -> Result<(), LogError> {
-        let mut path = self.log.segment_path(partition, cursor.base);
-        let mut read = 0;
-        while read < max {
-            match read_frame(&mut cursor.input).map_err(io_at(&path))? {
-                Frame::Record { timestamp_ms, key, value, bytes } => {
-                    out.push(Record {
-                        topic: self.log.topic.clone(),
-                        offset: cursor.next_offset,
-                        timestamp_ms,
-                        timestamp_type: TimestampType::LogAppend,
-                        key,
-                        value,
-                        headers: Vec::new(),
-                    });
-                    cursor.pos += bytes;
-                    cursor.next_offset += 1;
-                    read += 1;
-                }
-                Frame::Incomplete => {
-                    // The end for now: rewind past the partial frame; maybe the writer rolled on
-                    // (to the next offset, or past offsets a power loss took).
-                    cursor.input.seek(SeekFrom::Start(cursor.pos)).map_err(io_at(&path))?;
-                    let rolled = self.log.segment_path(partition, cursor.next_offset);
-                    let next = if cursor.base != cursor.next_offset && rolled.exists() {
-                        Some(cursor.next_offset)
-                    } else {
-                        self.log.next_segment(partition, cursor.base)?
-                    };
-                    let Some(next) = next else { return Ok(()) };
-                    cursor.base = next;
-                    cursor.next_offset = next;
-                    cursor.pos = 0;
-                    path = self.log.segment_path(partition, next);
-                    cursor.input = open_segment(&path)?;
-                }
-                Frame::Corrupt(reason) => {
-                    return Err(corrupt(partition, cursor.next_offset, &path, reason));
-                }
-            }
-        }
-        Ok(())
     }
 }

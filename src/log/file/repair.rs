@@ -8,7 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{FileLog, Frame, HEADER, MAX_BODY, io_at, read_frame, write_frame};
+use super::{FileLog, Frame, HEADER, MAX_BODY, index, io_at, read_frame, write_frame};
 use crate::log::LogError;
 
 /// Where the first frame that checks out starts in `bytes` after position 0, if any: a
@@ -106,6 +106,7 @@ impl FileLog {
             ));
             fs::copy(&path, &moved_to).map_err(io_at(&moved_to))?;
             replace(&path, &rebuilt)?;
+            index::rebuild(&path, base).map_err(io_at(&path))?;
             tracing::warn!(partition, segment = %path.display(), records, damaged = damage.len(), torn_tail, "segment repaired");
             repairs.push(Repair { partition, segment: path, moved_to, records, damage, torn_tail });
         }
