@@ -1,45 +1,6 @@
 # What spans the regions: DynamoDB global tables (the leader's projection table and the
 # region leases), and the Global Accelerator in front of the regions' editor endpoints.
 
-resource "aws_kms_key" "global_tables" {
-  provider                = aws.eu_west_1
-  description             = "docfold global tables"
-  enable_key_rotation     = true
-  deletion_window_in_days = 30
-  multi_region            = true
-  policy                  = data.aws_iam_policy_document.kms_account.json
-}
-
-data "aws_caller_identity" "current" {
-  provider = aws.eu_west_1
-}
-
-data "aws_iam_policy_document" "kms_account" {
-  # checkov:skip=CKV_AWS_111:a key policy's "*" is the key itself: AWS's default key policy (the account administers its key)
-  # checkov:skip=CKV_AWS_356:a key policy's "*" is the key itself
-  # checkov:skip=CKV_AWS_109:a key policy's "*" is the key itself; only the account's own principals
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
-}
-
-resource "aws_kms_replica_key" "global_tables" {
-  for_each = {
-    "us-east-1"      = "us_east_1"
-    "ap-southeast-1" = "ap_southeast_1"
-  }
-  provider                = aws.us_east_1
-  primary_key_arn         = aws_kms_key.global_tables.arn
-  deletion_window_in_days = 30
-  description             = "docfold global tables (${each.key})"
-}
-
 # Two global tables, keyed by their hash key: the projection table of projection.writer =
 # "leader" (every region reads it; only the lease holder writes), and the leadership lease of
 # each job (region.lease = "dynamodb://docfold-leases").
@@ -61,25 +22,25 @@ resource "aws_dynamodb_table" "global" {
   point_in_time_recovery {
     enabled = true
   }
+  # Each replica is encrypted with its own region's key (the region module's).
   server_side_encryption {
     enabled     = true
-    kms_key_arn = aws_kms_key.global_tables.arn
+    kms_key_arn = module.eu_west_1.kms_key_arn
   }
   replica {
     region_name = "us-east-1"
-    kms_key_arn = aws_kms_replica_key.global_tables["us-east-1"].arn
+    kms_key_arn = module.us_east_1.kms_key_arn
   }
   replica {
     region_name = "ap-southeast-1"
-    kms_key_arn = aws_kms_replica_key.global_tables["ap-southeast-1"].arn
+    kms_key_arn = module.ap_southeast_1.kms_key_arn
   }
 }
 
 module "accelerator_logs" {
-  source      = "./log-bucket"
-  providers   = { aws = aws.eu_west_1 }
-  name        = "docfold-accelerator-flow-logs"
-  kms_key_arn = aws_kms_key.global_tables.arn
+  source    = "./log-bucket"
+  providers = { aws = aws.eu_west_1 }
+  name      = "docfold-accelerator-flow-logs"
 }
 
 resource "aws_globalaccelerator_accelerator" "editors" {

@@ -1,5 +1,5 @@
 # A bucket that receives logs (S3 access logs, Global Accelerator flow logs): versioned,
-# KMS-encrypted, never public, expired after 90 days.
+# encrypted (SSE-S3), never public, expired after 90 days.
 
 terraform {
   required_providers {
@@ -11,15 +11,12 @@ variable "name" {
   type = string
 }
 
-variable "kms_key_arn" {
-  type = string
-}
-
 resource "aws_s3_bucket" "logs" {
   bucket = var.name
   # checkov:skip=CKV_AWS_18:this bucket is itself a log sink; logging it would loop
   # checkov:skip=CKV_AWS_144:logs stay in their region; losing them loses no data
   # checkov:skip=CKV2_AWS_62:nothing reacts to log objects
+  # checkov:skip=CKV_AWS_145:S3 server access logs are delivered only to SSE-S3 buckets (see below)
 }
 
 resource "aws_s3_bucket_versioning" "logs" {
@@ -29,12 +26,13 @@ resource "aws_s3_bucket_versioning" "logs" {
   }
 }
 
+# S3 server access logs are delivered only to buckets encrypted with S3-managed keys
+# (SSE-S3): a KMS default encryption would make S3 drop them.
 resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
   bucket = aws_s3_bucket.logs.id
   rule {
     apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = var.kms_key_arn
+      sse_algorithm = "AES256"
     }
   }
 }

@@ -8,9 +8,8 @@ resource "aws_s3_bucket" "objects" {
 }
 
 module "access_logs" {
-  source      = "../log-bucket"
-  name        = "docfold-${var.region}-access-logs"
-  kms_key_arn = aws_kms_key.docfold.arn
+  source = "../log-bucket"
+  name   = "docfold-${var.region}-access-logs"
 }
 
 resource "aws_s3_bucket_logging" "objects" {
