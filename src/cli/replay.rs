@@ -19,7 +19,8 @@ pub struct ReplayArgs {
     /// Partitions to replay, e.g. `0,3`. Default: all (with --doc: the document's).
     #[arg(long, value_delimiter = ',')]
     partitions: Vec<u32>,
-    /// Only this document's records (with --into).
+    /// Only this document's records (with --live: only it is projected and announced
+    /// again).
     #[arg(long)]
     doc: Option<String>,
     /// The first record: an offset, or a time (RFC 3339, e.g. 2026-11-30T08:00Z) for the

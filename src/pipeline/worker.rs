@@ -256,6 +256,16 @@ impl PartitionWorker {
         self.flush_if_due().await
     }
 
+    /// Moves `topic`'s next offset to `next_offset` over records the caller chose not to
+    /// fold (a replay of one document): the checkpoint then says they were seen. The
+    /// archive's progress stays.
+    pub fn pass(&mut self, topic: &str, next_offset: u64) {
+        if let Some(source) = self.sources.iter_mut().find(|s| &*s.topic == topic) {
+            source.next_offset = source.next_offset.max(next_offset);
+            self.summary.next_offset = source::position(&self.sources);
+        }
+    }
+
     /// Counts `folded` ops of a batch begun at `started`.
     fn count_folded(&mut self, folded: u64, started: Instant) {
         self.summary.next_offset = source::position(&self.sources);

@@ -8,7 +8,10 @@
 //!   while every document the range touches is projected and announced again with the new
 //!   generation, which the sinks' guard puts above any version. A live replay ends where
 //!   the live job had got to; should it stop before, `docfold run` goes on from its
-//!   checkpoint with the new generation, which finishes the repair.
+//!   checkpoint with the new generation, which finishes the repair. With one document
+//!   (`--doc`), only its records are folded and only it is projected and announced again;
+//!   the other documents' records in the range were folded before, so the checkpoint
+//!   passes over them and ends where it was.
 //!
 //! Each partition runs the pipeline's own worker (`PartitionWorker`): the same fold,
 //! flushes and checkpoint transaction as `docfold run`, fed from a bounded range.
@@ -59,7 +62,7 @@ pub enum Target {
 pub struct Request {
     /// Partitions of the job's topic; empty for all.
     pub partitions: Vec<u32>,
-    /// Only this document's records (a fresh target only).
+    /// Only this document's records (the rest of its partition's range is passed over).
     pub doc: Option<String>,
     pub from: Option<Bound>,
     pub to: Option<Bound>,
@@ -137,11 +140,6 @@ pub async fn plan(config: &JobConfig, request: &Request) -> Result<Plan, ReplayE
             ));
         }
         Target::Fresh(url) => url.clone(),
-        Target::Live if request.doc.is_some() => {
-            return Err(refused(
-                "--doc replays into a fresh store only (--into): a live replay moves whole partitions' checkpoints back",
-            ));
-        }
         Target::Live => config.store.url.expose().to_string(),
     };
     let topic = Topic::open(config, &config.log.topic, false)?;
@@ -292,7 +290,9 @@ pub async fn replay(
             }
             let worker = PartitionWorker::start_owned(&job, partitions, owner).await?;
             let batch = job.settings.batch;
-            replay_partition(worker, (reader, batch), &step, doc.as_deref(), &progress, &job.cancel).await
+            let topic: &str = &job.sources[0];
+            replay_partition(worker, (reader, batch, topic), &step, doc.as_deref(), &progress, &job.cancel)
+                .await
         });
     }
     let mut summaries = Vec::new();
@@ -338,7 +338,7 @@ async fn claim_all(job: &Job, plan: &Plan, request: &Request) -> Result<Vec<(Ste
 
 async fn replay_partition(
     mut worker: PartitionWorker,
-    (mut reader, batch): (Reader, usize),
+    (mut reader, batch, topic): (Reader, usize, &str),
     step: &Step,
     doc: Option<&str>,
     progress: &AtomicU64,
@@ -358,6 +358,8 @@ async fn replay_partition(
         if !records.is_empty() {
             worker.handle(&records).await?;
         }
+        // Other documents' records were passed over, not lost: the range is done up to here.
+        worker.pass(topic, next);
         progress.fetch_add(read, Ordering::Relaxed);
     }
     worker.flush_final().await?;

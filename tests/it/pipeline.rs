@@ -43,7 +43,8 @@ fn write_config(dir: &Path, name: &str, log: &str, store_url: &str, flush_ops: u
 /// Publishes two real traces to several documents, then duplicates and garbage.
 pub(crate) fn fill(writer: &mut dyn LogWriter, svelte_copies: usize, friends_copies: usize) -> u64 {
     let mut count = 0;
-    for (name, copies) in [("sveltecomponent", svelte_copies), ("friendsforever", friends_copies)] {
+    let traces = [("sveltecomponent", svelte_copies), ("friendsforever", friends_copies)];
+    for (name, copies) in traces.into_iter().filter(|(_, copies)| *copies > 0) {
         let trace = Trace::read(Path::new(&format!("tests/data/traces/{name}.json.gz"))).expect("trace");
         let ops = replay(&trace, doc_seed(name)).expect("replays").ops;
         let docs: Vec<String> = (0..copies).map(|i| format!("{name}-{i}")).collect();
@@ -52,7 +53,8 @@ pub(crate) fn fill(writer: &mut dyn LogWriter, svelte_copies: usize, friends_cop
         count += publish(writer, &ops[100..400], &docs[..1], "test", |_| {}).expect("publish");
     }
     for garbage in [&b"\x00\x01not protobuf"[..], b"", &[0x08, 0x09]] {
-        writer.append(b"sveltecomponent-0", garbage).expect("append garbage");
+        let doc: &[u8] = if svelte_copies > 0 { b"sveltecomponent-0" } else { b"friendsforever-0" };
+        writer.append(doc, garbage).expect("append garbage");
         count += 1;
     }
     writer.flush().expect("flush");
