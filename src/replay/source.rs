@@ -9,9 +9,6 @@ use crate::log::{LogReader, Record, Topic};
 use crate::sink::archive::read::{self, ArchiveFile};
 use crate::sink::objects::Objects;
 
-/// Reads of the log that bring nothing before a replay takes the range's end as gone.
-const EMPTY_READS: usize = 10;
-
 /// Records of a job's own topic, read from the log or rebuilt from the archive.
 pub enum Reader {
     /// Taken while a blocking call runs on the blocking pool.
@@ -128,14 +125,8 @@ impl Reader {
                 let max = max.min(usize::try_from(to - from).unwrap_or(usize::MAX));
                 Self::blocking(slot, move |r| {
                     let mut records = Vec::with_capacity(max.min(1 << 16));
-                    // The range was within the log when planned: a read that brings nothing
-                    // yet (a Kafka fetch waits up to a second) is tried again.
-                    for _ in 0..EMPTY_READS {
-                        r.read(partition, from, max, &mut records)?;
-                        if !records.is_empty() {
-                            break;
-                        }
-                    }
+                    // The range was within the log when planned.
+                    r.read_before_end(partition, from, max, &mut records)?;
                     let next = records.last().map_or(from, |last| last.offset + 1);
                     Ok((records, next))
                 })
