@@ -102,7 +102,7 @@ pub async fn doc_at(
             start = Some((state, doc.version, doc.offset, "disaster-recovery snapshot"));
         }
     }
-    let (doc, mut next, from) = match start {
+    let (doc, next, from) = match start {
         Some((bytes, version, at, from)) => {
             let state = snapshot::decode(&bytes)
                 .map_err(|e| HistoryError::Corrupt { doc_id: doc_id.into(), reason: e.to_string() })?;
@@ -127,12 +127,9 @@ pub async fn doc_at(
     let mut fold = PartitionFold::new();
     fold.insert(doc_id.to_string(), doc);
     let (mut folded, mut refused) = (0, 0);
-    while next < offset {
-        let (records, after) = reader.read(partition, next, offset, BATCH).await?;
-        if after == next {
-            break;
-        }
-        next = after;
+    let mut batches = reader.read_ahead(partition, (next, offset), BATCH);
+    while let Some(batch) = batches.recv().await {
+        let (records, _) = batch?;
         for record in records.iter().filter(|r| r.key == doc_id.as_bytes()) {
             match fold.fold(record.offset, &record.value) {
                 Ok(Folded::Applied { .. }) => folded += 1,

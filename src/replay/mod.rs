@@ -338,18 +338,17 @@ async fn claim_all(job: &Job, plan: &Plan, request: &Request) -> Result<Vec<(Ste
 
 async fn replay_partition(
     mut worker: PartitionWorker,
-    (mut reader, batch, topic): (Reader, usize, &str),
+    (reader, batch, topic): (Reader, usize, &str),
     step: &Step,
     doc: Option<&str>,
     progress: &AtomicU64,
     cancel: &CancellationToken,
 ) -> Result<PartitionSummary, ReplayError> {
     let mut next = step.start;
-    while next < step.to && !cancel.is_cancelled() {
-        let (mut records, after) = reader.read(step.partition, next, step.to, batch).await?;
-        if after == next {
-            break;
-        }
+    let mut batches = reader.read_ahead(step.partition, (step.start, step.to), batch);
+    while !cancel.is_cancelled() {
+        let Some(received) = batches.recv().await else { break };
+        let (mut records, after) = received?;
         let read = after - next;
         next = after;
         if let Some(doc) = doc {

@@ -2,6 +2,7 @@
 //! (`sink::archive::read`), read in ranges of one partition.
 
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 use super::{ReplayError, ReplaySource, refused};
 use crate::config::JobConfig;
@@ -152,5 +153,35 @@ impl Reader {
         };
         records.retain(|r| r.offset >= from && r.offset < to);
         Ok((records, next.min(to)))
+    }
+
+    /// Reads `from..to` of `partition` on a task of its own, one batch of `max` ahead of
+    /// the caller, who folds a batch while the next is read: each as [`Self::read`] gives
+    /// it. The batches end with the range, with the source (when it has nothing more), or
+    /// after an error; dropping the receiver stops the reading.
+    pub fn read_ahead(
+        mut self,
+        partition: u32,
+        (from, to): (u64, u64),
+        max: usize,
+    ) -> mpsc::Receiver<Result<(Vec<Record>, u64), ReplayError>> {
+        let (batches, receiver) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut next = from;
+            while next < to {
+                let batch = self.read(partition, next, to, max).await;
+                let after = match &batch {
+                    Ok((_, after)) if *after == next => break, // the source has nothing more
+                    Ok((_, after)) => Some(*after),
+                    Err(_) => None,
+                };
+                let sent = batches.send(batch).await.is_ok();
+                match after {
+                    Some(after) if sent => next = after,
+                    _ => break,
+                }
+            }
+        });
+        receiver
     }
 }
