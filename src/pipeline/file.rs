@@ -81,7 +81,7 @@ async fn partition_loop(
     while !cancel.is_cancelled() {
         let from: Vec<u64> = worker.next_offsets().into_iter().map(|(_, offset)| offset).collect();
         let mut taken = readers.take().expect("the readers are put back after each read");
-        // The lag needs each source's end: a scan of its last segment, so at most every LAG_EVERY.
+        // The lag needs each source's end (from its last segment's index): at most every LAG_EVERY.
         let measure = lag_measured.is_none_or(|at| at.elapsed() >= LAG_EVERY);
         let (taken, read) = tokio::task::spawn_blocking(move || {
             let read = read_sources(&mut taken, partition, &from, batch).and_then(|records| {
