@@ -231,9 +231,11 @@ async fn plan_partition(
     Ok(Step { partition, from, to: to.max(from), start })
 }
 
-/// The job's config for the target: a fresh store gets no sink.
+/// The job's config for the target: a fresh store gets no sink; the live one gets no dead
+/// letters (its range ends at the live job's checkpoint, so the live job sent them).
 fn target_config(config: &JobConfig, target: &Target) -> JobConfig {
     let mut config = config.clone();
+    config.dead_letters.topic.clear();
     if let Target::Fresh(url) = target {
         config.store.url = url.as_str().into();
         config.projection.url = "".into();
@@ -241,7 +243,6 @@ fn target_config(config: &JobConfig, target: &Target) -> JobConfig {
         config.snapshots.interval_ms = 0;
         config.invalidations.topic.clear();
         config.invalidations.redis = None;
-        config.dead_letters.topic.clear();
     }
     config
 }

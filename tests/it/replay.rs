@@ -273,8 +273,12 @@ async fn a_live_replay_repairs_projections_and_caches() {
     assert!(message.contains(&format!("partition {partition} of job replay has a live owner")), "{message}");
     store.release(&owner).await.expect("release");
     store.close().await;
+    let letters = crate::spine::dead_letters(&dir.join("log")).len();
+    assert_eq!(letters, 3, "the live run dead-lettered the three garbage records");
     let (plan, _) = replay_all(&config, &live_replay).await;
     assert!(plan.sinks && plan.records() > 40_000, "{plan:?}");
+    let again = crate::spine::dead_letters(&dir.join("log")).len();
+    assert_eq!(again, letters, "the live job sent the range's dead letters: the replay sends none again");
 
     assert_same(&docs_of(config.store.url.expose(), &config.job).await, &live, "the state is unchanged");
     let sinks = docfold::sink::Sinks::open(&config).await.expect("sinks");
