@@ -381,7 +381,8 @@ fn check_lookups(log: &FileLog, written: &[Written], rng: &mut impl rand::Rng, w
 
 /// The embedded log's segment indexes: reads from any offset, time lookups and the end
 /// equal a scan of every record, across segments, after a torn tail and a reopen (a gap in
-/// the offsets), and with the index files damaged, cut short or gone. Seeded:
+/// the offsets), and with the index files damaged, cut short or gone; a writer indexes
+/// again the segments left without one. Seeded:
 /// `DOCFOLD_INDEX_SEED`, `DOCFOLD_INDEX_RUNS` (default 3).
 #[test]
 fn file_log_indexes_find_offsets_and_times_even_when_damaged() {
@@ -459,5 +460,9 @@ fn file_log_indexes_find_offsets_and_times_even_when_damaged() {
             .expect("damage the index");
         }
         check_lookups(&log, &written, &mut rng, &format!("seed {seed}, indexes damaged"));
+        // A writer indexes the sealed segments that have none (as a log from before indexes).
+        log.writer(Fsync::Never, 64 << 10).append_to(0, b"k", b"v").expect("append");
+        let missing: Vec<_> = indexes.iter().filter(|i| !i.exists()).collect();
+        assert!(missing.is_empty(), "seed {seed}: indexed again on open: {missing:?}");
     }
 }

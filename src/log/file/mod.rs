@@ -325,7 +325,16 @@ impl FileWriter {
 
     fn open_partition(&mut self, partition: u32) -> Result<PartitionWriter, LogError> {
         let lock = self.log.lock_partition(partition)?;
-        let base = self.log.segments(partition)?.last().copied().unwrap_or(0);
+        let segments = self.log.segments(partition)?;
+        // Sealed segments without an index (written before segments had one): index them once.
+        for &sealed in segments.iter().rev().skip(1) {
+            let path = self.log.segment_path(partition, sealed);
+            if !index::path_of(&path).exists() {
+                index::rebuild(&path, sealed).map_err(io_at(&path))?;
+                tracing::info!(partition, segment = %path.display(), "segment indexed");
+            }
+        }
+        let base = segments.last().copied().unwrap_or(0);
         let path = self.log.segment_path(partition, base);
         let file = OpenOptions::new()
             .create(true)
