@@ -272,6 +272,8 @@ fn a_flipped_bit_is_reported_as_corruption_with_its_offset() {
     let error = log.reader().read(0, 0, 10, &mut got).expect_err("corruption is an error");
     assert!(matches!(error, LogError::Corrupt { partition: 0, offset: 2, .. }), "{error}");
     assert_eq!(got.len(), 2, "records before the damage are delivered");
+    let error = log.reader().offset_after(0, i64::MAX).expect_err("a time lookup meets the damage");
+    assert!(matches!(error, LogError::Corrupt { partition: 0, offset: 2, .. }), "{error}");
     drop(writer);
 
     // Valid records follow the damage: it is no torn tail, so a writer must not cut it off.
@@ -285,6 +287,13 @@ fn a_flipped_bit_is_reported_as_corruption_with_its_offset() {
         "{message}"
     );
     assert_eq!(std::fs::metadata(&segment).expect("segment").len(), len, "not a byte cut");
+
+    // A damaged first record: a time lookup says so (it is not an empty segment).
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes[30] ^= 1;
+    std::fs::write(&segment, bytes).expect("write");
+    let error = log.reader().offset_after(0, 0).expect_err("the first record is damaged");
+    assert!(matches!(error, LogError::Corrupt { partition: 0, offset: 0, .. }), "{error}");
 }
 
 #[test]

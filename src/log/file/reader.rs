@@ -125,7 +125,9 @@ impl LogReader for FileReader {
             let path = self.log.segment_path(partition, base);
             match read_frame(&mut open_segment(&path)?).map_err(io_at(&path))? {
                 Frame::Record { timestamp_ms, .. } => Ok(timestamp_ms),
-                _ => Ok(i64::MAX),
+                // An empty segment (just rolled) holds no record stamped at or before it.
+                Frame::Incomplete => Ok(i64::MAX),
+                Frame::Corrupt(reason) => Err(corrupt(partition, base, &path, reason)),
             }
         };
         let (mut low, mut high) = (0, bases.len());
