@@ -4,11 +4,12 @@
 //! the first record stamped after a time, by reading from the nearest entry instead of from
 //! the segment's start.
 //!
-//! The index is a hint, never the truth: it is written after the frames it points at, a
-//! writer opening a partition writes its last segment's index again from the frames, `docfold
-//! log repair` rewrites it, and a reader uses only the entries that are in order and inside
-//! the segment (a missing or damaged index costs a scan, never a wrong answer: a frame that
-//! does not check out at an entry's position sends the reader back to the segment's start).
+//! The index is a hint, never the truth: a writer flushes it after the frames, opening a
+//! partition it writes the last segment's index again from the frames, `docfold log
+//! repair` rewrites it, and a reader uses only the entries that are in order and inside the
+//! segment (a missing or damaged index costs a scan, never a wrong answer: where no whole
+//! frame is at an entry's position, as when an entry got ahead of its frame, the reader
+//! goes back to the segment's start).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -18,8 +19,7 @@ use super::{Frame, read_frame};
 
 /// Bytes of frames between two entries: a lookup reads at most about this much past its
 /// entry (plus one frame).
-pub(super) const INTERVAL: u64 = 4096;
-pub(super) const SUFFIX: &str = ".idx";
+const INTERVAL: u64 = 4096;
 const ENTRY: usize = 24;
 
 /// Where a frame starts, and the largest timestamp of the segment's frames before it.
@@ -39,7 +39,7 @@ impl Entry {
 
 /// The index file of the segment at `segment` (`….seg` → `….idx`).
 pub(super) fn path_of(segment: &Path) -> PathBuf {
-    segment.with_extension(SUFFIX.trim_start_matches('.'))
+    segment.with_extension("idx")
 }
 
 /// Appends a segment's entries as its frames are written.
