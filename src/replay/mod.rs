@@ -1,7 +1,9 @@
 //! Replay: fold a range of a job's partitions again, from the log or from the Parquet
 //! archive (when the log's retention has passed), into
 //! - a **fresh state store** (a rebuild: sinks off). Its checkpoints are the replay's
-//!   progress, so the same command after an interrupt goes on where it stopped;
+//!   progress, so the same command after an interrupt goes on where it stopped. One
+//!   document (`--doc`) starts at the range's start each time and leaves the checkpoint as
+//!   it found it: the checkpoint speaks for every document of the partition;
 //! - the **live store and sinks** (a repair): each partition is claimed only when no live
 //!   owner holds it (`store::ReplayClaim`), its generation goes up by one, and its
 //!   checkpoint moves back to the start. The fold is idempotent, so the state is unchanged,
@@ -220,6 +222,8 @@ async fn plan_partition(
             to = to.min(held.unwrap_or(0));
             from
         }
+        // One document starts at `from` and leaves the checkpoint as it found it (`replay`).
+        (Target::Fresh(_), _) if request.doc.is_some() => from,
         (Target::Fresh(_), None | Some(0)) => from,
         (Target::Fresh(_), Some(held)) if held >= from => held.min(to.max(from)),
         (Target::Fresh(_), Some(held)) => {
@@ -283,17 +287,36 @@ pub async fn replay(
     let mut tasks = JoinSet::new();
     for ((step, owner), reader) in owners.into_iter().zip(readers) {
         let (job, progress, doc) = (job.clone(), progress.clone(), request.doc.clone());
+        let live = request.target == Target::Live;
         tasks.spawn(async move {
             job.store.expect_partitions(partitions)?;
             let held = job.store.checkpoint(&job.name, step.partition).await?.map(|c| c.next_offset);
             if held != Some(step.start) {
                 job.store.reset_checkpoint(&owner, LOCAL_TOPIC, step.start).await?;
             }
-            let worker = PartitionWorker::start_owned(&job, partitions, owner).await?;
+            let worker = PartitionWorker::start_owned(&job, partitions, owner.clone()).await?;
             let batch = job.settings.batch;
             let topic: &str = &job.sources[0];
-            replay_partition(worker, (reader, batch, topic), &step, doc.as_deref(), &progress, &job.cancel)
-                .await
+            let replayed = replay_partition(
+                worker,
+                (reader, batch, topic),
+                &step,
+                doc.as_deref(),
+                &progress,
+                &job.cancel,
+            )
+            .await;
+            if doc.is_none() || live {
+                return replayed;
+            }
+            // A fresh store's checkpoint says which records every document holds: one
+            // document's replay must not move it past its neighbours' records.
+            let restored = async {
+                job.store.reset_checkpoint(&owner, LOCAL_TOPIC, held.unwrap_or(0)).await?;
+                job.store.release(&owner).await
+            };
+            let restored = restored.await.map_err(ReplayError::from);
+            replayed.and_then(|summary| restored.map(|()| summary))
         });
     }
     let mut summaries = Vec::new();

@@ -224,6 +224,38 @@ async fn replays_equal_the_live_fold_kafka_postgres_s3() {
     replays_equal_the_live_fold(config, fresh, 8000, (0, 1)).await;
 }
 
+/// One document into a fresh store, then its neighbour in the same partition into the same
+/// store, then everything: each holds exactly what the live fold holds (a one-document
+/// replay leaves no checkpoint that would pass over its neighbours' records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_document_replays_leave_their_neighbours_to_later_replays() {
+    let dir = services::temp_dir("replay-doc");
+    let mut config = JobConfig::in_dir(&dir);
+    tune(&mut config);
+    let log = FileLog::create(&dir.join("log"), &config.log.topic, PARTITIONS).expect("topic");
+    let mut writer = log.writer(docfold::log::file::Fsync::Never, 1 << 20);
+    fill(&mut writer, 1, 1);
+    let doc = "sveltecomponent-0";
+    let partition = docfold::log::partition_for(doc.as_bytes(), PARTITIONS);
+    let neighbour = (0..)
+        .map(|i| format!("neighbour-{i}"))
+        .find(|id| docfold::log::partition_for(id.as_bytes(), PARTITIONS) == partition)
+        .expect("a neighbour");
+    writer.append(neighbour.as_bytes(), &crate::spine::insert(&neighbour, 7, 1, "n")).expect("append");
+    writer.flush().expect("flush");
+    pipeline::run(&config, Until::Idle { idle_ms: 0 }, CancellationToken::new()).await.expect("live run");
+    let live = docs_of(config.store.url.expose(), &config.job).await;
+    let fresh = format!("sqlite://{}/fresh.db", dir.display());
+    for one in [doc, neighbour.as_str()] {
+        let only =
+            Request { doc: Some(one.into()), ..request(ReplaySource::Log, Target::Fresh(fresh.clone())) };
+        replay_all(&config, &only).await;
+        assert_eq!(docs_of(&fresh, &config.job).await.get(one), live.get(one), "{one} alone");
+    }
+    replay_all(&config, &request(ReplaySource::Log, Target::Fresh(fresh.clone()))).await;
+    assert_same(&docs_of(&fresh, &config.job).await, &live, "then everything");
+}
+
 /// A live replay: refused while an owner's heartbeat is fresh; once the owner is released,
 /// it rewrites every projection and cache entry of the range with a new generation (a
 /// corrupted projection at its current version is repaired), and the live job afterwards
