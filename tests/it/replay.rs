@@ -224,6 +224,17 @@ async fn replays_equal_the_live_fold_kafka_postgres_s3() {
     replays_equal_the_live_fold(config, fresh, 8000, (0, 1)).await;
 }
 
+/// Appends one op of another document of `partition` (a neighbour, for one-document
+/// replays); returns its id.
+fn append_a_neighbour(writer: &mut dyn LogWriter, partition: u32) -> String {
+    let neighbour = (0..)
+        .map(|i| format!("neighbour-{i}"))
+        .find(|id| docfold::log::partition_for(id.as_bytes(), PARTITIONS) == partition)
+        .expect("a neighbour");
+    writer.append(neighbour.as_bytes(), &crate::spine::insert(&neighbour, 7, 1, "n")).expect("append");
+    neighbour
+}
+
 /// One document into a fresh store, then its neighbour in the same partition into the same
 /// store, then everything: each holds exactly what the live fold holds (a one-document
 /// replay leaves no checkpoint that would pass over its neighbours' records).
@@ -237,11 +248,7 @@ async fn one_document_replays_leave_their_neighbours_to_later_replays() {
     fill(&mut writer, 1, 1);
     let doc = "sveltecomponent-0";
     let partition = docfold::log::partition_for(doc.as_bytes(), PARTITIONS);
-    let neighbour = (0..)
-        .map(|i| format!("neighbour-{i}"))
-        .find(|id| docfold::log::partition_for(id.as_bytes(), PARTITIONS) == partition)
-        .expect("a neighbour");
-    writer.append(neighbour.as_bytes(), &crate::spine::insert(&neighbour, 7, 1, "n")).expect("append");
+    let neighbour = append_a_neighbour(&mut writer, partition);
     writer.flush().expect("flush");
     pipeline::run(&config, Until::Idle { idle_ms: 0 }, CancellationToken::new()).await.expect("live run");
     let live = docs_of(config.store.url.expose(), &config.job).await;
@@ -327,12 +334,7 @@ async fn a_live_replay_repairs_projections_and_caches() {
     // The live job goes on with the replay's generation: its next versions are written.
     let doc = live.keys().next().expect("a document").clone();
     writer.append(doc.as_bytes(), &crate::spine::insert(&doc, 7, 1_000_000, "!")).expect("append");
-    // A neighbour: another document of the same partition, for the one-document replay.
-    let neighbour = (0..)
-        .map(|i| format!("neighbour-{i}"))
-        .find(|id| docfold::log::partition_for(id.as_bytes(), PARTITIONS) == partition)
-        .expect("a neighbour");
-    writer.append(neighbour.as_bytes(), &crate::spine::insert(&neighbour, 7, 1, "n")).expect("append");
+    let neighbour = append_a_neighbour(&mut writer, partition);
     writer.flush().expect("flush");
     pipeline::run(&config, Until::Idle { idle_ms: 0 }, CancellationToken::new()).await.expect("run again");
     let (projection, _) = read.get_text(&doc).await.expect("get").expect("projected");
