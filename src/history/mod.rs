@@ -128,7 +128,7 @@ pub async fn doc_at(
     fold.insert(doc_id.to_string(), doc);
     let (mut folded, mut refused) = (0, 0);
     let mut batches = reader.read_ahead(partition, (next, offset), BATCH);
-    while let Some(batch) = batches.recv().await {
+    while let Some(batch) = batches.next().await {
         let (records, _) = batch?;
         for record in records.iter().filter(|r| r.key == doc_id.as_bytes()) {
             match fold.fold(record.offset, &record.value) {

@@ -371,7 +371,7 @@ async fn replay_partition(
     let mut next = step.start;
     let mut batches = reader.read_ahead(step.partition, (step.start, step.to), batch);
     while !cancel.is_cancelled() {
-        let Some(received) = batches.recv().await else { break };
+        let Some(received) = batches.next().await else { break };
         let (mut records, after) = received?;
         let read = after - next;
         next = after;

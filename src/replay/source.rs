@@ -158,15 +158,10 @@ impl Reader {
     /// Reads `from..to` of `partition` on a task of its own, one batch of `max` ahead of
     /// the caller, who folds a batch while the next is read: each as [`Self::read`] gives
     /// it. The batches end with the range, with the source (when it has nothing more), or
-    /// after an error; dropping the receiver stops the reading.
-    pub fn read_ahead(
-        mut self,
-        partition: u32,
-        (from, to): (u64, u64),
-        max: usize,
-    ) -> mpsc::Receiver<Result<(Vec<Record>, u64), ReplayError>> {
+    /// after an error; dropping the [`ReadAhead`] stops the reading.
+    pub fn read_ahead(mut self, partition: u32, (from, to): (u64, u64), max: usize) -> ReadAhead {
         let (batches, receiver) = mpsc::channel(1);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut next = from;
             while next < to {
                 let batch = self.read(partition, next, to, max).await;
@@ -182,6 +177,35 @@ impl Reader {
                 }
             }
         });
-        receiver
+        ReadAhead { batches: receiver, task: Some(task) }
+    }
+}
+
+/// A batch of records and the offset to read next.
+type Batch = (Vec<Record>, u64);
+
+/// Batches read ahead by [`Reader::read_ahead`].
+pub struct ReadAhead {
+    batches: mpsc::Receiver<Result<Batch, ReplayError>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    /// The next batch; `None` once the reading has ended. A reading task that failed (a
+    /// panic) is an error, never a short range.
+    pub async fn next(&mut self) -> Option<Result<Batch, ReplayError>> {
+        if let Some(batch) = self.batches.recv().await {
+            return Some(batch);
+        }
+        let ended = self.task.take()?.await;
+        ended.err().map(|e| Err(crate::pipeline::PipelineError::Task(e.to_string()).into()))
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
