@@ -143,7 +143,12 @@ async fn replays_equal_the_live_fold(
     let [from_archive, resumed, to_time] = <[String; 3]>::try_from(fresh).expect("three fresh stores");
     let (plan, _) =
         replay_all(&config, &request(ReplaySource::Archive, Target::Fresh(from_archive.clone()))).await;
-    assert_eq!(plan.records(), written, "every record is in the archive: {plan:?}");
+    // Every record up to the last op: the archive writes no file of dead letters alone, so
+    // where a file was cut just before `fill`'s three garbage records, they are not in it.
+    assert!(
+        (written - 3..=written).contains(&plan.records()),
+        "every op's record is in the archive ({written} written): {plan:?}"
+    );
     assert_same(&docs_of(&from_archive, &config.job).await, &live, "from the archive");
 
     let resume = request(ReplaySource::Log, Target::Fresh(resumed.clone()));
