@@ -73,11 +73,15 @@ impl FileReader {
         let mut entry = pick(&index::load(&path, base, len));
         if entry.position > 0 {
             input.seek(SeekFrom::Start(entry.position)).map_err(io_at(&path))?;
-            if !matches!(read_frame(&mut input).map_err(io_at(&path))?, Frame::Record { .. }) {
-                tracing::warn!(partition, segment = %path.display(), "the segment's index points at no frame; reading from the start");
-                entry = Entry::start(base);
+            match read_frame(&mut input).map_err(io_at(&path))? {
+                // Back over the frame, within what the buffer holds.
+                Frame::Record { bytes, .. } => input.seek_relative(-(bytes as i64)).map_err(io_at(&path))?,
+                _ => {
+                    tracing::warn!(partition, segment = %path.display(), "the segment's index points at no frame; reading from the start");
+                    entry = Entry::start(base);
+                    input.seek(SeekFrom::Start(0)).map_err(io_at(&path))?;
+                }
             }
-            input.seek(SeekFrom::Start(entry.position)).map_err(io_at(&path))?;
         }
         Ok(Cursor { next_offset: entry.offset, base, pos: entry.position, input })
     }
